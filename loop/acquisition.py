@@ -1,0 +1,321 @@
+"""Acquisition: which candidates to measure next.
+
+Every strategy is BoTorch's own: analytic UCB/LCB and posterior standard deviation,
+``qUpperConfidenceBound``, ``qLogExpectedImprovement``, ``qLogNoisyExpectedImprovement``,
+``qPosteriorStandardDeviation``; Thompson sampling draws whole posterior functions (pathwise,
+when the surrogate can) and takes their arg-max; ``random`` picks uniformly.
+
+Finite pools are scored in memory-bounded chunks: single picks of UCB/LCB and pure
+exploration straight from the surrogate's chunked marginal predictions; batches and
+Monte-Carlo strategies through ``optimize_acqf_discrete`` (sequential greedy, pending
+candidates passed as ``X_pending``). Continuous and mixed spaces go through ``optimize_acqf``
+under the space's linear constraints, started from the best of ``raw_samples`` feasible
+points (composition simplices sampled exactly), one categorical combination at a time and
+one batch member at a time (sequential greedy, as ``optimize_acqf_mixed``); integers are
+optimised relaxed and rounded.
+
+Several objectives are scalarised with signed weights (``+w`` to maximise, ``-w`` to
+minimise), so every strategy maximises.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from botorch.acquisition import (
+    AcquisitionFunction,
+    PosteriorStandardDeviation,
+    UpperConfidenceBound,
+    qLogExpectedImprovement,
+    qLogNoisyExpectedImprovement,
+    qPosteriorStandardDeviation,
+    qUpperConfidenceBound,
+)
+from botorch.acquisition.analytic import LogExpectedImprovement
+from botorch.acquisition.objective import ScalarizedPosteriorTransform
+from botorch.models.model import Model
+from botorch.optim import optimize_acqf, optimize_acqf_discrete
+from botorch.optim.initializers import initialize_q_batch
+from botorch.sampling import SobolQMCNormalSampler
+from torch import Tensor
+
+from loop.errors import CampaignError
+from loop.space import Categorical, SearchSpace
+from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate
+from surrogates.gp import SamplesPaths
+
+Kind = Literal["ucb", "qlogei", "qlognei", "max_variance", "thompson", "random"]
+KINDS: tuple[Kind, ...] = ("ucb", "qlogei", "qlognei", "max_variance", "thompson", "random")
+_MAX_CATEGORY_COMBINATIONS = 64
+_THOMPSON_SPACE_SAMPLES = 4096
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One chosen point: its row in the choices (pools) or its encoding, and its score."""
+
+    X: Tensor
+    """``d``-dim encoded candidate."""
+    value: float
+    """The acquisition value that chose it (NaN for random picks)."""
+    index: int | None = None
+    """Row in the pool's choices, for pools."""
+
+
+class Acquisition:
+    """A configured acquisition strategy.
+
+    Args:
+        kind: One of :data:`KINDS`.
+        weights: ``m`` signed objective weights (``+w`` maximise, ``-w`` minimise).
+        beta: UCB/LCB exploration: mean ± sqrt(beta) · std.
+        mc_samples: Quasi-MC samples of the Monte-Carlo strategies.
+        chunk_size: Pool candidates scored at once.
+        num_restarts: Restarts of the continuous optimiser.
+        raw_samples: Raw samples that seed the continuous optimiser.
+        max_iterations: Iterations of the continuous optimiser per start.
+    """
+
+    def __init__(
+        self,
+        kind: Kind,
+        weights: Sequence[float],
+        beta: float = 1.0,
+        mc_samples: int = 128,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        num_restarts: int = 10,
+        raw_samples: int = 256,
+        max_iterations: int = 200,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown acquisition {kind!r}; choose one of {list(KINDS)}")
+        if not weights or any(w == 0 or not math.isfinite(w) for w in weights):
+            raise ValueError(f"objective weights must be finite and non-zero, got {list(weights)}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.kind, self.beta = kind, float(beta)
+        self.weights = torch.tensor(list(weights), dtype=torch.double)
+        self.mc_samples, self.chunk_size = mc_samples, chunk_size
+        self.num_restarts, self.raw_samples = num_restarts, raw_samples
+        self.max_iterations = max_iterations
+
+    @property
+    def posterior_transform(self) -> ScalarizedPosteriorTransform | None:
+        if self.weights.numel() == 1 and self.weights.item() == 1.0:
+            return None
+        return ScalarizedPosteriorTransform(self.weights)
+
+    def scalarize(self, Y: Tensor) -> Tensor:
+        """``n x m`` outcomes → ``n`` scalar objective values (larger is better)."""
+        return Y.double() @ self.weights
+
+    # --- building BoTorch acquisition functions --------------------------------------------
+
+    def build(
+        self, model: Model, X_baseline: Tensor, Y_baseline: Tensor, X_pending: Tensor | None, q: int
+    ) -> AcquisitionFunction:
+        """The BoTorch acquisition function of this strategy.
+
+        Args:
+            model: The fitted surrogate.
+            X_baseline: ``n x d`` measured candidates.
+            Y_baseline: ``n x m`` their outcomes.
+            X_pending: ``p x d`` candidates submitted but not yet returned, or ``None``.
+            q: The batch size to be chosen.
+        """
+        transform = self.posterior_transform
+        analytic = q == 1 and X_pending is None
+        sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]))
+        if self.kind == "ucb":
+            if analytic:
+                return UpperConfidenceBound(model, beta=self.beta, posterior_transform=transform)
+            return qUpperConfidenceBound(
+                model, beta=self.beta, sampler=sampler, posterior_transform=transform, X_pending=X_pending
+            )
+        if self.kind == "max_variance":
+            if analytic:
+                return PosteriorStandardDeviation(model, posterior_transform=transform)
+            return qPosteriorStandardDeviation(
+                model, sampler=sampler, posterior_transform=transform, X_pending=X_pending
+            )
+        if self.kind == "qlogei":
+            return qLogExpectedImprovement(
+                model,
+                best_f=self.scalarize(Y_baseline).max(),
+                sampler=sampler,
+                posterior_transform=transform,
+                X_pending=X_pending,
+            )
+        if self.kind == "qlognei":
+            return qLogNoisyExpectedImprovement(
+                model,
+                X_baseline=X_baseline,
+                sampler=sampler,
+                posterior_transform=transform,
+                X_pending=X_pending,
+                cache_root=False,
+            )
+        raise CampaignError(f"acquisition {self.kind!r} is not a BoTorch acquisition function")
+
+    # --- pools ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def select_from_pool(
+        self,
+        model: Surrogate,
+        choices: Tensor,
+        q: int,
+        X_baseline: Tensor,
+        Y_baseline: Tensor,
+        X_pending: Tensor | None,
+        seed: int,
+    ) -> list[Pick]:
+        """Choose ``min(q, N)`` distinct rows of ``choices`` (``N x d``, unmeasured, not pending)."""
+        q = min(q, choices.shape[0])
+        if q == 0:
+            return []
+        if self.kind == "random":
+            rows = np.random.default_rng(seed).choice(choices.shape[0], size=q, replace=False)
+            return [Pick(choices[i], math.nan, int(i)) for i in rows]
+        if self.kind == "thompson":
+            return self._thompson(model, choices, q, seed)
+        if q == 1 and X_pending is None and self.kind in ("ucb", "max_variance"):
+            scores = self._marginal_scores(model, choices)
+            best = int(torch.argmax(scores))
+            return [Pick(choices[best], float(scores[best]), best)]
+        torch.manual_seed(seed)
+        acqf = self.build(model, X_baseline, Y_baseline, X_pending, q)
+        X, values = optimize_acqf_discrete(
+            acqf, q=q, choices=choices, max_batch_size=self.chunk_size, unique=True
+        )
+        rows = _rows_of(X, choices)
+        return [Pick(choices[r], float(v), r) for r, v in zip(rows, values.reshape(-1).tolist(), strict=True)]
+
+    def _marginal_scores(self, model: Surrogate, choices: Tensor) -> Tensor:
+        """UCB (or std) of the scalarised objective from chunked marginal predictions."""
+        mean, variance = model.predict(choices, chunk_size=self.chunk_size)
+        scalar_mean = mean @ self.weights
+        scalar_std = (variance @ self.weights.square()).clamp_min(0).sqrt()
+        if self.kind == "max_variance":
+            return scalar_std
+        return scalar_mean + math.sqrt(self.beta) * scalar_std
+
+    def _thompson(self, model: Surrogate, choices: Tensor, q: int, seed: int) -> list[Pick]:
+        torch.manual_seed(seed)
+        picks: list[Pick] = []
+        taken: set[int] = set()
+        for _ in range(q):
+            values = self._sample_function(model, choices)
+            if taken:
+                values[list(taken)] = -math.inf
+            best = int(torch.argmax(values))
+            taken.add(best)
+            picks.append(Pick(choices[best], float(values[best]), best))
+        return picks
+
+    def _sample_function(self, model: Surrogate, X: Tensor) -> Tensor:
+        """One posterior draw of the scalarised objective at every row of ``X`` (``N``)."""
+        if isinstance(model, SamplesPaths):
+            path = model.sample_paths(1)
+            parts = [path(X[s : s + self.chunk_size])[0] for s in range(0, X.shape[0], self.chunk_size)]
+            return torch.cat(parts) @ self.weights
+        # Without paths: one joint draw over all of X (fine for pools of a few thousand).
+        return model.posterior(X, posterior_transform=self.posterior_transform).rsample().reshape(-1)
+
+    # --- continuous and mixed spaces --------------------------------------------------------
+
+    def select_in_space(
+        self,
+        model: Surrogate,
+        space: SearchSpace,
+        q: int,
+        X_baseline: Tensor,
+        Y_baseline: Tensor,
+        X_pending: Tensor | None,
+        seed: int,
+    ) -> list[Pick]:
+        """Choose ``q`` points of ``space`` by optimising the acquisition under its constraints."""
+        if self.kind in ("random", "thompson"):
+            pool = space.encode(space.sample(_THOMPSON_SPACE_SAMPLES if self.kind == "thompson" else q, seed))
+            if self.kind == "random":
+                return [Pick(x, math.nan) for x in pool]
+            return [Pick(p.X, p.value) for p in self._thompson(model, pool, q, seed)]
+        torch.manual_seed(seed)
+        acqf = self.build(model, X_baseline, Y_baseline, X_pending, q)
+        inequality, equality = space.botorch_constraints()
+        raw = space.encode(space.sample(self.raw_samples, seed))
+        chosen: list[Pick] = []
+        for _ in range(q):  # sequential greedy, as optimize_acqf_mixed does
+            best: Pick | None = None
+            for fixed in _category_combinations(space, seed) or [{}]:
+                starts = raw.clone()
+                for column, value in fixed.items():
+                    starts[:, column] = value
+                with torch.no_grad():
+                    start_values = acqf(starts.unsqueeze(-2))
+                initial, _ = initialize_q_batch(starts.unsqueeze(-2), start_values, n=self.num_restarts)
+                X, value = optimize_acqf(
+                    acqf,
+                    bounds=space.bounds,
+                    q=1,
+                    num_restarts=initial.shape[0],
+                    batch_initial_conditions=initial,
+                    fixed_features=fixed or None,
+                    inequality_constraints=inequality or None,
+                    equality_constraints=equality or None,
+                    options={"maxiter": self.max_iterations},
+                )
+                if best is None or float(value) > best.value:
+                    best = Pick(X.detach()[0], float(value))
+            assert best is not None
+            chosen.append(best)
+            if len(chosen) < q:
+                picked = torch.stack([p.X for p in chosen])
+                acqf.set_X_pending(picked if X_pending is None else torch.cat([X_pending, picked]))
+        return chosen
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def max_expected_improvement(
+        self, model: Surrogate, Y_baseline: Tensor, choices: Tensor | None, space: SearchSpace
+    ) -> float:
+        """The largest expected improvement over the best measured value (objective units)."""
+        ei = LogExpectedImprovement(
+            model, best_f=self.scalarize(Y_baseline).max(), posterior_transform=self.posterior_transform
+        )
+        if choices is None:
+            choices = space.encode(space.sample(_THOMPSON_SPACE_SAMPLES, seed=0))
+        best = max(
+            float(ei(choices[s : s + self.chunk_size].unsqueeze(-2)).max())
+            for s in range(0, choices.shape[0], self.chunk_size)
+        )
+        return math.exp(best)
+
+
+def _rows_of(X: Tensor, choices: Tensor) -> list[int]:
+    """Row indices of the points ``X`` (``q x d``) in ``choices`` (``N x d``)."""
+    distances = torch.cdist(X.double(), choices.double())
+    return [int(i) for i in distances.argmin(dim=-1)]
+
+
+def _category_combinations(space: SearchSpace, seed: int) -> list[dict[int, float]]:
+    """Fixed one-hot settings for every combination of categorical values (sampled if many)."""
+    groups = [
+        [{c: float(c == chosen) for c in space.columns(p.name)} for chosen in space.columns(p.name)]
+        for p in space.parameters
+        if isinstance(p, Categorical)
+    ]
+    if not groups:
+        return []
+    combos = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*groups)]
+    if len(combos) > _MAX_CATEGORY_COMBINATIONS:
+        rng = np.random.default_rng(seed)
+        combos = [combos[i] for i in rng.choice(len(combos), _MAX_CATEGORY_COMBINATIONS, replace=False)]
+    return combos

@@ -1,0 +1,444 @@
+"""The campaign: cycles of fit → propose → evaluate → record, until a stopping rule fires.
+
+Everything a campaign knows is in its ledger, so any process may die at any instant and the
+next one resumes: an open cycle's proposed candidates are dispatched, not re-chosen;
+evaluations left ``submitted`` by a dead process are re-attached if the oracle can
+(:class:`Reattachable`), else recorded as failed — never submitted twice.
+
+The stages are separate methods (:meth:`Campaign.fit`, :meth:`Campaign.propose`,
+:meth:`Campaign.dispatch`, :meth:`Campaign.record`) so a workflow engine can run each as a
+task; :meth:`Campaign.run` composes them in plain Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from botorch.utils.datasets import SupervisedDataset
+
+from loop.acquisition import Acquisition, Pick
+from loop.build import build_acquisition, build_oracle, build_space, build_surrogate
+from loop.config import CampaignConfig, load_config
+from loop.ledger import EvaluationRecord, Ledger, Proposal
+from loop.pool import CandidatePool
+from loop.report import campaign_status
+from loop.space import SearchSpace
+from oracles.base import Oracle, Reattachable, Result
+from oracles.errors import EvaluationFailed, OracleSetupError
+from surrogates.base import Surrogate, SurrogateError
+
+log = logging.getLogger("alloop")
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one cycle did."""
+
+    cycle: int
+    proposed: int
+    done: int
+    failed: int
+    best: float | None
+    experiments: int
+    cost: float
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CampaignReport:
+    """Where a campaign stands after :meth:`Campaign.run`."""
+
+    name: str
+    cycles_run: int
+    stop_reason: str | None
+    experiments: int
+    cost: float
+    best: dict[str, Any] | None
+    reports: list[CycleReport] = field(default_factory=list)
+
+
+class Campaign:
+    """A closed-loop campaign bound to its ledger.
+
+    Args:
+        config: The validated configuration.
+        ledger: The ledger to use; default: the one the configuration names.
+        oracle: The oracle to use; default: the one the configuration describes.
+        surrogate: The surrogate to use; default: the configured GP.
+    """
+
+    def __init__(
+        self,
+        config: CampaignConfig,
+        ledger: Ledger | None = None,
+        oracle: Oracle | None = None,
+        surrogate: Surrogate | None = None,
+    ) -> None:
+        self.config = config
+        self.space: SearchSpace
+        self.pool: CandidatePool | None
+        self.space, self.pool = build_space(config)
+        self.objectives = [o.name for o in config.objectives]
+        self.oracle = oracle if oracle is not None else build_oracle(config, self.space)
+        missing = [p for p in self.objectives if p not in self.oracle.implemented_properties]
+        if missing:
+            raise OracleSetupError(
+                f"oracle {type(self.oracle).__name__} does not measure objective(s) {missing}; "
+                f"it implements {list(self.oracle.implemented_properties)}"
+            )
+        self.surrogate = surrogate if surrogate is not None else build_surrogate(config, self.space)
+        self.acquisition: Acquisition = build_acquisition(config)
+        self.ledger = ledger if ledger is not None else Ledger(config.ledger_location)
+        self.id = self.ledger.open_campaign(
+            config.campaign.name, config.model_dump(mode="json"), config.hash, config.campaign.seed
+        )
+        self.run_id = self.ledger.start_run(self.id)
+
+    @classmethod
+    def from_file(cls, path: str | Path, ledger: str | None = None) -> Campaign:
+        """A campaign from a TOML file; ``ledger`` overrides the file's ledger location."""
+        overrides = {
+            "campaign.ledger": str(Path(ledger).resolve()) if ledger and "://" not in ledger else ledger
+        }
+        return cls(load_config(path, {k: v for k, v in overrides.items() if v}))
+
+    @property
+    def name(self) -> str:
+        return self.config.campaign.name
+
+    def close(self) -> None:
+        self.oracle.close()
+        self.ledger.close()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(
+        self, max_cycles: int | None = None, on_cycle: Callable[[CycleReport], None] | None = None
+    ) -> CampaignReport:
+        """Run cycles until a stopping rule fires or ``max_cycles`` cycles have run."""
+        self.recover()
+        reports: list[CycleReport] = []
+        stop = self.stop_reason()
+        while stop is None and (max_cycles is None or len(reports) < max_cycles):
+            report = self.run_cycle()
+            reports.append(report)
+            if on_cycle is not None:
+                on_cycle(report)
+            stop = report.stop_reason or self.stop_reason()
+        if stop:
+            log.info("campaign %s stopped: %s", self.name, stop)
+        experiments, cost = self.ledger.spent(self.id)
+        return CampaignReport(self.name, len(reports), stop, experiments, cost, self.best(), reports)
+
+    def run_cycle(self) -> CycleReport:
+        """One cycle: fit, propose (unless the open cycle already has), evaluate, record."""
+        cycle = self.ledger.open_cycle(self.id, self.run_id)
+        batch = [e for e in self.ledger.evaluations(self.id, ["proposed"]) if e.cycle == cycle]
+        stop_reason = None
+        if not batch and not any(e.cycle == cycle for e in self.ledger.evaluations(self.id)):
+            surrogate = self.fit(cycle)
+            stop_reason = self._improvement_exhausted(surrogate)
+            if stop_reason is None:
+                proposals = self.propose(surrogate, cycle)
+                if not proposals:
+                    stop_reason = "the candidate pool is exhausted"
+                else:
+                    batch = self.commit_proposals(cycle, proposals, surrogate)
+        outcomes = self.record_all(self.dispatch(batch)) if batch else []
+        self.ledger.close_cycle(self.id, cycle, stop_reason)
+        experiments, cost = self.ledger.spent(self.id)
+        best = self.best()
+        return CycleReport(
+            cycle=cycle,
+            proposed=len(batch),
+            done=sum(o is None for o in outcomes),
+            failed=sum(o is not None for o in outcomes),
+            best=None if best is None else best["objective"],
+            experiments=experiments,
+            cost=cost,
+            stop_reason=stop_reason,
+        )
+
+    # --- stages -----------------------------------------------------------------------------
+
+    def dataset(self) -> SupervisedDataset | None:
+        """Training data from the ledger: done evaluations with every objective measured."""
+        done = [
+            e
+            for e in self.ledger.evaluations(self.id, ["done"])
+            if all(p in e.values for p in self.objectives)
+        ]
+        if not done:
+            return None
+        X = self.encode(e.params for e in done)
+        Y = torch.tensor([[e.values[p] for p in self.objectives] for e in done], dtype=torch.double)
+        Yvar = None
+        if self.config.surrogate.noise == "observed":
+            lacking = [
+                e.candidate_id for e in done if any(e.uncertainties.get(p) is None for p in self.objectives)
+            ]
+            if lacking:
+                raise SurrogateError(
+                    f"surrogate.noise = 'observed' but evaluations of {lacking[:5]} carry no uncertainty"
+                )
+            Yvar = torch.tensor(
+                [[e.uncertainties[p] ** 2 for p in self.objectives] for e in done], dtype=torch.double
+            )
+        return SupervisedDataset(
+            X,
+            Y,
+            Yvar=Yvar,
+            feature_names=(self.pool or self.space).feature_names,
+            outcome_names=self.objectives,
+        )
+
+    def fit(self, cycle: int) -> Surrogate | None:
+        """The surrogate fitted to the ledger's data, or ``None`` while too little is known."""
+        dataset = self.dataset()
+        if dataset is None:
+            return None
+        torch.manual_seed(self._seed(cycle))
+        return self.surrogate.fit(dataset)
+
+    def propose(self, surrogate: Surrogate | None, cycle: int) -> list[Proposal]:
+        """Choose the next batch (random designs until a surrogate exists)."""
+        spent, _ = self.ledger.spent(self.id)
+        section = self.config.acquisition
+        q = section.initial_designs if spent == 0 else section.batch_size
+        if self.config.stopping.max_experiments is not None:
+            q = min(q, self.config.stopping.max_experiments - spent)
+        if q <= 0:
+            return []
+        seed = self._seed(cycle)
+        acquisition = self.acquisition if surrogate is not None else _random_like(self.acquisition)
+        known = self.ledger.evaluations(self.id)
+        pending = [e for e in known if e.status in ("proposed", "submitted")]
+        X_pending = self.encode(e.params for e in pending) if pending else None
+        data = self.dataset()
+        X_base = data.X if data is not None else None
+        Y_base = data.Y if data is not None else None
+        if self.pool is not None:
+            taken = {e.candidate_id for e in known}
+            free = [i for i, cid in enumerate(self.pool.ids) if cid not in taken]
+            if not free:
+                return []
+            choices = self.pool.X[free]
+            picks = acquisition.select_from_pool(surrogate, choices, q, X_base, Y_base, X_pending, seed)
+            candidates = [self.pool.candidates[free[p.index]] for p in picks]
+        else:
+            picks = acquisition.select_in_space(surrogate, self.space, q, X_base, Y_base, X_pending, seed)
+            candidates = [
+                self.space.candidate(params)
+                for params in self.space.decode(torch.stack([p.X for p in picks]))
+            ]
+            picks, candidates = _drop_repeats(picks, candidates, {e.candidate_id for e in known})
+        return self._explain(surrogate, picks, candidates)
+
+    def commit_proposals(
+        self, cycle: int, proposals: Sequence[Proposal], surrogate: Surrogate | None
+    ) -> list[EvaluationRecord]:
+        """Write the batch to the ledger (one transaction) and return its evaluations."""
+        name = self.acquisition.kind if surrogate is not None else "random"
+        summary = surrogate.summary() if surrogate is not None else None
+        ids = set(self.ledger.propose(self.id, self.run_id, cycle, proposals, name, summary))
+        return [e for e in self.ledger.evaluations(self.id, ["proposed"]) if e.id in ids]
+
+    def dispatch(self, batch: Sequence[EvaluationRecord]) -> dict[Future[Result], EvaluationRecord]:
+        """Mark the batch submitted (one transaction each) and hand it to the oracle."""
+        for evaluation in batch:
+            self.ledger.mark_submitted(evaluation.id)
+        futures = self.oracle.submit([e.candidate for e in batch])
+        for future, evaluation in zip(futures, batch, strict=True):
+            external_id = self.oracle.handle(future)
+            if external_id is not None:
+                self.ledger.set_external_id(evaluation.id, external_id)
+        return dict(zip(futures, batch, strict=True))
+
+    def record_all(self, futures: dict[Future[Result], EvaluationRecord]) -> list[str | None]:
+        """Record each outcome the moment it arrives; ``None`` for a success, else the error.
+
+        A setup error of the oracle is recorded and then raised once every other evaluation
+        of the batch has been recorded.
+        """
+        outcomes: list[str | None] = []
+        setup_error: OracleSetupError | None = None
+        for future in as_completed(futures):
+            evaluation = futures[future]
+            try:
+                outcomes.append(self.record(evaluation, future.result()))
+            except OracleSetupError as exc:
+                setup_error = setup_error or exc
+                outcomes.append(self.record_failure(evaluation, f"setup error: {exc}", retryable=False))
+            except EvaluationFailed as exc:
+                outcomes.append(
+                    self.record_failure(evaluation, f"{type(exc).__name__}: {exc}", exc.retryable)
+                )
+            except Exception as exc:  # a broken oracle must not take the campaign down
+                summary = "".join(traceback.format_exception(exc, limit=-3)).strip()
+                outcomes.append(self.record_failure(evaluation, summary, retryable=False))
+        if setup_error is not None:
+            raise setup_error
+        return outcomes
+
+    def record(self, evaluation: EvaluationRecord, result: Result) -> None:
+        """Commit one result; invalid ones (NaN, infinite, missing) are recorded as failed.
+
+        Raises:
+            InvalidResult: through :meth:`record_all`, which records it as a failure.
+        """
+        if result.candidate_id != evaluation.candidate_id:
+            raise EvaluationFailed(
+                f"oracle answered for {result.candidate_id} when asked about {evaluation.candidate_id}",
+                retryable=False,
+            )
+        result.check(self.objectives)
+        self.ledger.record_result(evaluation.id, result, self.run_id)
+        return None
+
+    def record_failure(self, evaluation: EvaluationRecord, error: str, retryable: bool) -> str:
+        """Commit a failed evaluation with its reason; returns the reason."""
+        log.warning("evaluation of %s failed: %s", evaluation.candidate_id, error.splitlines()[-1])
+        self.ledger.record_failure(evaluation.id, error, retryable)
+        return error
+
+    def recover(self) -> None:
+        """Settle evaluations a dead process left ``submitted``: re-attach or record as failed."""
+        stranded = self.ledger.evaluations(self.id, ["submitted"])
+        if not stranded:
+            return
+        if isinstance(self.oracle, Reattachable):
+            futures = {self.oracle.reattach(e.candidate, e.external_id): e for e in stranded}
+            self.record_all(futures)
+            return
+        for evaluation in stranded:
+            self.record_failure(
+                evaluation,
+                "interrupted: the process stopped while this evaluation was in flight; "
+                "its result never arrived and it is not submitted again",
+                retryable=True,
+            )
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def stop_reason(self) -> str | None:
+        """Why the campaign should stop now, or ``None``."""
+        stopping = self.config.stopping
+        experiments, cost = self.ledger.spent(self.id)
+        if stopping.max_experiments is not None and experiments >= stopping.max_experiments:
+            return f"budget spent: {experiments} of {stopping.max_experiments} experiments"
+        if stopping.max_cost is not None and cost >= stopping.max_cost:
+            return f"budget spent: cost {cost:g} of {stopping.max_cost:g}"
+        reached = self._target_reached()
+        if reached:
+            return reached
+        if stopping.patience is not None:
+            stale = self._cycles_without_improvement()
+            if stale >= stopping.patience:
+                return f"no improvement for {stale} cycles (patience {stopping.patience})"
+        if self.pool is not None:
+            taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
+            if taken >= set(self.pool.ids):
+                return "the candidate pool is exhausted"
+        return None
+
+    def _target_reached(self) -> str | None:
+        targets = {o.name: o for o in self.config.objectives if o.target is not None}
+        if not targets:
+            return None
+        for e in self.ledger.evaluations(self.id, ["done"]):
+            if all(
+                (e.values[n] >= o.target) if o.direction == "maximize" else (e.values[n] <= o.target)
+                for n, o in targets.items()
+                if o.target is not None
+            ):
+                return f"target reached by {e.candidate_id}: " + ", ".join(
+                    f"{n} = {e.values[n]:g}" for n in targets
+                )
+        return None
+
+    def _cycles_without_improvement(self) -> int:
+        best_by_cycle: dict[int, float] = {}
+        for e in self.ledger.evaluations(self.id, ["done"]):
+            value = self._objective(e)
+            best_by_cycle[e.cycle] = max(best_by_cycle.get(e.cycle, -math.inf), value)
+        closed = [c.cycle for c in self.ledger.cycles(self.id) if c.status == "closed"]
+        best, last_improvement = -math.inf, None
+        for cycle in sorted(closed):
+            if best_by_cycle.get(cycle, -math.inf) > best:
+                best, last_improvement = best_by_cycle[cycle], cycle
+        if last_improvement is None:
+            return 0
+        return sum(c > last_improvement for c in closed)
+
+    def _improvement_exhausted(self, surrogate: Surrogate | None) -> str | None:
+        threshold = self.config.stopping.min_expected_improvement
+        if threshold is None or surrogate is None:
+            return None
+        data = self.dataset()
+        assert data is not None
+        choices = None
+        if self.pool is not None:
+            taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
+            free = [i for i, cid in enumerate(self.pool.ids) if cid not in taken]
+            choices = self.pool.X[free]
+        ei = self.acquisition.max_expected_improvement(surrogate, data.Y, choices, self.space)
+        if ei < threshold:
+            return f"expected improvement {ei:.3g} is below {threshold:g}"
+        return None
+
+    # --- reporting --------------------------------------------------------------------------
+
+    def _objective(self, evaluation: EvaluationRecord) -> float:
+        Y = torch.tensor([[evaluation.values[p] for p in self.objectives]], dtype=torch.double)
+        return float(self.acquisition.scalarize(Y)[0])
+
+    def best(self) -> dict[str, Any] | None:
+        """The best done evaluation by the (scalarised, signed) objective."""
+        return campaign_status(self.ledger, self.name)["best"]
+
+    def encode(self, params: Iterable[Mapping[str, Any]]) -> torch.Tensor:
+        """``n x d`` model inputs for candidates given by their parameters."""
+        return (self.pool if self.pool is not None else self.space).encode(params)
+
+    def _seed(self, cycle: int) -> int:
+        return int(np.random.SeedSequence([self.config.campaign.seed, cycle]).generate_state(1)[0])
+
+    def _explain(
+        self, surrogate: Surrogate | None, picks: Sequence[Pick], candidates: Sequence[Any]
+    ) -> list[Proposal]:
+        if surrogate is None or not picks:
+            return [Proposal(c, None) for c in candidates]
+        mean, variance = surrogate.predict(torch.stack([p.X for p in picks]))
+        return [
+            Proposal(c, p.value, mean[i].tolist(), variance[i].sqrt().tolist())
+            for i, (p, c) in enumerate(zip(picks, candidates, strict=True))
+        ]
+
+
+def _random_like(acquisition: Acquisition) -> Acquisition:
+    return Acquisition("random", acquisition.weights.tolist(), chunk_size=acquisition.chunk_size)
+
+
+def _drop_repeats(
+    picks: Sequence[Pick], candidates: Sequence[Any], known: set[str]
+) -> tuple[list[Pick], list[Any]]:
+    """Drop picks that round to a candidate already known (or picked twice in the batch)."""
+    kept_picks, kept = [], []
+    seen = set(known)
+    for pick, candidate in zip(picks, candidates, strict=True):
+        if candidate.id in seen:
+            log.info("dropping %s: it rounds to a candidate already evaluated", candidate.id)
+            continue
+        seen.add(candidate.id)
+        kept_picks.append(pick)
+        kept.append(candidate)
+    return kept_picks, kept

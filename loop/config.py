@@ -1,0 +1,282 @@
+"""Campaign configuration: one TOML file, validated once by pydantic.
+
+A wrong key, type, bound or file path gives one :class:`~loop.errors.ConfigError` that
+names the key (``oracle.noise_sd: Input should be greater than or equal to 0``); nothing is
+written anywhere before the whole file is valid. Relative paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loop.errors import ConfigError
+from loop.provenance import config_hash
+from loop.space import (
+    Categorical,
+    Continuous,
+    Integer,
+    LinearConstraint,
+    Parameter,
+    SearchSpace,
+)
+
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CampaignSection(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    seed: int = 0
+    ledger: str = "campaign.db"
+    """A file path (SQLite; relative to the config file) or an SQLAlchemy URL."""
+
+
+class ParameterConfig(_Strict):
+    name: str = Field(min_length=1)
+    type: Literal["continuous", "integer", "categorical"]
+    lower: float | None = None
+    upper: float | None = None
+    choices: list[str] | None = None
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ParameterConfig:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError(f"categorical parameter {self.name!r} needs 'choices'")
+        elif self.lower is None or self.upper is None:
+            raise ValueError(f"{self.type} parameter {self.name!r} needs 'lower' and 'upper'")
+        elif self.lower > self.upper:
+            raise ValueError(f"parameter {self.name!r}: lower {self.lower} > upper {self.upper}")
+        elif self.type == "integer" and (self.lower != int(self.lower) or self.upper != int(self.upper)):
+            raise ValueError(f"integer parameter {self.name!r} needs integer bounds")
+        return self
+
+    def build(self) -> Parameter:
+        if self.type == "categorical":
+            return Categorical(self.name, tuple(self.choices or ()), self.unit)
+        if self.type == "integer":
+            return Integer(self.name, int(self.lower or 0), int(self.upper or 0), self.unit)
+        return Continuous(self.name, float(self.lower or 0), float(self.upper or 0), self.unit)
+
+
+class ConstraintConfig(_Strict):
+    type: Literal["simplex", "linear"]
+    parameters: list[str] | None = None
+    total: float = 1.0
+    coefficients: dict[str, float] | None = None
+    rhs: float | None = None
+    sense: Literal["<=", ">=", "=="] = "<="
+
+    @model_validator(mode="after")
+    def _complete(self) -> ConstraintConfig:
+        if self.type == "simplex" and not self.parameters:
+            raise ValueError("a simplex constraint needs 'parameters'")
+        if self.type == "linear" and (not self.coefficients or self.rhs is None):
+            raise ValueError("a linear constraint needs 'coefficients' and 'rhs'")
+        return self
+
+    def build(self) -> LinearConstraint:
+        if self.type == "simplex":
+            return LinearConstraint.simplex(self.parameters or [], self.total)
+        return LinearConstraint(tuple((self.coefficients or {}).items()), float(self.rhs or 0), self.sense)
+
+
+class PoolConfig(_Strict):
+    path: Path
+    inputs: list[str] = Field(min_length=1)
+
+
+class SpaceSection(_Strict):
+    """Either a finite ``pool`` from a table, or ``parameters`` (with ``constraints``)."""
+
+    pool: PoolConfig | None = None
+    parameters: list[ParameterConfig] = []
+    constraints: list[ConstraintConfig] = []
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SpaceSection:
+        if (self.pool is None) == (not self.parameters):
+            raise ValueError("give either 'pool' or 'parameters', not both or neither")
+        if self.pool is not None and self.constraints:
+            raise ValueError("constraints apply to 'parameters' spaces, not to pools")
+        return self
+
+    def build(self) -> SearchSpace:
+        return SearchSpace([p.build() for p in self.parameters], [c.build() for c in self.constraints])
+
+
+class ObjectiveConfig(_Strict):
+    name: str = Field(min_length=1)
+    direction: Literal["maximize", "minimize"] = "maximize"
+    unit: str = ""
+    weight: float = Field(default=1.0, gt=0)
+    """Weight of this objective in the scalarised target when there are several."""
+    target: float | None = None
+    """Stop once a measured value reaches it (>= when maximising, <= when minimising)."""
+
+
+class SurrogateSection(_Strict):
+    type: Literal["gp"] = "gp"
+    kernel: Literal["matern52", "rbf"] = "matern52"
+    lengthscale_prior: bool = True
+    noise: Literal["inferred", "observed"] = "inferred"
+    warm_start: bool = True
+
+
+class AcquisitionSection(_Strict):
+    type: Literal["ucb", "qlogei", "qlognei", "max_variance", "thompson", "random"] = "qlognei"
+    beta: NonNegative = 1.0
+    """UCB/LCB: mean ± sqrt(beta) · std (beta = 1 is one standard deviation)."""
+    batch_size: int = Field(default=1, ge=1, le=1000)
+    initial_designs: int = Field(default=4, ge=1)
+    """Random designs before the first model fit."""
+    chunk_size: int = Field(default=4096, ge=1)
+    """Pool candidates scored per chunk (memory grows with chunk_size x n)."""
+    num_restarts: int = Field(default=10, ge=1)
+    raw_samples: int = Field(default=256, ge=1)
+    mc_samples: int = Field(default=128, ge=1)
+    max_iterations: int = Field(default=200, ge=1)
+    """Iterations of the continuous optimiser per restart."""
+
+
+class StoppingSection(_Strict):
+    max_experiments: int | None = Field(default=None, ge=1)
+    max_cost: float | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, ge=1)
+    """Stop after this many cycles without improving the best value."""
+    min_expected_improvement: float | None = Field(default=None, ge=0)
+    """Stop when the best expected improvement over the space falls below this."""
+
+    @model_validator(mode="after")
+    def _has_budget(self) -> StoppingSection:
+        if self.max_experiments is None and self.max_cost is None:
+            raise ValueError("set a budget: 'max_experiments' or 'max_cost'")
+        return self
+
+
+class EmulatorOracle(_Strict):
+    type: Literal["emulator"]
+    function: str
+    noise_sd: NonNegative | dict[str, NonNegative] = 0.0
+    latency_s: NonNegative = 0.0
+    failure_probability: float = Field(default=0.0, ge=0, le=1)
+    invalid_probability: float = Field(default=0.0, ge=0, le=1)
+    cost_per_experiment: NonNegative = 1.0
+    capacity: int = Field(default=1, ge=1)
+    journal: Path | None = None
+    properties: dict[str, str] = {}
+    """Extra reported properties (name → unit) besides the objectives."""
+
+
+class DatasetOracle(_Strict):
+    type: Literal["dataset"]
+    path: Path
+    mode: Literal["replicate", "mean"] = "mean"
+    noise_sd: NonNegative = 0.0
+
+
+class CampaignConfig(_Strict):
+    """A whole campaign file."""
+
+    campaign: CampaignSection
+    space: SpaceSection
+    objectives: list[ObjectiveConfig] = Field(min_length=1)
+    surrogate: SurrogateSection = SurrogateSection()
+    acquisition: AcquisitionSection = AcquisitionSection()
+    oracle: Annotated[EmulatorOracle | DatasetOracle, Field(discriminator="type")]
+    stopping: StoppingSection
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, objectives: list[ObjectiveConfig]) -> list[ObjectiveConfig]:
+        names = [o.name for o in objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names must be distinct, got {names}")
+        return objectives
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> CampaignConfig:
+        files = {"space.pool.path": self.space.pool.path if self.space.pool else None}
+        if isinstance(self.oracle, DatasetOracle):
+            files["oracle.path"] = self.oracle.path
+        for key, path in files.items():
+            if path is not None and not self.resolve(path).is_file():
+                raise ValueError(f"{key}: file {str(self.resolve(path))!r} does not exist")
+        return self
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the file, made absolute against the file's folder."""
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def ledger_location(self) -> str:
+        ledger = self.campaign.ledger
+        return ledger if "://" in ledger else str(self.resolve(ledger))
+
+    def identity(self) -> dict[str, Any]:
+        """What defines the campaign: everything but the stopping rules (which may change
+        on resume) and where the ledger is."""
+        return self.model_dump(mode="json", exclude={"stopping": True, "campaign": {"ledger"}})
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.identity())
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> CampaignConfig:
+    """Read and validate a campaign TOML file.
+
+    Args:
+        path: The TOML file.
+        overrides: Dotted keys to set before validation, e.g. ``{"campaign.ledger": "x.db"}``.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or fails validation; the message names
+            every offending key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for dotted, value in (overrides or {}).items():
+        section = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            section = section.setdefault(key, {})
+        section[leaf] = value
+    return parse_config(data, base_dir=path.parent.resolve(), source=str(path))
+
+
+def parse_config(
+    data: Mapping[str, Any], base_dir: Path = Path("."), source: str = "config"
+) -> CampaignConfig:
+    """Validate a configuration given as a dictionary (the TOML's content)."""
+    try:
+        return CampaignConfig.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{location}: {message}" if location else message)
+    return "; ".join(problems)

@@ -1,0 +1,570 @@
+"""The ledger: a campaign's single source of truth, in a real database.
+
+SQLite by default (a file, WAL journal, one transaction per state change), or any
+SQLAlchemy URL (PostgreSQL for concurrent writers). Tables:
+
+* ``campaigns`` — name, configuration, its hash, seed;
+* ``runs`` — one row per process that worked on a campaign: package versions, host, pid,
+  seed, config hash. Every other row points at the run that wrote it (provenance);
+* ``candidates`` — the candidates a campaign has proposed, with their parameters;
+* ``evaluations`` — one per (campaign, candidate); status moves
+  ``proposed → submitted → done | failed`` and never back;
+* ``results`` — one row per measured property: value, uncertainty, unit;
+* ``cycles`` — per cycle: surrogate summary, acquisition, what was chosen and why.
+
+A result is committed in the transaction that marks its evaluation done, the moment it
+arrives. The unique (campaign, candidate) key makes evaluating a candidate twice impossible,
+whatever process asks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
+from loop.provenance import package_versions, process_info
+from loop.space import Candidate
+from oracles.base import Result
+
+Status = Literal["proposed", "submitted", "done", "failed"]
+STATUSES: tuple[Status, ...] = ("proposed", "submitted", "done", "failed")
+_ALLOWED_FROM: dict[Status, tuple[Status, ...]] = {
+    "submitted": ("proposed",),
+    "done": ("submitted",),
+    "failed": ("proposed", "submitted"),
+}
+
+metadata_obj = MetaData()
+
+campaigns = Table(
+    "campaigns",
+    metadata_obj,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("config", JSON, nullable=False),
+    Column("config_hash", String(32), nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("versions", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata_obj,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("campaign_id", ForeignKey("campaigns.id"), nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("config_hash", String(32), nullable=False),
+    Column("versions", JSON, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+)
+
+candidates = Table(
+    "candidates",
+    metadata_obj,
+    Column("campaign_id", ForeignKey("campaigns.id"), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("params", JSON, nullable=False),
+    Column("run_id", ForeignKey("runs.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+evaluations = Table(
+    "evaluations",
+    metadata_obj,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("campaign_id", ForeignKey("campaigns.id"), nullable=False),
+    Column("candidate_id", String(64), nullable=False),
+    Column("cycle", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("external_id", String(255)),
+    Column("cost", Float),
+    Column("error", Text),
+    Column("retryable", Boolean),
+    Column("run_id", ForeignKey("runs.id"), nullable=False),
+    Column("proposed_at", DateTime(timezone=True), nullable=False),
+    Column("submitted_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("metadata", JSON),
+    UniqueConstraint("campaign_id", "candidate_id", name="one_evaluation_per_candidate"),
+)
+
+results = Table(
+    "results",
+    metadata_obj,
+    Column("evaluation_id", ForeignKey("evaluations.id"), primary_key=True),
+    Column("property", String(100), primary_key=True),
+    Column("value", Float, nullable=False),
+    Column("uncertainty", Float),
+    Column("unit", String(50), nullable=False, default=""),
+    Column("run_id", ForeignKey("runs.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+cycles = Table(
+    "cycles",
+    metadata_obj,
+    Column("campaign_id", ForeignKey("campaigns.id"), primary_key=True),
+    Column("cycle", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("acquisition", String(50)),
+    Column("surrogate", JSON),
+    Column("chosen", JSON),
+    Column("stop_reason", Text),
+    Column("run_id", ForeignKey("runs.id"), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def ledger_url(location: str | Path) -> str:
+    """An SQLAlchemy URL for a file path (SQLite) or a URL given as is."""
+    text = str(location)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One evaluation row, with its candidate's parameters and its results."""
+
+    id: int
+    candidate_id: str
+    params: Mapping[str, Any]
+    cycle: int
+    status: Status
+    external_id: str | None = None
+    cost: float | None = None
+    error: str | None = None
+    retryable: bool | None = None
+    values: Mapping[str, float] = field(default_factory=dict)
+    uncertainties: Mapping[str, float | None] = field(default_factory=dict)
+
+    @property
+    def candidate(self) -> Candidate:
+        return Candidate(self.params, self.candidate_id)
+
+
+@dataclass(frozen=True)
+class CycleRecord:
+    """One cycle row."""
+
+    cycle: int
+    status: Literal["open", "closed"]
+    acquisition: str | None
+    surrogate: Mapping[str, Any] | None
+    chosen: Sequence[Mapping[str, Any]] | None
+    stop_reason: str | None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A candidate chosen by a cycle, and why: acquisition value, posterior mean and std."""
+
+    candidate: Candidate
+    acquisition_value: float | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "candidate_id": self.candidate.id,
+            "acquisition_value": _finite_or_none(self.acquisition_value),
+            "mean": None if self.mean is None else [_finite_or_none(v) for v in self.mean],
+            "std": None if self.std is None else [_finite_or_none(v) for v in self.std],
+        }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+class Ledger:
+    """Durable record of campaigns; see the module docstring for the tables.
+
+    Args:
+        location: A file path (SQLite) or an SQLAlchemy URL.
+    """
+
+    def __init__(self, location: str | Path) -> None:
+        self.url = ledger_url(location)
+        self.engine: Engine = create_engine(self.url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # Take the write lock when a transaction starts, so concurrent writers queue up
+            # on busy_timeout instead of failing on a lock upgrade.
+            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        metadata_obj.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # --- campaigns and runs -----------------------------------------------------------------
+
+    def open_campaign(self, name: str, config: Mapping[str, Any], config_hash: str, seed: int) -> int:
+        """The id of campaign ``name``, created if new.
+
+        Raises:
+            CampaignError: the campaign exists with another configuration hash.
+        """
+        with self._transaction() as conn:
+            row = conn.execute(select(campaigns).where(campaigns.c.name == name)).first()
+            if row is not None:
+                if row.config_hash != config_hash:
+                    raise CampaignError(
+                        f"campaign {name!r} already exists in {self.url} with a different "
+                        f"configuration (hash {row.config_hash}, now {config_hash}); only [stopping] "
+                        "may change on resume — use another campaign name or ledger"
+                    )
+                return int(row.id)
+            return int(
+                conn.execute(
+                    insert(campaigns).values(
+                        name=name,
+                        config=dict(config),
+                        config_hash=config_hash,
+                        seed=seed,
+                        versions=package_versions(),
+                        created_at=_now(),
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def start_run(self, campaign_id: int) -> int:
+        """Register the current process as a run of the campaign; returns the run id."""
+        with self._transaction() as conn:
+            row = conn.execute(select(campaigns).where(campaigns.c.id == campaign_id)).one()
+            return int(
+                conn.execute(
+                    insert(runs).values(
+                        campaign_id=campaign_id,
+                        seed=row.seed,
+                        config_hash=row.config_hash,
+                        versions=package_versions(),
+                        started_at=_now(),
+                        **process_info(),
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def campaign_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(campaigns.c.name).order_by(campaigns.c.id)).scalars())
+
+    def campaign(self, name: str | None = None) -> Mapping[str, Any]:
+        """The campaign row named ``name`` (or the only one).
+
+        Raises:
+            LedgerError: no such campaign, or several and no name given.
+        """
+        names = self.campaign_names()
+        if name is None:
+            if len(names) != 1:
+                raise LedgerError(f"{self.url} holds {len(names)} campaigns {names}; name the one you mean")
+            name = names[0]
+        with self.engine.connect() as conn:
+            row = conn.execute(select(campaigns).where(campaigns.c.name == name)).first()
+        if row is None:
+            raise LedgerError(f"no campaign named {name!r} in {self.url}; it holds {names}")
+        return dict(row._mapping)
+
+    # --- cycles -----------------------------------------------------------------------------
+
+    def open_cycle(self, campaign_id: int, run_id: int) -> int:
+        """The campaign's open cycle (left by a previous run) or a new one."""
+        with self._transaction() as conn:
+            open_cycle = conn.execute(
+                select(cycles.c.cycle).where(cycles.c.campaign_id == campaign_id, cycles.c.status == "open")
+            ).scalar()
+            if open_cycle is not None:
+                return int(open_cycle)
+            last = conn.execute(
+                select(func.max(cycles.c.cycle)).where(cycles.c.campaign_id == campaign_id)
+            ).scalar()
+            cycle = 0 if last is None else int(last) + 1
+            conn.execute(
+                insert(cycles).values(
+                    campaign_id=campaign_id, cycle=cycle, status="open", run_id=run_id, started_at=_now()
+                )
+            )
+            return cycle
+
+    def close_cycle(self, campaign_id: int, cycle: int, stop_reason: str | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                update(cycles)
+                .where(cycles.c.campaign_id == campaign_id, cycles.c.cycle == cycle)
+                .values(status="closed", finished_at=_now(), stop_reason=stop_reason)
+            )
+
+    def cycles(self, campaign_id: int) -> list[CycleRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(cycles).where(cycles.c.campaign_id == campaign_id).order_by(cycles.c.cycle)
+            ).all()
+        return [
+            CycleRecord(r.cycle, r.status, r.acquisition, r.surrogate, r.chosen, r.stop_reason) for r in rows
+        ]
+
+    # --- evaluations ------------------------------------------------------------------------
+
+    def propose(
+        self,
+        campaign_id: int,
+        run_id: int,
+        cycle: int,
+        proposals: Sequence[Proposal],
+        acquisition: str,
+        surrogate: Mapping[str, Any] | None,
+    ) -> list[int]:
+        """Record a cycle's chosen batch in one transaction; returns the evaluation ids.
+
+        Raises:
+            DuplicateCandidateError: a candidate of the batch already has an evaluation in
+                this campaign, or the batch names one twice. Nothing is written then.
+        """
+        ids = [p.candidate.id for p in proposals]
+        if len(set(ids)) != len(ids):
+            raise DuplicateCandidateError(f"batch names a candidate twice: {ids}")
+        now = _now()
+        try:
+            with self._transaction() as conn:
+                evaluation_ids = []
+                for p in proposals:
+                    known = conn.execute(
+                        select(candidates.c.id).where(
+                            candidates.c.campaign_id == campaign_id, candidates.c.id == p.candidate.id
+                        )
+                    ).first()
+                    if known is None:
+                        conn.execute(
+                            insert(candidates).values(
+                                campaign_id=campaign_id,
+                                id=p.candidate.id,
+                                params=dict(p.candidate.params),
+                                run_id=run_id,
+                                created_at=now,
+                            )
+                        )
+                    evaluation_ids.append(
+                        int(
+                            conn.execute(
+                                insert(evaluations).values(
+                                    campaign_id=campaign_id,
+                                    candidate_id=p.candidate.id,
+                                    cycle=cycle,
+                                    status="proposed",
+                                    run_id=run_id,
+                                    proposed_at=now,
+                                )
+                            ).inserted_primary_key[0]
+                        )
+                    )
+                conn.execute(
+                    update(cycles)
+                    .where(cycles.c.campaign_id == campaign_id, cycles.c.cycle == cycle)
+                    .values(
+                        acquisition=acquisition,
+                        surrogate=None if surrogate is None else dict(surrogate),
+                        chosen=[p.as_dict() for p in proposals],
+                    )
+                )
+                return evaluation_ids
+        except IntegrityError as exc:
+            raise DuplicateCandidateError(
+                f"a candidate of batch {ids} has already been evaluated or proposed in this campaign"
+            ) from exc
+
+    def mark_submitted(self, evaluation_id: int, external_id: str | None = None) -> None:
+        """``proposed → submitted``, with the oracle's own handle for the job if it has one."""
+        self._transition(evaluation_id, "submitted", submitted_at=_now(), external_id=external_id)
+
+    def set_external_id(self, evaluation_id: int, external_id: str) -> None:
+        """Remember the oracle's own id of a submitted job (to re-attach after a restart)."""
+        with self._transaction() as conn:
+            conn.execute(
+                update(evaluations).where(evaluations.c.id == evaluation_id).values(external_id=external_id)
+            )
+
+    def record_result(self, evaluation_id: int, result: Result, run_id: int) -> None:
+        """``submitted → done`` together with the result's rows, in one transaction."""
+        now = _now()
+        with self._transaction() as conn:
+            self._transition(
+                evaluation_id,
+                "done",
+                conn=conn,
+                finished_at=now,
+                cost=result.cost,
+                metadata=dict(result.metadata),
+            )
+            conn.execute(
+                insert(results),
+                [
+                    {
+                        "evaluation_id": evaluation_id,
+                        "property": name,
+                        "value": m.value,
+                        "uncertainty": m.uncertainty,
+                        "unit": m.unit,
+                        "run_id": run_id,
+                        "created_at": now,
+                    }
+                    for name, m in result.measurements.items()
+                ],
+            )
+
+    def record_failure(
+        self, evaluation_id: int, error: str, retryable: bool, cost: float | None = None
+    ) -> None:
+        """``proposed | submitted → failed``, with the reason."""
+        self._transition(
+            evaluation_id, "failed", finished_at=_now(), error=error[:4000], retryable=retryable, cost=cost
+        )
+
+    def _transition(
+        self, evaluation_id: int, status: Status, conn: Connection | None = None, **values: Any
+    ) -> None:
+        statement = (
+            update(evaluations)
+            .where(evaluations.c.id == evaluation_id, evaluations.c.status.in_(_ALLOWED_FROM[status]))
+            .values(status=status, **values)
+        )
+        if conn is None:
+            with self._transaction() as own:
+                changed = own.execute(statement).rowcount
+        else:
+            changed = conn.execute(statement).rowcount
+        if changed != 1:
+            with self.engine.connect() as read:
+                current = read.execute(
+                    select(evaluations.c.status).where(evaluations.c.id == evaluation_id)
+                ).scalar()
+            raise LedgerError(
+                f"evaluation {evaluation_id} cannot move to {status!r} from {current!r} "
+                f"(allowed from {list(_ALLOWED_FROM[status])})"
+            )
+
+    def evaluations(
+        self, campaign_id: int, statuses: Sequence[Status] | None = None
+    ) -> list[EvaluationRecord]:
+        """The campaign's evaluations (optionally only some statuses), in proposal order."""
+        query = (
+            select(evaluations, candidates.c.params)
+            .join(
+                candidates,
+                (candidates.c.campaign_id == evaluations.c.campaign_id)
+                & (candidates.c.id == evaluations.c.candidate_id),
+            )
+            .where(evaluations.c.campaign_id == campaign_id)
+            .order_by(evaluations.c.id)
+        )
+        if statuses is not None:
+            query = query.where(evaluations.c.status.in_(list(statuses)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+            ids = [r.id for r in rows if r.status == "done"]
+            values: dict[int, dict[str, float]] = {}
+            uncertainties: dict[int, dict[str, float | None]] = {}
+            if ids:
+                for r in conn.execute(select(results).where(results.c.evaluation_id.in_(ids))):
+                    values.setdefault(r.evaluation_id, {})[r.property] = r.value
+                    uncertainties.setdefault(r.evaluation_id, {})[r.property] = r.uncertainty
+        return [
+            EvaluationRecord(
+                id=r.id,
+                candidate_id=r.candidate_id,
+                params=r.params,
+                cycle=r.cycle,
+                status=r.status,
+                external_id=r.external_id,
+                cost=r.cost,
+                error=r.error,
+                retryable=r.retryable,
+                values=values.get(r.id, {}),
+                uncertainties=uncertainties.get(r.id, {}),
+            )
+            for r in rows
+        ]
+
+    def status_counts(self, campaign_id: int) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(evaluations.c.status, func.count())
+                .where(evaluations.c.campaign_id == campaign_id)
+                .group_by(evaluations.c.status)
+            ).all()
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    def spent(self, campaign_id: int) -> tuple[int, float]:
+        """Experiments committed to (pending, done, or failed after reaching the oracle) and
+        their cost so far."""
+        reached_oracle = evaluations.c.status.in_(["proposed", "submitted", "done"]) | (
+            evaluations.c.submitted_at.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            n, cost = conn.execute(
+                select(func.count(), func.coalesce(func.sum(evaluations.c.cost), 0.0)).where(
+                    evaluations.c.campaign_id == campaign_id, reached_oracle
+                )
+            ).one()
+        return int(n), float(cost)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # transactions are begun by the "begin" event
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,124 @@
+"""Finite candidate pools: a table of designs to choose from.
+
+A pool is read from a CSV file or a DataFrame. Rows with identical inputs are replicates of
+one design and become one candidate; the outputs, if the table has them, stay with the
+dataset-backed simulated lab (:mod:`oracles.simulated`), never with the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from loop.errors import ConfigError, SpaceError
+from loop.space import (
+    Candidate,
+    Categorical,
+    Continuous,
+    Integer,
+    Parameter,
+    ParamValue,
+    SearchSpace,
+)
+
+
+class CandidatePool:
+    """A finite, ordered set of distinct candidates of one search space.
+
+    What a campaign needs of a pool is ``ids``, ``candidates``, ``X`` (the model inputs of
+    every candidate, ``N x d``) and :meth:`encode`; pools of other kinds of candidate
+    (crystal structures, say) provide the same and plug in unchanged.
+
+    Args:
+        space: The space the candidates belong to.
+        candidates: The candidates; ids must be distinct.
+    """
+
+    def __init__(self, space: SearchSpace, candidates: Sequence[Candidate]) -> None:
+        if not candidates:
+            raise SpaceError("a candidate pool needs at least one candidate")
+        self.space = space
+        self.candidates: tuple[Candidate, ...] = tuple(candidates)
+        self.ids: list[str] = [c.id for c in self.candidates]
+        self.index: dict[str, int] = {cid: i for i, cid in enumerate(self.ids)}
+        if len(self.index) != len(self.ids):
+            seen: set[str] = set()
+            repeated = sorted({c for c in self.ids if c in seen or seen.add(c)})
+            raise SpaceError(f"duplicate candidate ids in pool: {repeated[:5]}")
+        self._X: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    @property
+    def X(self) -> Tensor:
+        """``N x d`` encoded candidates, built once."""
+        if self._X is None:
+            self._X = self.space.encode(c.params for c in self.candidates)
+        return self._X
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, inputs: Sequence[str]) -> CandidatePool:
+        """A pool from the ``inputs`` columns of a table, replicates grouped.
+
+        Parameter kinds are read off the column types: integer columns become
+        :class:`Integer`, other numeric ones :class:`Continuous` (bounds = the column's range),
+        text columns :class:`Categorical`.
+        """
+        missing = [c for c in inputs if c not in frame.columns]
+        if missing:
+            raise ConfigError(f"input column(s) {missing} not in table columns {list(frame.columns)}")
+        table = frame[list(inputs)]
+        if table.isna().any().any():
+            bad = [c for c in inputs if table[c].isna().any()]
+            raise SpaceError(f"input column(s) {bad} have empty or NaN cells")
+        params: list[Parameter] = []
+        for name in inputs:
+            column = table[name]
+            if pd.api.types.is_integer_dtype(column):
+                params.append(Integer(name, int(column.min()), int(column.max())))
+            elif pd.api.types.is_numeric_dtype(column):
+                values = column.to_numpy(dtype=float)
+                if not np.isfinite(values).all():
+                    raise SpaceError(f"input column {name!r} has infinite values")
+                params.append(Continuous(name, float(values.min()), float(values.max())))
+            else:
+                params.append(Categorical(name, tuple(sorted(column.astype(str).unique()))))
+        space = SearchSpace(params)
+        unique = table.drop_duplicates()
+        candidates = [space.candidate(row) for row in unique.to_dict("records")]
+        return cls(space, candidates)
+
+    @classmethod
+    def from_csv(cls, path: str | Path, inputs: Sequence[str]) -> CandidatePool:
+        """A pool from a CSV file; see :meth:`from_frame`."""
+        return cls.from_frame(read_table(path), inputs)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the ``d`` model-input columns."""
+        return self.space.feature_names
+
+    def encode(self, params: Iterable[Mapping[str, ParamValue]]) -> Tensor:
+        """``n x d`` model inputs of candidates given by their parameters."""
+        return self.space.encode(params)
+
+    def positions(self, ids: Sequence[str]) -> Tensor:
+        """Row positions of ``ids`` in the pool (a ``len(ids)`` long tensor)."""
+        return torch.tensor([self.index[i] for i in ids], dtype=torch.long)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV table, turning a missing or unreadable file into a clear :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data file {str(path)!r} does not exist")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"data file {str(path)!r} is not a readable CSV table: {exc}") from exc

@@ -1,0 +1,75 @@
+"""Read-only views of a ledger: status summaries and tables for export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from loop.ledger import EvaluationRecord, Ledger
+
+
+def _signed_weights(config: dict[str, Any]) -> dict[str, float]:
+    return {
+        o["name"]: (1.0 if o.get("direction", "maximize") == "maximize" else -1.0)
+        * float(o.get("weight", 1.0))
+        for o in config["objectives"]
+    }
+
+
+def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
+    """Campaign, cycles, evaluations by status and best so far, as JSON-ready data."""
+    row = ledger.campaign(name)
+    weights = _signed_weights(row["config"])
+    done = [e for e in ledger.evaluations(row["id"], ["done"]) if all(p in e.values for p in weights)]
+    best = None
+    if done:
+
+        def score(e: EvaluationRecord) -> float:
+            return sum(w * e.values[p] for p, w in weights.items())
+
+        top = max(done, key=score)
+        best = {
+            "candidate_id": top.candidate_id,
+            "params": dict(top.params),
+            "values": dict(top.values),
+            "objective": score(top),
+            "cycle": top.cycle,
+        }
+    cycles = ledger.cycles(row["id"])
+    experiments, cost = ledger.spent(row["id"])
+    return {
+        "campaign": row["name"],
+        "ledger": ledger.url,
+        "seed": row["seed"],
+        "config_hash": row["config_hash"],
+        "cycles": len(cycles),
+        "open_cycles": sum(c.status == "open" for c in cycles),
+        "evaluations": ledger.status_counts(row["id"]),
+        "experiments": experiments,
+        "cost": cost,
+        "objectives": {p: ("maximize" if w > 0 else "minimize") for p, w in weights.items()},
+        "best": best,
+        "stop_reason": next((c.stop_reason for c in reversed(cycles) if c.stop_reason), None),
+    }
+
+
+def evaluations_table(ledger: Ledger, name: str | None = None) -> pd.DataFrame:
+    """One row per evaluation: ids, cycle, status, parameters, values with uncertainties, cost, error."""
+    row = ledger.campaign(name)
+    records = []
+    for e in ledger.evaluations(row["id"]):
+        record: dict[str, Any] = {
+            "evaluation_id": e.id,
+            "cycle": e.cycle,
+            "candidate_id": e.candidate_id,
+            "status": e.status,
+        }
+        record |= dict(e.params)
+        for prop, value in e.values.items():
+            record[prop] = value
+            record[f"{prop}_uncertainty"] = e.uncertainties.get(prop)
+        record["cost"] = e.cost
+        record["error"] = e.error
+        records.append(record)
+    return pd.DataFrame.from_records(records)

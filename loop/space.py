@@ -1,0 +1,441 @@
+"""Search spaces: what a campaign may propose.
+
+A :class:`SearchSpace` is a box of named parameters (continuous, integer, categorical) with
+optional linear constraints, such as a composition simplex (fractions that sum to 1). It
+encodes parameter dictionaries into the ``n x d`` tensors that BoTorch models see, and
+decodes them back. Every candidate gets a stable id, a hash of its canonical parameters, so
+the same candidate is recognised wherever and whenever it turns up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from loop.errors import SpaceError
+
+ParamValue: TypeAlias = float | int | str
+_ID_DIGITS = 12  # significant digits that make two floats "the same" parameter value
+_CONSTRAINT_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Continuous:
+    """A real-valued parameter in ``[lower, upper]``."""
+
+    name: str
+    lower: float
+    upper: float
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        _check_bounds(self.name, self.lower, self.upper)
+
+    @property
+    def width(self) -> int:
+        return 1
+
+    def canonical(self, value: Any) -> float:
+        number = _as_number(self.name, value)
+        _check_inside(self.name, number, self.lower, self.upper)
+        return float(number)
+
+
+@dataclass(frozen=True)
+class Integer:
+    """An integer parameter in ``[lower, upper]`` (both included)."""
+
+    name: str
+    lower: int
+    upper: int
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        _check_bounds(self.name, self.lower, self.upper)
+
+    @property
+    def width(self) -> int:
+        return 1
+
+    def canonical(self, value: Any) -> int:
+        number = _as_number(self.name, value)
+        if number != round(number):
+            raise SpaceError(f"parameter {self.name!r} must be an integer, got {value!r}")
+        _check_inside(self.name, number, self.lower, self.upper)
+        return round(number)
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """A parameter that takes one of a few named choices (one-hot encoded for the model)."""
+
+    name: str
+    choices: tuple[str, ...]
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choices", tuple(str(c) for c in self.choices))
+        if len(self.choices) < 1 or len(set(self.choices)) != len(self.choices):
+            raise SpaceError(f"parameter {self.name!r} needs distinct choices, got {self.choices}")
+
+    @property
+    def width(self) -> int:
+        return len(self.choices)
+
+    def canonical(self, value: Any) -> str:
+        if str(value) not in self.choices:
+            raise SpaceError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}")
+        return str(value)
+
+
+Parameter: TypeAlias = Continuous | Integer | Categorical
+
+
+@dataclass(frozen=True)
+class LinearConstraint:
+    """``sum(coefficient * parameter) <sense> rhs`` over continuous parameters.
+
+    Args:
+        coefficients: Pairs ``(parameter name, coefficient)``.
+        rhs: The right-hand side.
+        sense: ``"<="``, ``">="`` or ``"=="``.
+    """
+
+    coefficients: tuple[tuple[str, float], ...]
+    rhs: float
+    sense: Literal["<=", ">=", "=="] = "<="
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "coefficients", tuple((str(n), float(c)) for n, c in self.coefficients))
+        if not self.coefficients:
+            raise SpaceError("a linear constraint needs at least one coefficient")
+        if self.sense not in ("<=", ">=", "=="):
+            raise SpaceError(f"constraint sense must be '<=', '>=' or '==', got {self.sense!r}")
+
+    @classmethod
+    def simplex(cls, names: Sequence[str], total: float = 1.0) -> LinearConstraint:
+        """Fractions that sum to ``total`` (a composition)."""
+        return cls(tuple((n, 1.0) for n in names), float(total), "==")
+
+    def violation(self, params: Mapping[str, ParamValue]) -> float:
+        """How far ``params`` are from satisfying the constraint (0 when satisfied)."""
+        lhs = sum(c * float(params[n]) for n, c in self.coefficients)
+        if self.sense == "==":
+            return abs(lhs - self.rhs)
+        if self.sense == "<=":
+            return max(0.0, lhs - self.rhs)
+        return max(0.0, self.rhs - lhs)
+
+    def __str__(self) -> str:
+        terms = " + ".join(f"{c:g}*{n}" for n, c in self.coefficients)
+        return f"{terms} {self.sense} {self.rhs:g}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of a search space: canonical parameters and the id derived from them."""
+
+    params: Mapping[str, ParamValue]
+    id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        if not self.id:
+            object.__setattr__(self, "id", candidate_id(self.params))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
+        return cls(params=d["params"], id=d["id"])
+
+
+def candidate_id(params: Mapping[str, ParamValue]) -> str:
+    """A stable id: 16 hex digits of the SHA-256 of the canonical parameters.
+
+    Numbers are compared to 12 significant digits, so ``0.1 + 0.2`` and ``0.3`` (or ``6`` and
+    ``6.0``) give the same id; strings are kept apart from numbers.
+    """
+    canonical = {
+        name: (f"s:{value}" if isinstance(value, str) else format(float(value), f".{_ID_DIGITS}g"))
+        for name, value in params.items()
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class SearchSpace:
+    """Named parameters, optional linear constraints, and their tensor encoding.
+
+    Args:
+        parameters: The parameters, in the order of the encoded columns.
+        constraints: Linear constraints over continuous parameters.
+    """
+
+    def __init__(self, parameters: Sequence[Parameter], constraints: Sequence[LinearConstraint] = ()) -> None:
+        names = [p.name for p in parameters]
+        if not names:
+            raise SpaceError("a search space needs at least one parameter")
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise SpaceError(f"parameter names must be unique, repeated: {duplicated}")
+        self.parameters: tuple[Parameter, ...] = tuple(parameters)
+        self.constraints: tuple[LinearConstraint, ...] = tuple(constraints)
+        self._by_name = {p.name: p for p in self.parameters}
+        for constraint in self.constraints:
+            for name, _ in constraint.coefficients:
+                if not isinstance(self._by_name.get(name), Continuous):
+                    raise SpaceError(
+                        f"constraint {constraint} refers to {name!r}, which is not a "
+                        "continuous parameter of the space"
+                    )
+        self._columns: dict[str, int] = {}
+        column = 0
+        for p in self.parameters:
+            self._columns[p.name] = column
+            column += p.width
+        self.dim = column
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.parameters]
+
+    def __getitem__(self, name: str) -> Parameter:
+        return self._by_name[name]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the ``d`` encoded columns (``name=choice`` for one-hot columns)."""
+        names: list[str] = []
+        for p in self.parameters:
+            names += [f"{p.name}={c}" for c in p.choices] if isinstance(p, Categorical) else [p.name]
+        return names
+
+    def columns(self, name: str) -> range:
+        """The encoded columns of parameter ``name`` (several for a categorical)."""
+        start = self._columns[name]
+        return range(start, start + self._by_name[name].width)
+
+    # --- validation -------------------------------------------------------------------------
+
+    def canonical(self, params: Mapping[str, Any]) -> dict[str, ParamValue]:
+        """Check ``params`` against the space and return their canonical form.
+
+        Raises:
+            SpaceError: naming the unknown, missing or out-of-range parameter, or the violated
+                constraint.
+        """
+        unknown = sorted(set(params) - set(self._by_name))
+        if unknown:
+            raise SpaceError(f"unknown parameter(s) {unknown}; the space has {self.names}")
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise SpaceError(f"missing parameter(s) {missing}")
+        canonical = {p.name: p.canonical(params[p.name]) for p in self.parameters}
+        for constraint in self.constraints:
+            if constraint.violation(canonical) > _CONSTRAINT_TOL:
+                raise SpaceError(f"constraint {constraint} violated by {canonical}")
+        return canonical
+
+    def candidate(self, params: Mapping[str, Any]) -> Candidate:
+        """A validated :class:`Candidate` from a parameter dictionary."""
+        return Candidate(self.canonical(params))
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    @property
+    def bounds(self) -> Tensor:
+        """``2 x d`` lower and upper bounds of the encoded space."""
+        lower: list[float] = []
+        upper: list[float] = []
+        for p in self.parameters:
+            if isinstance(p, Categorical):
+                lower += [0.0] * p.width
+                upper += [1.0] * p.width
+            else:
+                lower.append(float(p.lower))
+                upper.append(float(p.upper))
+        return torch.tensor([lower, upper], dtype=torch.double)
+
+    def encode(self, params: Iterable[Mapping[str, ParamValue]]) -> Tensor:
+        """``n x d`` tensor of canonical parameter dictionaries (categoricals one-hot)."""
+        rows = []
+        for item in params:
+            row: list[float] = []
+            for p in self.parameters:
+                value = item[p.name]
+                if isinstance(p, Categorical):
+                    row += [1.0 if c == value else 0.0 for c in p.choices]
+                else:
+                    row.append(float(value))
+            rows.append(row)
+        return torch.tensor(rows, dtype=torch.double).reshape(len(rows), self.dim)
+
+    def decode(self, X: Tensor) -> list[dict[str, ParamValue]]:
+        """Parameter dictionaries from an ``n x d`` tensor (integers rounded, categoricals by argmax)."""
+        out = []
+        for row in X.detach().cpu().double().tolist():
+            params: dict[str, ParamValue] = {}
+            for p in self.parameters:
+                col = self._columns[p.name]
+                if isinstance(p, Categorical):
+                    params[p.name] = p.choices[int(np.argmax(row[col : col + p.width]))]
+                elif isinstance(p, Integer):
+                    params[p.name] = int(min(max(round(row[col]), p.lower), p.upper))
+                else:
+                    params[p.name] = float(min(max(row[col], p.lower), p.upper))
+            out.append(params)
+        return out
+
+    def botorch_constraints(
+        self,
+    ) -> tuple[list[tuple[Tensor, Tensor, float]], list[tuple[Tensor, Tensor, float]]]:
+        """Constraints as BoTorch wants them: ``(inequality, equality)`` lists of
+        ``(indices, coefficients, rhs)`` meaning ``sum(coefficients * X[indices]) >= rhs``
+        (or ``== rhs``)."""
+        inequality, equality = [], []
+        for c in self.constraints:
+            index = torch.tensor([self._columns[n] for n, _ in c.coefficients])
+            coeffs = torch.tensor([v for _, v in c.coefficients], dtype=torch.double)
+            if c.sense == "==":
+                equality.append((index, coeffs, c.rhs))
+            elif c.sense == ">=":
+                inequality.append((index, coeffs, c.rhs))
+            else:
+                inequality.append((index, -coeffs, -c.rhs))
+        return inequality, equality
+
+    # --- sampling ---------------------------------------------------------------------------
+
+    def sample(self, n: int, seed: int) -> list[dict[str, ParamValue]]:
+        """``n`` random feasible parameter dictionaries.
+
+        Composition simplices are sampled exactly (uniform Dirichlet); other linear
+        constraints by hit-and-run over their polytope; free parameters uniformly.
+        """
+        rng = np.random.default_rng(seed)
+        values: dict[str, list[ParamValue]] = {}
+        if self.constraints and all(self._is_plain_simplex(c) for c in self.constraints):
+            for c in self.constraints:
+                draws = rng.dirichlet(np.ones(len(c.coefficients)), size=n) * c.rhs
+                for k, (name, _) in enumerate(c.coefficients):
+                    values[name] = draws[:, k].tolist()
+        elif self.constraints:
+            values |= self._polytope_sample(n, seed)
+        for p in self.parameters:
+            if p.name in values:
+                continue
+            if isinstance(p, Continuous):
+                values[p.name] = rng.uniform(p.lower, p.upper, n).tolist()
+            elif isinstance(p, Integer):
+                values[p.name] = rng.integers(p.lower, p.upper + 1, n).tolist()
+            else:
+                values[p.name] = [p.choices[i] for i in rng.integers(0, p.width, n)]
+        return [{p.name: values[p.name][i] for p in self.parameters} for i in range(n)]
+
+    def _is_plain_simplex(self, c: LinearConstraint) -> bool:
+        """``sum(x_i) == total`` with every ``x_i`` in ``[0, >= total]``, sharing no parameter
+        with another constraint: a simplex that Dirichlet sampling covers exactly."""
+        names = [n for n, _ in c.coefficients]
+        others = {n for o in self.constraints if o is not c for n, _ in o.coefficients}
+        return (
+            c.sense == "=="
+            and c.rhs > 0
+            and all(coefficient == 1.0 for _, coefficient in c.coefficients)
+            and not others & set(names)
+            and all(self[n].lower == 0 and self[n].upper >= c.rhs for n in names)  # type: ignore[union-attr]
+        )
+
+    def _polytope_sample(self, n: int, seed: int) -> dict[str, list[ParamValue]]:
+        from botorch.utils.sampling import get_polytope_samples
+
+        continuous = [p for p in self.parameters if isinstance(p, Continuous)]
+        sub = SearchSpace(continuous, self.constraints)
+        inequality, equality = sub.botorch_constraints()
+        X = get_polytope_samples(
+            n,
+            sub.bounds,
+            inequality_constraints=inequality or None,
+            equality_constraints=equality or None,
+            seed=seed,
+            n_burnin=200,
+            n_thinning=20,
+        )
+        return {
+            p.name: [min(max(v, p.lower), p.upper) for v in column]
+            for p, column in zip(continuous, X.T.tolist(), strict=True)
+        }
+
+    # --- round trip -------------------------------------------------------------------------
+
+    def as_dict(self) -> dict[str, Any]:
+        params = []
+        for p in self.parameters:
+            kind = type(p).__name__.lower()
+            body = {"name": p.name, "type": kind, "unit": p.unit}
+            if isinstance(p, Categorical):
+                body["choices"] = list(p.choices)
+            else:
+                body |= {"lower": p.lower, "upper": p.upper}
+            params.append(body)
+        constraints = [
+            {"coefficients": dict(c.coefficients), "rhs": c.rhs, "sense": c.sense} for c in self.constraints
+        ]
+        return {"parameters": params, "constraints": constraints}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
+        kinds = {"continuous": Continuous, "integer": Integer, "categorical": Categorical}
+        params = []
+        for body in d["parameters"]:
+            body = dict(body)
+            kind = kinds[body.pop("type")]
+            if kind is Categorical:
+                body["choices"] = tuple(body["choices"])
+            params.append(kind(**body))
+        constraints = [
+            LinearConstraint(tuple(c["coefficients"].items()), c["rhs"], c["sense"])
+            for c in d.get("constraints", ())
+        ]
+        return cls(params, constraints)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SearchSpace) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.as_dict(), sort_keys=True))
+
+    def __repr__(self) -> str:
+        return f"SearchSpace({self.names}, constraints={[str(c) for c in self.constraints]})"
+
+
+def _as_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise SpaceError(f"parameter {name!r} must be a number, got {value!r}") from None
+    if not math.isfinite(float(value)):
+        raise SpaceError(f"parameter {name!r} must be finite, got {value!r}")
+    return float(value)
+
+
+def _check_bounds(name: str, lower: float, upper: float) -> None:
+    if not (math.isfinite(lower) and math.isfinite(upper)) or lower > upper:
+        raise SpaceError(f"parameter {name!r} needs finite bounds lower <= upper, got [{lower}, {upper}]")
+
+
+def _check_inside(name: str, value: float, lower: float, upper: float) -> None:
+    span = max(abs(upper - lower), 1.0)
+    if value < lower - 1e-9 * span or value > upper + 1e-9 * span:
+        raise SpaceError(f"parameter {name!r} = {value} is outside its bounds [{lower}, {upper}]")

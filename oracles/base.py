@@ -1,0 +1,131 @@
+"""The oracle contract: something that measures candidates.
+
+An oracle declares the properties it measures (``implemented_properties``, as an ASE
+calculator does) and implements one method, :meth:`Oracle.evaluate`, for one candidate.
+Batches go through :meth:`Oracle.submit`, which returns one ``Future`` per candidate so that
+each result can be committed the moment it arrives; the default runs ``evaluate`` on a
+thread pool as wide as the oracle's ``capacity``. Oracles that talk to a remote lab override
+``submit``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from loop.errors import DuplicateCandidateError
+from loop.space import Candidate
+from oracles.errors import InvalidResult
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured property: value, standard uncertainty (same unit) and unit."""
+
+    value: float
+    uncertainty: float | None = None
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What an oracle returns for one candidate.
+
+    Args:
+        candidate_id: The id of the candidate measured.
+        measurements: Property name → :class:`Measurement`.
+        cost: What the evaluation cost, in the campaign's cost unit.
+        metadata: Free-form provenance (instrument, raw-data reference...), JSON-serialisable.
+    """
+
+    candidate_id: str
+    measurements: Mapping[str, Measurement]
+    cost: float = 1.0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    def check(self, required: Sequence[str]) -> None:
+        """Refuse results that must not reach a model.
+
+        Raises:
+            InvalidResult: a required property is missing, or a value, uncertainty or cost is
+                NaN or infinite, or an uncertainty is negative.
+        """
+        missing = [p for p in required if p not in self.measurements]
+        if missing:
+            raise InvalidResult(f"result for {self.candidate_id} lacks propert(ies) {missing}")
+        for name, m in self.measurements.items():
+            if not math.isfinite(m.value):
+                raise InvalidResult(f"result for {self.candidate_id}: {name} = {m.value} is not finite")
+            if m.uncertainty is not None and not (math.isfinite(m.uncertainty) and m.uncertainty >= 0):
+                raise InvalidResult(
+                    f"result for {self.candidate_id}: uncertainty of {name} = {m.uncertainty} "
+                    "is not a finite non-negative number"
+                )
+        if not (math.isfinite(self.cost) and self.cost >= 0):
+            raise InvalidResult(f"result for {self.candidate_id}: cost {self.cost} is not finite and >= 0")
+
+
+class Oracle(ABC):
+    """Base class of every oracle.
+
+    Subclasses set ``implemented_properties`` and implement :meth:`evaluate`. Errors follow
+    :mod:`oracles.errors`: :class:`~oracles.errors.OracleSetupError` when the oracle cannot
+    run at all, :class:`~oracles.errors.EvaluationFailed` when one evaluation fails.
+    """
+
+    #: The properties every result of this oracle carries.
+    implemented_properties: tuple[str, ...] = ()
+    #: How many evaluations may run at once.
+    capacity: int = 1
+
+    @abstractmethod
+    def evaluate(self, candidate: Candidate) -> Result:
+        """Measure one candidate; blocks until the result is there."""
+
+    def submit(self, candidates: Sequence[Candidate]) -> list[Future[Result]]:
+        """Start measuring a batch; one future per candidate, in the same order.
+
+        Raises:
+            DuplicateCandidateError: the batch names a candidate twice.
+        """
+        ids = [c.id for c in candidates]
+        if len(set(ids)) != len(ids):
+            raise DuplicateCandidateError(f"batch names a candidate twice: {ids}")
+        executor = ThreadPoolExecutor(max_workers=max(1, min(self.capacity, len(candidates))))
+        futures = [executor.submit(self.evaluate, c) for c in candidates]
+        executor.shutdown(wait=False)
+        return futures
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release what the oracle holds (connections, processes). Idempotent."""
+
+    def handle(self, future: Future[Result]) -> str | None:
+        """The oracle's own id for a submitted job (stored in the ledger), if it has one."""
+        return getattr(future, "external_id", None)
+
+    def __enter__(self) -> Oracle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Reattachable:
+    """Mixin for oracles whose jobs outlive the process that submitted them (remote labs).
+
+    A campaign that finds evaluations left ``submitted`` by a dead process asks such an
+    oracle to re-attach to them instead of recording them as lost.
+    """
+
+    def reattach(self, candidate: Candidate, external_id: str | None) -> Future[Result]:
+        """A future for a job an earlier process submitted (``external_id`` from the ledger)."""
+        raise NotImplementedError

@@ -1,0 +1,170 @@
+"""Gaussian-process surrogate: BoTorch's ``SingleTaskGP`` with an ARD Matern-5/2 kernel.
+
+Inputs are normalised to the unit cube with the *space's* bounds (fixed once, so a pool is
+scaled once over all its candidates), outcomes are standardised, and hyper-parameters are
+fitted by ``fit_gpytorch_mll``. Several outcomes give a batched multi-output GP. Observed
+noise (replicate variance, an instrument's stated uncertainty) may be passed as ``Yvar``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import SingleTaskGP
+from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.outcome import Standardize
+from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+from botorch.posteriors import Posterior
+from botorch.sampling.pathwise import draw_matheron_paths
+from botorch.utils.datasets import SupervisedDataset
+from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
+from gpytorch.mlls import ExactMarginalLogLikelihood
+from torch import Tensor
+
+from surrogates.base import Surrogate, SurrogateError
+
+Kernel = Literal["matern52", "rbf"]
+NoiseModel = Literal["inferred", "observed"]
+
+
+class SamplesPaths:
+    """Mixin for surrogates that can draw whole functions from their posterior."""
+
+    def sample_paths(self, num_samples: int) -> Callable[[Tensor], Tensor]:
+        """``num_samples`` posterior function draws: ``N x d`` → ``num_samples x N x m``."""
+        raise NotImplementedError
+
+
+class GPSurrogate(Surrogate, SamplesPaths):
+    """An exact GP, refitted on every call of :meth:`fit`.
+
+    Args:
+        input_bounds: ``2 x d`` bounds that map inputs to the unit cube (the space's bounds);
+            ``None`` uses the training data's range.
+        kernel: ``"matern52"`` (ARD Matern-5/2) or ``"rbf"`` (ARD squared exponential).
+        lengthscale_prior: ``True`` for BoTorch's dimension-scaled log-normal prior on the
+            length-scales; ``False`` for none (a scaled kernel, maximum likelihood).
+        noise: ``"inferred"`` fits one homoscedastic noise level; ``"observed"`` uses the
+            dataset's ``Yvar`` (replicate variance, instrument uncertainty).
+        warm_start: Start each fit from the previous fit's hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        input_bounds: Tensor | None = None,
+        kernel: Kernel = "matern52",
+        lengthscale_prior: bool = True,
+        noise: NoiseModel = "inferred",
+        warm_start: bool = True,
+    ) -> None:
+        super().__init__()
+        if kernel not in ("matern52", "rbf"):
+            raise ValueError(f"kernel must be 'matern52' or 'rbf', got {kernel!r}")
+        if noise not in ("inferred", "observed"):
+            raise ValueError(f"noise must be 'inferred' or 'observed', got {noise!r}")
+        self.input_bounds = input_bounds
+        self.kernel, self.lengthscale_prior = kernel, lengthscale_prior
+        self.noise, self.warm_start = noise, warm_start
+        self.model: SingleTaskGP | None = None
+
+    # --- fitting ----------------------------------------------------------------------------
+
+    def fit(self, dataset: SupervisedDataset) -> GPSurrogate:
+        X, Y, Yvar = dataset.X.double(), dataset.Y.double(), dataset.Yvar
+        if X.shape[0] == 0:
+            raise SurrogateError("cannot fit a GP to an empty dataset")
+        for name, tensor in (("X", X), ("Y", Y), ("Yvar", Yvar)):
+            if tensor is not None and not torch.isfinite(tensor).all():
+                raise SurrogateError(f"training {name} contains NaN or infinite values")
+        if self.noise == "observed":
+            if Yvar is None:
+                raise SurrogateError("noise = 'observed' needs Yvar in the dataset")
+            Yvar = Yvar.double().clamp_min(1e-9)
+        d, m = X.shape[-1], Y.shape[-1]
+        batch_shape = torch.Size([m]) if m > 1 else torch.Size()
+        model = SingleTaskGP(
+            X,
+            Y,
+            train_Yvar=Yvar if self.noise == "observed" else None,
+            covar_module=self._covar_module(d, batch_shape),
+            input_transform=Normalize(d, bounds=self.input_bounds),
+            outcome_transform=Standardize(m),
+        )
+        previous = self.model
+        if self.warm_start and previous is not None and previous.num_outputs == m:
+            model.covar_module.load_state_dict(previous.covar_module.state_dict())
+            if self.noise == "inferred":
+                model.likelihood.load_state_dict(previous.likelihood.state_dict())
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        model.eval()
+        self.model = model
+        return self
+
+    def _covar_module(self, d: int, batch_shape: torch.Size) -> torch.nn.Module:
+        if self.lengthscale_prior:
+            return get_covar_module_with_dim_scaled_prior(
+                ard_num_dims=d, batch_shape=batch_shape, use_rbf_kernel=self.kernel == "rbf"
+            )
+        base = (
+            RBFKernel(ard_num_dims=d, batch_shape=batch_shape)
+            if self.kernel == "rbf"
+            else MaternKernel(nu=2.5, ard_num_dims=d, batch_shape=batch_shape)
+        )
+        return ScaleKernel(base, batch_shape=batch_shape)
+
+    # --- the BoTorch Model interface, delegated to the fitted GP ---------------------------
+
+    @property
+    def fitted(self) -> SingleTaskGP:
+        if self.model is None:
+            raise SurrogateError("the GP surrogate has not been fitted yet; call fit(dataset)")
+        return self.model
+
+    @property
+    def num_outputs(self) -> int:
+        return self.fitted.num_outputs
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.fitted.batch_shape
+
+    def posterior(self, X: Tensor, *args: Any, **kwargs: Any) -> Posterior:
+        return self.fitted.posterior(X, *args, **kwargs)
+
+    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> SingleTaskGP:
+        return self.fitted.condition_on_observations(X, Y, **kwargs)
+
+    def subset_output(self, idcs: list[int]) -> SingleTaskGP:
+        return self.fitted.subset_output(idcs)
+
+    def sample_paths(self, num_samples: int) -> Callable[[Tensor], Tensor]:
+        # Matheron paths apply the model's input and outcome transforms themselves.
+        paths = draw_matheron_paths(self.fitted, sample_shape=torch.Size([num_samples]))
+        single_output = self.fitted.num_outputs == 1
+
+        @torch.no_grad()
+        def evaluate(X: Tensor) -> Tensor:
+            values = paths(X)
+            return values.unsqueeze(-1) if single_output else values.transpose(-1, -2)
+
+        return evaluate
+
+    def summary(self) -> dict[str, Any]:
+        model = self.fitted
+        scaled = isinstance(model.covar_module, ScaleKernel)
+        base = model.covar_module.base_kernel if scaled else model.covar_module
+        summary: dict[str, Any] = {
+            "type": "GPSurrogate",
+            "kernel": self.kernel,
+            "n_train": int(model.train_inputs[0].shape[-2]),
+            "lengthscales": base.lengthscale.detach().squeeze().tolist(),
+            "noise": self.noise,
+        }
+        if scaled:
+            summary["outputscale"] = model.covar_module.outputscale.detach().tolist()
+        if self.noise == "inferred":
+            summary["noise_variance"] = model.likelihood.noise.detach().squeeze().tolist()
+        return summary
