@@ -1,0 +1,42 @@
+"""alloop's engine-free closed loop: spaces, ledger, acquisition and the campaign cycle.
+
+``from loop import Campaign`` works; names are imported on first use so that importing a
+small piece (the error tree, the space) stays cheap and free of import cycles.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Acquisition": "loop.acquisition",
+    "Campaign": "loop.campaign",
+    "CampaignReport": "loop.campaign",
+    "CycleReport": "loop.campaign",
+    "CampaignConfig": "loop.config",
+    "load_config": "loop.config",
+    "parse_config": "loop.config",
+    "Ledger": "loop.ledger",
+    "CandidatePool": "loop.pool",
+    "Candidate": "loop.space",
+    "Categorical": "loop.space",
+    "Continuous": "loop.space",
+    "Integer": "loop.space",
+    "LinearConstraint": "loop.space",
+    "SearchSpace": "loop.space",
+    "AlloopError": "loop.errors",
+    "ConfigError": "loop.errors",
+    "SpaceError": "loop.errors",
+    "DuplicateCandidateError": "loop.errors",
+    "LedgerError": "loop.errors",
+    "CampaignError": "loop.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'loop' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -284,13 +284,14 @@ class Acquisition:
 
     @torch.no_grad()
     def max_expected_improvement(
-        self, model: Surrogate, Y_baseline: Tensor, choices: Tensor | None, space: SearchSpace
+        self, model: Surrogate, Y_baseline: Tensor, choices: Tensor | None, space: SearchSpace | None
     ) -> float:
         """The largest expected improvement over the best measured value (objective units)."""
         ei = LogExpectedImprovement(
             model, best_f=self.scalarize(Y_baseline).max(), posterior_transform=self.posterior_transform
         )
         if choices is None:
+            assert space is not None, "either choices or a space is needed"
             choices = space.encode(space.sample(_THOMPSON_SPACE_SAMPLES, seed=0))
         best = max(
             float(ei(choices[s : s + self.chunk_size].unsqueeze(-2)).max())

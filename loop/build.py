@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
 from loop.acquisition import Acquisition
-from loop.config import CampaignConfig, DatasetOracle, EmulatorOracle
-from loop.pool import CandidatePool, read_table
+from loop.config import (
+    ORACLE_PLUGINS,
+    POOL_PLUGINS,
+    CampaignConfig,
+    DatasetOracle,
+    EmulatorOracle,
+    PluginSection,
+)
+from loop.errors import ConfigError
+from loop.pool import CandidatePool, Pool, read_table
 from loop.space import SearchSpace
 from oracles.base import Oracle
 from oracles.functions import resolve_function
@@ -13,18 +27,23 @@ from surrogates.base import Surrogate
 from surrogates.gp import GPSurrogate
 
 
-def build_space(config: CampaignConfig) -> tuple[SearchSpace, CandidatePool | None]:
-    """The search space, and the pool when the space is a finite table."""
-    if config.space.pool is not None:
-        pool = CandidatePool.from_csv(config.resolve(config.space.pool.path), config.space.pool.inputs)
+def build_space(config: CampaignConfig) -> tuple[SearchSpace | None, Pool | None]:
+    """The search space (for parameter spaces and tables) and the pool (for finite ones)."""
+    section = config.space
+    if section.pool is not None:
+        pool = CandidatePool.from_csv(config.resolve(section.pool.path), section.pool.inputs)
         return pool.space, pool
-    return config.space.build(), None
+    if section.generator is not None:
+        return None, plugin(POOL_PLUGINS, section.generator.type)(section.generator.options, config)
+    return section.build(), None
 
 
-def build_oracle(config: CampaignConfig, space: SearchSpace) -> Oracle:
+def build_oracle(config: CampaignConfig, space: SearchSpace | None) -> Oracle:
     """The oracle the configuration describes."""
     units = {o.name: o.unit for o in config.objectives}
     spec = config.oracle
+    if isinstance(spec, PluginSection):
+        return plugin(ORACLE_PLUGINS, spec.type)(spec.options, config)
     if isinstance(spec, EmulatorOracle):
         return EmulatedLab(
             resolve_function(spec.function),
@@ -39,6 +58,8 @@ def build_oracle(config: CampaignConfig, space: SearchSpace) -> Oracle:
             journal=None if spec.journal is None else config.resolve(spec.journal),
         )
     assert isinstance(spec, DatasetOracle)
+    if space is None:
+        raise ConfigError("oracle.type = 'dataset' needs a table or parameter space")
     return DatasetLab(
         read_table(config.resolve(spec.path)),
         space,
@@ -49,11 +70,18 @@ def build_oracle(config: CampaignConfig, space: SearchSpace) -> Oracle:
     )
 
 
-def build_surrogate(config: CampaignConfig, space: SearchSpace) -> Surrogate:
-    """The surrogate, with inputs scaled by the space's bounds."""
+def build_surrogate(config: CampaignConfig, space: SearchSpace | None, pool: Pool | None) -> Surrogate:
+    """The surrogate, with inputs scaled once: by the pool's range, or the space's bounds."""
     section = config.surrogate
+    if pool is not None:
+        X = pool.X
+        bounds = torch.stack([X.min(dim=0).values, X.max(dim=0).values])
+        bounds[1] = torch.where(bounds[1] > bounds[0], bounds[1], bounds[0] + 1.0)  # constant columns
+    else:
+        assert space is not None
+        bounds = space.bounds
     return GPSurrogate(
-        input_bounds=space.bounds,
+        input_bounds=bounds,
         kernel=section.kernel,
         lengthscale_prior=section.lengthscale_prior,
         noise=section.noise,
@@ -75,3 +103,17 @@ def build_acquisition(config: CampaignConfig) -> Acquisition:
         raw_samples=section.raw_samples,
         max_iterations=section.max_iterations,
     )
+
+
+def plugin(registry: dict[str, str], kind: str) -> Callable[..., Any]:
+    """The builder registered for ``kind``: ``builder(options, config)``.
+
+    Raises:
+        ConfigError: the plug-in's module cannot be imported (an optional dependency is
+            missing, say).
+    """
+    module_name, _, attr = registry[kind].partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"type {kind!r} is not available: {exc}") from exc

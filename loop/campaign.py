@@ -29,7 +29,7 @@ from loop.acquisition import Acquisition, Pick
 from loop.build import build_acquisition, build_oracle, build_space, build_surrogate
 from loop.config import CampaignConfig, load_config
 from loop.ledger import EvaluationRecord, Ledger, Proposal
-from loop.pool import CandidatePool
+from loop.pool import Pool
 from loop.report import campaign_status
 from loop.space import SearchSpace
 from oracles.base import Oracle, Reattachable, Result
@@ -84,9 +84,11 @@ class Campaign:
         surrogate: Surrogate | None = None,
     ) -> None:
         self.config = config
-        self.space: SearchSpace
-        self.pool: CandidatePool | None
+        self.space: SearchSpace | None
+        self.pool: Pool | None
         self.space, self.pool = build_space(config)
+        #: What encodes candidates into model inputs: the pool if there is one, else the space.
+        self.inputs: Pool | SearchSpace = self.pool if self.pool is not None else self.space  # type: ignore[assignment]
         self.objectives = [o.name for o in config.objectives]
         self.oracle = oracle if oracle is not None else build_oracle(config, self.space)
         missing = [p for p in self.objectives if p not in self.oracle.implemented_properties]
@@ -95,7 +97,9 @@ class Campaign:
                 f"oracle {type(self.oracle).__name__} does not measure objective(s) {missing}; "
                 f"it implements {list(self.oracle.implemented_properties)}"
             )
-        self.surrogate = surrogate if surrogate is not None else build_surrogate(config, self.space)
+        self.surrogate = (
+            surrogate if surrogate is not None else build_surrogate(config, self.space, self.pool)
+        )
         self.acquisition: Acquisition = build_acquisition(config)
         self.ledger = ledger if ledger is not None else Ledger(config.ledger_location)
         self.id = self.ledger.open_campaign(
@@ -197,7 +201,7 @@ class Campaign:
             X,
             Y,
             Yvar=Yvar,
-            feature_names=(self.pool or self.space).feature_names,
+            feature_names=self.inputs.feature_names,
             outcome_names=self.objectives,
         )
 
@@ -235,6 +239,7 @@ class Campaign:
             picks = acquisition.select_from_pool(surrogate, choices, q, X_base, Y_base, X_pending, seed)
             candidates = [self.pool.candidates[free[p.index]] for p in picks]
         else:
+            assert self.space is not None
             picks = acquisition.select_in_space(surrogate, self.space, q, X_base, Y_base, X_pending, seed)
             candidates = [
                 self.space.candidate(params)
@@ -407,7 +412,7 @@ class Campaign:
 
     def encode(self, params: Iterable[Mapping[str, Any]]) -> torch.Tensor:
         """``n x d`` model inputs for candidates given by their parameters."""
-        return (self.pool if self.pool is not None else self.space).encode(params)
+        return self.inputs.encode(params)
 
     def _seed(self, cycle: int) -> int:
         return int(np.random.SeedSequence([self.config.campaign.seed, cycle]).generate_state(1)[0])

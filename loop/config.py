@@ -95,18 +95,50 @@ class PoolConfig(_Strict):
     inputs: list[str] = Field(min_length=1)
 
 
+#: Plug-in sections: ``type`` → ``"module:function"`` that builds the object from the
+#: section's options (and validates them, raising ConfigError that names the key).
+ORACLE_PLUGINS: dict[str, str] = {
+    "robot": "oracles.robot:oracle_from_config",
+    "dft": "oracles.dft:oracle_from_config",
+}
+POOL_PLUGINS: dict[str, str] = {
+    "structures": "loop.structures:pool_from_config",
+}
+
+
+class PluginSection(BaseModel):
+    """A section whose options belong to a plug-in; it validates them when it is built."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class SpaceSection(_Strict):
-    """Either a finite ``pool`` from a table, or ``parameters`` (with ``constraints``)."""
+    """A finite ``pool`` from a table, ``parameters`` (with ``constraints``), or a
+    ``generator`` plug-in that makes a pool (crystal structures, say)."""
 
     pool: PoolConfig | None = None
     parameters: list[ParameterConfig] = []
     constraints: list[ConstraintConfig] = []
+    generator: PluginSection | None = None
+
+    @field_validator("generator")
+    @classmethod
+    def _known_generator(cls, generator: PluginSection | None) -> PluginSection | None:
+        if generator is not None and generator.type not in POOL_PLUGINS:
+            raise ValueError(f"unknown generator type {generator.type!r}; known: {sorted(POOL_PLUGINS)}")
+        return generator
 
     @model_validator(mode="after")
     def _one_kind(self) -> SpaceSection:
-        if (self.pool is None) == (not self.parameters):
-            raise ValueError("give either 'pool' or 'parameters', not both or neither")
-        if self.pool is not None and self.constraints:
+        kinds = [self.pool is not None, bool(self.parameters), self.generator is not None]
+        if sum(kinds) != 1:
+            raise ValueError("give exactly one of 'pool', 'parameters' or 'generator'")
+        if not self.parameters and self.constraints:
             raise ValueError("constraints apply to 'parameters' spaces, not to pools")
         return self
 
@@ -192,7 +224,7 @@ class CampaignConfig(_Strict):
     objectives: list[ObjectiveConfig] = Field(min_length=1)
     surrogate: SurrogateSection = SurrogateSection()
     acquisition: AcquisitionSection = AcquisitionSection()
-    oracle: Annotated[EmulatorOracle | DatasetOracle, Field(discriminator="type")]
+    oracle: EmulatorOracle | DatasetOracle | PluginSection
     stopping: StoppingSection
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -203,6 +235,21 @@ class CampaignConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"objective names must be distinct, got {names}")
         return objectives
+
+    @field_validator("oracle", mode="before")
+    @classmethod
+    def _oracle_kind(cls, oracle: Any) -> Any:
+        if isinstance(oracle, Mapping):
+            kind = oracle.get("type")
+            builtin = {"emulator": EmulatorOracle, "dataset": DatasetOracle}
+            if kind in builtin:
+                return builtin[kind].model_validate(oracle)
+            if kind not in ORACLE_PLUGINS:
+                raise ValueError(
+                    f"unknown oracle type {kind!r}; known: {sorted([*builtin, *ORACLE_PLUGINS])}"
+                )
+            return PluginSection.model_validate(oracle)
+        return oracle
 
     @model_validator(mode="after")
     def _files_exist(self) -> CampaignConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,27 @@ from loop.space import (
     ParamValue,
     SearchSpace,
 )
+
+
+class Pool(Protocol):
+    """What a campaign needs of a finite set of candidates."""
+
+    ids: list[str]
+    candidates: tuple[Candidate, ...]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def X(self) -> Tensor:
+        """``N x d`` model inputs of every candidate, in order."""
+        ...
+
+    @property
+    def feature_names(self) -> list[str]: ...
+
+    def encode(self, params: Iterable[Mapping[str, Any]]) -> Tensor:
+        """``n x d`` model inputs of candidates given by their parameters."""
+        ...
 
 
 class CandidatePool:
