@@ -31,7 +31,7 @@ from loop.config import CampaignConfig, load_config
 from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.pool import Pool
 from loop.report import campaign_status
-from loop.space import SearchSpace
+from loop.space import Candidate, SearchSpace
 from oracles.base import Oracle, Reattachable, Result
 from oracles.errors import EvaluationFailed, OracleSetupError
 from surrogates.base import Surrogate, SurrogateError
@@ -241,12 +241,31 @@ class Campaign:
         else:
             assert self.space is not None
             picks = acquisition.select_in_space(surrogate, self.space, q, X_base, Y_base, X_pending, seed)
-            candidates = [
-                self.space.candidate(params)
-                for params in self.space.decode(torch.stack([p.X for p in picks]))
-            ]
-            picks, candidates = _drop_repeats(picks, candidates, {e.candidate_id for e in known})
+            picks, candidates = self._new_candidates(picks, {e.candidate_id for e in known}, seed)
         return self._explain(surrogate, picks, candidates)
+
+    def _new_candidates(
+        self, picks: Sequence[Pick], known: set[str], seed: int
+    ) -> tuple[list[Pick], list[Candidate]]:
+        """Candidates of the picks; a pick that rounds to a known candidate (the optimiser
+        went back to a measured point) is replaced by a random feasible one, which at least
+        teaches the model something new."""
+        assert self.space is not None
+        kept: list[Pick] = []
+        candidates: list[Candidate] = []
+        seen = set(known)
+        replacements = iter(self.space.sample(4 * len(picks) + 8, seed + 1))
+        for pick, params in zip(picks, self.space.decode(torch.stack([p.X for p in picks])), strict=True):
+            candidate = self.space.candidate(params)
+            while candidate.id in seen:
+                log.info("pick %s was measured already; replacing it by a random design", candidate.id)
+                params = next(replacements)
+                candidate = self.space.candidate(params)
+                pick = Pick(self.space.encode([candidate.params])[0], math.nan)
+            seen.add(candidate.id)
+            kept.append(pick)
+            candidates.append(candidate)
+        return kept, candidates
 
     def commit_proposals(
         self, cycle: int, proposals: Sequence[Proposal], surrogate: Surrogate | None
@@ -258,10 +277,15 @@ class Campaign:
         return [e for e in self.ledger.evaluations(self.id, ["proposed"]) if e.id in ids]
 
     def dispatch(self, batch: Sequence[EvaluationRecord]) -> dict[Future[Result], EvaluationRecord]:
-        """Mark the batch submitted (one transaction each) and hand it to the oracle."""
-        for evaluation in batch:
-            self.ledger.mark_submitted(evaluation.id)
-        futures = self.oracle.submit([e.candidate for e in batch])
+        """Hand the batch to the oracle; each evaluation is marked ``submitted`` (its own
+        transaction) the moment the oracle starts it, so one still queued when the process
+        dies is dispatched again by the next run rather than written off."""
+        by_candidate = {e.candidate_id: e for e in batch}
+
+        def started(candidate: Candidate) -> None:
+            self.ledger.mark_submitted(by_candidate[candidate.id].id)
+
+        futures = self.oracle.submit([e.candidate for e in batch], on_start=started)
         for future, evaluation in zip(futures, batch, strict=True):
             external_id = self.oracle.handle(future)
             if external_id is not None:
@@ -431,19 +455,3 @@ class Campaign:
 
 def _random_like(acquisition: Acquisition) -> Acquisition:
     return Acquisition("random", acquisition.weights.tolist(), chunk_size=acquisition.chunk_size)
-
-
-def _drop_repeats(
-    picks: Sequence[Pick], candidates: Sequence[Any], known: set[str]
-) -> tuple[list[Pick], list[Any]]:
-    """Drop picks that round to a candidate already known (or picked twice in the batch)."""
-    kept_picks, kept = [], []
-    seen = set(known)
-    for pick, candidate in zip(picks, candidates, strict=True):
-        if candidate.id in seen:
-            log.info("dropping %s: it rounds to a candidate already evaluated", candidate.id)
-            continue
-        seen.add(candidate.id)
-        kept_picks.append(pick)
-        kept.append(candidate)
-    return kept_picks, kept

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loop.errors import ConfigError
+from loop.errors import ConfigError, SpaceError
 from loop.provenance import config_hash
 from loop.space import (
     Categorical,
@@ -34,7 +34,7 @@ class _Strict(BaseModel):
 
 class CampaignSection(_Strict):
     name: str = Field(min_length=1, max_length=200)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     ledger: str = "campaign.db"
     """A file path (SQLite; relative to the config file) or an SQLAlchemy URL."""
 
@@ -126,6 +126,15 @@ class SpaceSection(_Strict):
     constraints: list[ConstraintConfig] = []
     generator: PluginSection | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _distinct_names(cls, parameters: list[ParameterConfig]) -> list[ParameterConfig]:
+        names = [p.name for p in parameters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"parameter names must be unique, repeated: {repeated}")
+        return parameters
+
     @field_validator("generator")
     @classmethod
     def _known_generator(cls, generator: PluginSection | None) -> PluginSection | None:
@@ -138,6 +147,11 @@ class SpaceSection(_Strict):
         kinds = [self.pool is not None, bool(self.parameters), self.generator is not None]
         if sum(kinds) != 1:
             raise ValueError("give exactly one of 'pool', 'parameters' or 'generator'")
+        if self.parameters:
+            try:
+                self.build()
+            except SpaceError as exc:
+                raise ValueError(str(exc)) from None
         if not self.parameters and self.constraints:
             raise ValueError("constraints apply to 'parameters' spaces, not to pools")
         return self

@@ -227,9 +227,9 @@ class Ledger:
         self.engine: Engine = create_engine(self.url, future=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            # Take the write lock when a transaction starts, so concurrent writers queue up
-            # on busy_timeout instead of failing on a lock upgrade.
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            # Write transactions take the write lock when they start, so concurrent writers
+            # queue up on busy_timeout instead of failing on a lock upgrade; reads stay deferred.
+            event.listen(self.engine, "begin", _sqlite_begin)
         metadata_obj.create_all(self.engine)
 
     def close(self) -> None:
@@ -243,7 +243,8 @@ class Ledger:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        """A write transaction: committed on exit, rolled back on error."""
+        with self.engine.execution_options(write=True).begin() as conn:
             yield conn
 
     # --- campaigns and runs -----------------------------------------------------------------
@@ -483,10 +484,12 @@ class Ledger:
         else:
             changed = conn.execute(statement).rowcount
         if changed != 1:
-            with self.engine.connect() as read:
-                current = read.execute(
-                    select(evaluations.c.status).where(evaluations.c.id == evaluation_id)
-                ).scalar()
+            query = select(evaluations.c.status).where(evaluations.c.id == evaluation_id)
+            if conn is None:
+                with self.engine.connect() as read:
+                    current = read.execute(query).scalar()
+            else:
+                current = conn.execute(query).scalar()
             raise LedgerError(
                 f"evaluation {evaluation_id} cannot move to {status!r} from {current!r} "
                 f"(allowed from {list(_ALLOWED_FROM[status])})"
@@ -558,6 +561,10 @@ class Ledger:
                 )
             ).one()
         return int(n), float(cost)
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -112,9 +112,13 @@ class CandidatePool:
             else:
                 params.append(Categorical(name, tuple(sorted(column.astype(str).unique()))))
         space = SearchSpace(params)
-        unique = table.drop_duplicates()
-        candidates = [space.candidate(row) for row in unique.to_dict("records")]
-        return cls(space, candidates)
+        # Replicates are rows with the same candidate id (numbers equal to 12 significant
+        # digits), as the dataset-backed lab groups them; exact duplicates are dropped first.
+        candidates: dict[str, Candidate] = {}
+        for row in table.drop_duplicates().to_dict("records"):
+            candidate = space.candidate(row)
+            candidates.setdefault(candidate.id, candidate)
+        return cls(space, list(candidates.values()))
 
     @classmethod
     def from_csv(cls, path: str | Path, inputs: Sequence[str]) -> CandidatePool:

@@ -167,7 +167,8 @@ def candidate_id(params: Mapping[str, ParamValue]) -> str:
     ``6.0``) give the same id; strings are kept apart from numbers.
     """
     canonical = {
-        name: (f"s:{value}" if isinstance(value, str) else format(float(value), f".{_ID_DIGITS}g"))
+        # ``+ 0.0`` turns -0.0 into 0.0: numerically equal values must share an id.
+        name: (f"s:{value}" if isinstance(value, str) else format(float(value) + 0.0, f".{_ID_DIGITS}g"))
         for name, value in params.items()
     }
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
@@ -413,7 +414,9 @@ class SearchSpace:
         return isinstance(other, SearchSpace) and self.as_dict() == other.as_dict()
 
     def __hash__(self) -> int:
-        return hash(json.dumps(self.as_dict(), sort_keys=True))
+        # Consistent with __eq__: bounds given as 0 and 0.0 compare equal, so they must hash
+        # equal (a JSON dump would write "0" and "0.0").
+        return hash((tuple(self.names), len(self.constraints)))
 
     def __repr__(self) -> str:
         return f"SearchSpace({self.names}, constraints={[str(c) for c in self.constraints]})"

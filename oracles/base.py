@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -63,9 +63,17 @@ class Result:
         if missing:
             raise InvalidResult(f"result for {self.candidate_id} lacks propert(ies) {missing}")
         for name, m in self.measurements.items():
-            if not math.isfinite(m.value):
-                raise InvalidResult(f"result for {self.candidate_id}: {name} = {m.value} is not finite")
-            if m.uncertainty is not None and not (math.isfinite(m.uncertainty) and m.uncertainty >= 0):
+            if (
+                isinstance(m.value, bool)
+                or not isinstance(m.value, int | float)
+                or not math.isfinite(m.value)
+            ):
+                raise InvalidResult(
+                    f"result for {self.candidate_id}: {name} = {m.value!r} is not finite"
+                )
+            if m.uncertainty is not None and not (
+                isinstance(m.uncertainty, int | float) and math.isfinite(m.uncertainty) and m.uncertainty >= 0
+            ):
                 raise InvalidResult(
                     f"result for {self.candidate_id}: uncertainty of {name} = {m.uncertainty} "
                     "is not a finite non-negative number"
@@ -91,8 +99,16 @@ class Oracle(ABC):
     def evaluate(self, candidate: Candidate) -> Result:
         """Measure one candidate; blocks until the result is there."""
 
-    def submit(self, candidates: Sequence[Candidate]) -> list[Future[Result]]:
+    def submit(
+        self, candidates: Sequence[Candidate], on_start: Callable[[Candidate], None] | None = None
+    ) -> list[Future[Result]]:
         """Start measuring a batch; one future per candidate, in the same order.
+
+        Args:
+            candidates: The batch.
+            on_start: Called with each candidate just before it is handed to the instrument
+                (the campaign marks it ``submitted`` there). Oracles that override
+                ``submit`` must call it before sending each job.
 
         Raises:
             DuplicateCandidateError: the batch names a candidate twice.
@@ -100,8 +116,14 @@ class Oracle(ABC):
         ids = [c.id for c in candidates]
         if len(set(ids)) != len(ids):
             raise DuplicateCandidateError(f"batch names a candidate twice: {ids}")
+
+        def start(candidate: Candidate) -> Result:
+            if on_start is not None:
+                on_start(candidate)
+            return self.evaluate(candidate)
+
         executor = ThreadPoolExecutor(max_workers=max(1, min(self.capacity, len(candidates))))
-        futures = [executor.submit(self.evaluate, c) for c in candidates]
+        futures = [executor.submit(start, c) for c in candidates]
         executor.shutdown(wait=False)
         return futures
 

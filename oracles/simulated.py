@@ -13,6 +13,7 @@ any executor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -46,7 +47,11 @@ class _Attempts:
 
 
 def _rng(seed: int, candidate_id: str, attempt: int) -> np.random.Generator:
-    return np.random.default_rng([seed, int(candidate_id, 16), attempt])
+    try:
+        key = int(candidate_id, 16)
+    except ValueError:  # ids that are not hex digits ("mp-149"): hash them instead
+        key = int(hashlib.sha256(candidate_id.encode()).hexdigest()[:16], 16)
+    return np.random.default_rng([seed, key, attempt])
 
 
 class DatasetLab(Oracle):
@@ -111,7 +116,8 @@ class DatasetLab(Oracle):
         measurements = {
             name: Measurement(
                 float(values[k]),
-                None if spread is None else float(np.hypot(spread[k], self.noise_sd)),
+                # One replicate: only the added noise (if any) is a known uncertainty.
+                (self.noise_sd or None) if spread is None else float(np.hypot(spread[k], self.noise_sd)),
                 self.units[name],
             )
             for k, name in enumerate(self.implemented_properties)

@@ -1,0 +1,88 @@
+"""Shared fixtures: campaign files written on the fly, and the benchmark data beside the checkout."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``shared/data`` beside the checkout (Liang et al., Rohr et al.); skips when absent."""
+    if not (SHARED_DATA / "crossed_barrel" / "crossed_barrel.csv").is_file():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA} (shared/ beside the checkout)")
+    return SHARED_DATA
+
+
+BRANIN_CAMPAIGN = """
+[campaign]
+name = "branin"
+seed = {seed}
+ledger = "{ledger}"
+
+[[space.parameters]]
+name = "x1"
+type = "continuous"
+lower = -5.0
+upper = 10.0
+
+[[space.parameters]]
+name = "x2"
+type = "continuous"
+lower = 0.0
+upper = 15.0
+
+[[objectives]]
+name = "y"
+direction = "minimize"
+
+[acquisition]
+type = "{acquisition}"
+batch_size = {batch_size}
+initial_designs = {initial_designs}
+num_restarts = 2
+raw_samples = 64
+mc_samples = 32
+max_iterations = 30
+
+[oracle]
+type = "emulator"
+function = "branin"
+{oracle_extra}
+
+[stopping]
+max_experiments = {max_experiments}
+{stopping_extra}
+"""
+
+
+@pytest.fixture
+def branin_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a Branin campaign file into ``tmp_path``; keyword arguments fill its blanks.
+
+    ``oracle_extra`` and ``stopping_extra`` are extra TOML lines for those sections.
+    """
+
+    def write(name: str = "campaign.toml", **fields: object) -> Path:
+        values: dict[str, object] = {
+            "seed": 0,
+            "ledger": "ledger.db",
+            "acquisition": "qlognei",
+            "batch_size": 2,
+            "initial_designs": 4,
+            "max_experiments": 10,
+            "oracle_extra": "",
+            "stopping_extra": "",
+        }
+        values.update(fields)
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(BRANIN_CAMPAIGN.format(**values)))
+        return path
+
+    return write

@@ -1,0 +1,272 @@
+"""The campaign cycle end to end: resume, crash safety, failures, stopping rules, reproducibility."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from loop.campaign import Campaign
+from loop.config import load_config
+from loop.errors import ConfigError
+from loop.ledger import Ledger
+from loop.space import Candidate
+from oracles.base import Measurement, Oracle, Result
+from oracles.errors import OracleSetupError
+from oracles.simulated import read_journal
+
+
+def _ledger_of(config_path: Path) -> Ledger:
+    return Ledger(load_config(config_path).ledger_location)
+
+
+def _campaign_id(ledger: Ledger) -> int:
+    return int(ledger.campaign()["id"])
+
+
+def test_runs_to_budget_and_records_everything(branin_config: Callable[..., Path]) -> None:
+    campaign = Campaign.from_file(branin_config(max_experiments=8))
+    report = campaign.run()
+    assert report.stop_reason == "budget spent: 8 of 8 experiments"
+    evaluations = campaign.ledger.evaluations(campaign.id)
+    assert len(evaluations) == 8
+    assert {e.status for e in evaluations} == {"done"}
+    assert all(math.isfinite(e.values["y"]) for e in evaluations)
+    assert len({e.candidate_id for e in evaluations}) == 8
+    cycles = campaign.ledger.cycles(campaign.id)
+    assert [c.acquisition for c in cycles] == ["random", "qlognei", "qlognei"]
+    assert cycles[1].surrogate is not None and cycles[1].surrogate["n_train"] == 4
+    assert all(c["acquisition_value"] is not None for c in cycles[1].chosen or [])
+    assert report.best is not None and report.best["values"]["y"] == min(e.values["y"] for e in evaluations)
+
+
+def test_second_run_resumes_without_repeating(branin_config: Callable[..., Path]) -> None:
+    path = branin_config(max_experiments=10)
+    first = Campaign.from_file(path)
+    first.run(max_cycles=2)
+    before = {e.candidate_id: e.values for e in first.ledger.evaluations(first.id)}
+    assert len(before) == 6
+    first.close()
+
+    second = Campaign.from_file(path)
+    assert second.id == first.id and second.run_id != first.run_id
+    report = second.run()
+    after = second.ledger.evaluations(second.id)
+    assert report.experiments == 10 and len(after) == 10
+    assert len({e.candidate_id for e in after}) == 10
+    assert {e.candidate_id: e.values for e in after if e.candidate_id in before} == before
+    assert [c.cycle for c in second.ledger.cycles(second.id)] == [0, 1, 2, 3]
+
+
+def test_same_seed_same_campaign(branin_config: Callable[..., Path]) -> None:
+    runs = []
+    for name in ("a", "b"):
+        campaign = Campaign.from_file(branin_config(f"{name}.toml", ledger=f"{name}.db", max_experiments=8))
+        campaign.run()
+        runs.append([(e.candidate_id, e.values["y"]) for e in campaign.ledger.evaluations(campaign.id)])
+    assert runs[0] == runs[1]
+
+
+def test_failed_and_invalid_results_are_recorded_not_learned(branin_config: Callable[..., Path]) -> None:
+    path = branin_config(
+        max_experiments=14,
+        oracle_extra="failure_probability = 0.25\ninvalid_probability = 0.25",
+    )
+    campaign = Campaign.from_file(path)
+    report = campaign.run()
+    evaluations = campaign.ledger.evaluations(campaign.id)
+    assert report.experiments == 14
+    failed = [e for e in evaluations if e.status == "failed"]
+    invalid = [e for e in failed if "InvalidResult" in (e.error or "")]
+    crashed = [e for e in failed if "simulated experiment failure" in (e.error or "")]
+    assert invalid and crashed, "both fault kinds should occur at these probabilities"
+    assert all(e.retryable is False for e in invalid) and all(e.retryable for e in crashed)
+    assert all(not e.values for e in failed)
+    dataset = campaign.dataset()
+    assert dataset is not None and dataset.X.shape[0] == sum(e.status == "done" for e in evaluations)
+    assert bool(dataset.Y.isfinite().all())
+
+
+class _BrokenOracle(Oracle):
+    """Raises a plain Python error on one candidate in three: a bug in user code."""
+
+    implemented_properties = ("y",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def evaluate(self, candidate: Candidate) -> Result:
+        self.calls += 1
+        if self.calls % 3 == 0:
+            return {}["no such key"]  # type: ignore[return-value]
+        return Result(candidate.id, {"y": Measurement(float(candidate.params["x1"]))})
+
+
+def test_oracle_that_raises_is_recorded_with_traceback(branin_config: Callable[..., Path]) -> None:
+    campaign = Campaign(load_config(branin_config(max_experiments=9)), oracle=_BrokenOracle())
+    report = campaign.run()
+    failed = campaign.ledger.evaluations(campaign.id, ["failed"])
+    assert report.experiments == 9 and len(failed) == 3
+    assert all("KeyError" in (e.error or "") and "no such key" in (e.error or "") for e in failed)
+    assert all("_BrokenOracle" in (e.error or "") or "evaluate" in (e.error or "") for e in failed)
+
+
+def test_setup_error_stops_the_campaign_after_recording(branin_config: Callable[..., Path]) -> None:
+    class Unusable(Oracle):
+        implemented_properties = ("y",)
+
+        def evaluate(self, candidate: Candidate) -> Result:
+            raise OracleSetupError("instrument is not connected")
+
+    campaign = Campaign(load_config(branin_config()), oracle=Unusable())
+    with pytest.raises(OracleSetupError, match="not connected"):
+        campaign.run()
+    failed = campaign.ledger.evaluations(campaign.id, ["failed"])
+    assert len(failed) == 4 and all("setup error" in (e.error or "") for e in failed)
+    assert all(e.retryable is False for e in failed)
+
+
+def test_oracle_lacking_an_objective_is_refused_before_any_write(
+    branin_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    class Other(Oracle):
+        implemented_properties = ("z",)
+
+        def evaluate(self, candidate: Candidate) -> Result:
+            raise AssertionError("never called")
+
+    with pytest.raises(OracleSetupError, match=r"does not measure objective\(s\) \['y'\]"):
+        Campaign(load_config(branin_config()), oracle=Other())
+    assert not (tmp_path / "ledger.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("stopping_extra", "objective_extra", "expected"),
+    [
+        ("max_cost = 3.0", "", "budget spent: cost"),
+        ("patience = 1", "", "no improvement for"),
+        ("", "target = 20.0", "target reached by"),
+        ("min_expected_improvement = 1e9", "", "expected improvement"),
+    ],
+)
+def test_stopping_rules(
+    branin_config: Callable[..., Path], stopping_extra: str, objective_extra: str, expected: str
+) -> None:
+    path = branin_config(max_experiments=30, batch_size=1, stopping_extra=stopping_extra)
+    if objective_extra:
+        path.write_text(
+            path.read_text().replace('direction = "minimize"', f'direction = "minimize"\n{objective_extra}')
+        )
+    campaign = Campaign.from_file(path)
+    report = campaign.run()
+    assert report.stop_reason is not None and expected in report.stop_reason
+    assert report.experiments < 30
+
+
+def test_pool_campaign_stops_when_exhausted(tmp_path: Path) -> None:
+    table = tmp_path / "pool.csv"
+    rows = ["a,b,y"] + [f"{a},{b},{(a - 2) ** 2 + b}" for a in range(3) for b in range(2) for _ in range(2)]
+    table.write_text("\n".join(rows) + "\n")
+    config = tmp_path / "pool.toml"
+    config.write_text(
+        f"""
+[campaign]
+name = "tiny-pool"
+ledger = "ledger.db"
+[space.pool]
+path = "{table.name}"
+inputs = ["a", "b"]
+[[objectives]]
+name = "y"
+direction = "minimize"
+[acquisition]
+type = "ucb"
+initial_designs = 2
+[oracle]
+type = "dataset"
+path = "{table.name}"
+[stopping]
+max_experiments = 100
+"""
+    )
+    campaign = Campaign.from_file(config)
+    report = campaign.run()
+    assert report.stop_reason == "the candidate pool is exhausted"
+    evaluations = campaign.ledger.evaluations(campaign.id)
+    assert len(evaluations) == 6 and len({e.candidate_id for e in evaluations}) == 6
+    assert report.best is not None and report.best["params"] == {"a": 2, "b": 0}
+
+
+def test_invalid_config_writes_nothing(branin_config: Callable[..., Path], tmp_path: Path) -> None:
+    path = branin_config(oracle_extra="noise_sd = -1.0")
+    with pytest.raises(ConfigError, match="noise_sd"):
+        Campaign.from_file(path)
+    assert not (tmp_path / "ledger.db").exists()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_cycle_then_resume_loses_nothing_and_repeats_nothing(
+    branin_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal.jsonl"
+    path = branin_config(
+        max_experiments=12,
+        batch_size=3,
+        initial_designs=3,
+        oracle_extra=f'latency_s = 0.6\ncapacity = 1\njournal = "{journal}"',
+    )
+    command = [sys.executable, "-m", "loop.cli", "run", str(path), "--quiet"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def mid_experiment_of_second_batch() -> bool:
+        if not journal.exists():
+            return False
+        events = read_journal(journal)
+        return sum(e["event"] == "finished" for e in events) >= 4 and events[-1]["event"] == "started"
+
+    try:
+        _wait_for(mid_experiment_of_second_batch, timeout_s=120)
+        time.sleep(0.2)  # the lab is busy with a candidate; its result has not come back
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+
+    returned_before = {e["candidate"] for e in read_journal(journal) if e["event"] == "finished"}
+    in_flight = read_journal(journal)[-1]["candidate"]
+    with _ledger_of(path) as ledger:
+        done_before = {e.candidate_id: e.values for e in ledger.evaluations(_campaign_id(ledger), ["done"])}
+    assert set(done_before) == returned_before, "every result the lab returned is in the ledger"
+
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+
+    started = Counter(e["candidate"] for e in read_journal(journal) if e["event"] == "started")
+    assert max(started.values()) == 1, "no candidate was sent to the lab twice"
+    with _ledger_of(path) as ledger:
+        evaluations = ledger.evaluations(_campaign_id(ledger))
+    by_id = {e.candidate_id: e for e in evaluations}
+    assert len(evaluations) == 12 == len(by_id)
+    assert {cid: by_id[cid].values for cid in done_before} == done_before
+    assert by_id[in_flight].status == "failed" and "interrupted" in (by_id[in_flight].error or "")
+    assert set(started) == set(by_id), "the lab ran exactly the candidates the ledger knows"
+    assert all(e.status in ("done", "failed") for e in evaluations)

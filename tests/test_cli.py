@@ -1,0 +1,104 @@
+"""The ``alloop`` command line: run, resume, status, export, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from loop.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "status", "export", "bench"):
+        assert command in result.output
+
+
+def test_run_status_resume_export(branin_config: Callable[..., Path], tmp_path: Path) -> None:
+    path = branin_config(max_experiments=8)
+    first = runner.invoke(app, ["run", str(path), "--max-cycles", "2", "--quiet"])
+    assert first.exit_code == 0, first.output
+    db = tmp_path / "ledger.db"
+
+    status = runner.invoke(app, ["status", str(db), "--json"])
+    assert status.exit_code == 0, status.output
+    summary = json.loads(status.output)
+    assert summary["campaign"] == "branin"
+    assert summary["cycles"] == 2
+    assert summary["evaluations"] == {"proposed": 0, "submitted": 0, "done": 6, "failed": 0}
+    assert summary["best"]["values"]["y"] > 0
+
+    second = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert second.exit_code == 0, second.output
+    assert "budget spent: 8 of 8 experiments" in second.output
+
+    exported = runner.invoke(app, ["export", str(db), "--format", "csv"])
+    assert exported.exit_code == 0, exported.output
+    rows = list(csv.DictReader(io.StringIO(exported.output)))
+    assert len(rows) == 8 and len({r["candidate_id"] for r in rows}) == 8
+    assert {"x1", "x2", "y", "y_uncertainty", "status", "cycle"} <= set(rows[0])
+    assert all(r["status"] == "done" for r in rows)
+
+
+def test_db_option_overrides_the_ledger(branin_config: Callable[..., Path], tmp_path: Path) -> None:
+    path = branin_config(max_experiments=4)
+    result = runner.invoke(app, ["run", str(path), "--db", str(tmp_path / "other.db"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "other.db").exists() and not (tmp_path / "ledger.db").exists()
+
+
+def test_unknown_key_is_named_and_nothing_is_written(
+    branin_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = branin_config()
+    path.write_text(path.read_text().replace("[acquisition]", "[acquisition]\nbetta = 2.0"))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert "acquisition.betta: unknown key" in result.output
+    assert not (tmp_path / "ledger.db").exists()
+
+
+def test_out_of_bounds_value_is_named(branin_config: Callable[..., Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(branin_config(batch_size=0))])
+    assert result.exit_code == 2
+    assert "acquisition.batch_size" in result.output and "greater than or equal to 1" in result.output
+    assert not (tmp_path / "ledger.db").exists()
+
+
+def test_missing_data_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "pool.toml"
+    config.write_text(
+        """
+[campaign]
+name = "missing"
+[space.pool]
+path = "nowhere.csv"
+inputs = ["a"]
+[[objectives]]
+name = "y"
+[oracle]
+type = "dataset"
+path = "nowhere.csv"
+[stopping]
+max_experiments = 3
+"""
+    )
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2
+    assert "space.pool.path" in result.output and "nowhere.csv" in result.output
+    assert "does not exist" in result.output
+    assert not (tmp_path / "campaign.db").exists()
+
+
+def test_status_of_a_missing_ledger(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["status", str(tmp_path / "nope.db")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not (tmp_path / "nope.db").exists()
