@@ -146,8 +146,14 @@ def _open_ledger(db: str) -> Ledger:
 
 def _mount_subcommands() -> None:
     from loop.bench.cli import app as bench_app
+    from loop.bench.throughput import throughput
+    from oracles.lab.cli import app as lab_app
 
-    app.add_typer(bench_app, name="bench", help="Benchmarks: sample efficiency and decision overhead.")
+    bench_app.command("throughput")(throughput)
+    app.add_typer(
+        bench_app, name="bench", help="Benchmarks: sample efficiency, decision overhead, throughput."
+    )
+    app.add_typer(lab_app, name="lab", help="The reference self-driving-lab server.")
 
 
 _mount_subcommands()

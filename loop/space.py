@@ -29,8 +29,8 @@ _CONSTRAINT_TOL = 1e-6
 
 
 @dataclass(frozen=True)
-class Continuous:
-    """A real-valued parameter in ``[lower, upper]``."""
+class _Bounded:
+    """A numeric parameter in ``[lower, upper]``, one encoded column."""
 
     name: str
     lower: float
@@ -44,33 +44,31 @@ class Continuous:
     def width(self) -> int:
         return 1
 
-    def canonical(self, value: Any) -> float:
+    def _checked(self, value: Any) -> float:
         number = _as_number(self.name, value)
         _check_inside(self.name, number, self.lower, self.upper)
-        return float(number)
+        return number
 
 
 @dataclass(frozen=True)
-class Integer:
+class Continuous(_Bounded):
+    """A real-valued parameter in ``[lower, upper]``."""
+
+    def canonical(self, value: Any) -> float:
+        return float(self._checked(value))
+
+
+@dataclass(frozen=True)
+class Integer(_Bounded):
     """An integer parameter in ``[lower, upper]`` (both included)."""
 
-    name: str
     lower: int
     upper: int
-    unit: str = ""
-
-    def __post_init__(self) -> None:
-        _check_bounds(self.name, self.lower, self.upper)
-
-    @property
-    def width(self) -> int:
-        return 1
 
     def canonical(self, value: Any) -> int:
-        number = _as_number(self.name, value)
+        number = self._checked(value)
         if number != round(number):
             raise SpaceError(f"parameter {self.name!r} must be an integer, got {value!r}")
-        _check_inside(self.name, number, self.lower, self.upper)
         return round(number)
 
 

@@ -68,9 +68,7 @@ class Result:
                 or not isinstance(m.value, int | float)
                 or not math.isfinite(m.value)
             ):
-                raise InvalidResult(
-                    f"result for {self.candidate_id}: {name} = {m.value!r} is not finite"
-                )
+                raise InvalidResult(f"result for {self.candidate_id}: {name} = {m.value!r} is not finite")
             if m.uncertainty is not None and not (
                 isinstance(m.uncertainty, int | float) and math.isfinite(m.uncertainty) and m.uncertainty >= 0
             ):
