@@ -1,0 +1,29 @@
+"""Tests for loop.bench.overhead and the ``bench overhead`` command."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from loop.bench.cli import app
+
+
+def test_overhead_quick_reports_every_cell() -> None:
+    result = CliRunner().invoke(app, ["overhead", "--n", "30", "--pools", "1500", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    cells = {c["method"]: c for c in report["cells"]}
+    assert set(cells) == {"naive", "exact", "love"}
+    for cell in cells.values():
+        assert cell["status"] == "measured", cell
+        assert cell["score_seconds"] > 0 and cell["peak_memory_bytes"] >= 0
+        assert cell["bound_seconds"] > 0 and cell["ratio_to_bound"] > 0
+    assert cells["exact"]["max_rel_mean_error"] < 1e-6 and cells["exact"]["max_rel_std_error"] < 1e-6
+    assert "speedup_vs_naive" in cells["exact"]
+    assert report["versions"]["botorch"]
+
+
+def test_overhead_refuses_an_unknown_method() -> None:
+    result = CliRunner().invoke(app, ["overhead", "--quick", "--methods", "magic"])
+    assert result.exit_code != 0 and "magic" in result.output
