@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
+# Small GPs are fastest on one thread, and far slower on several when the cores are busy;
+# set before torch is imported so that subprocesses (the CLI) inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
