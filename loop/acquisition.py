@@ -301,9 +301,19 @@ class Acquisition:
 
 
 def _rows_of(X: Tensor, choices: Tensor) -> list[int]:
-    """Row indices of the points ``X`` (``q x d``) in ``choices`` (``N x d``)."""
+    """Distinct row indices of the points ``X`` (``q x d``) in ``choices`` (``N x d``).
+
+    Two candidates may share a feature row (two structures with the same descriptors), so each
+    point takes the nearest row not taken yet.
+    """
     distances = torch.cdist(X.double(), choices.double())
-    return [int(i) for i in distances.argmin(dim=-1)]
+    rows: list[int] = []
+    for row_distances in distances:
+        if rows:
+            row_distances = row_distances.clone()
+            row_distances[rows] = math.inf
+        rows.append(int(row_distances.argmin()))
+    return rows
 
 
 def _category_combinations(space: SearchSpace, seed: int) -> list[dict[int, float]]:

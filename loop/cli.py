@@ -111,6 +111,7 @@ def status(
 
 class ExportFormat(StrEnum):
     csv = "csv"
+    extxyz = "extxyz"
 
 
 @app.command()
@@ -122,9 +123,22 @@ def export(
     ] = None,
     campaign: Annotated[str | None, typer.Option(help="Campaign name.")] = None,
 ) -> None:
-    """Export every evaluation of a campaign (parameters, results, status)."""
+    """Export every evaluation of a campaign (csv), or its labelled structures (extxyz,
+    for MLIP training codes)."""
     from loop.report import evaluations_table
 
+    if format is ExportFormat.extxyz:
+        from loop.extxyz import write_extxyz
+
+        if output is None:
+            raise _fail(AlloopError("--format extxyz needs --output FILE"))
+        try:
+            with _open_ledger(db) as ledger:
+                frames = write_extxyz(ledger, campaign, output)
+        except AlloopError as exc:
+            raise _fail(exc) from None
+        console.print(f"wrote {frames} labelled structures to {output}", highlight=False)
+        return
     try:
         with _open_ledger(db) as ledger:
             table = evaluations_table(ledger, campaign)

@@ -175,6 +175,8 @@ class EvaluationRecord:
     retryable: bool | None = None
     values: Mapping[str, float] = field(default_factory=dict)
     uncertainties: Mapping[str, float | None] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """What the oracle reported besides the values (relaxed structure, forces, raw data...)."""
 
     @property
     def candidate(self) -> Candidate:
@@ -533,6 +535,7 @@ class Ledger:
                 retryable=r.retryable,
                 values=values.get(r.id, {}),
                 uncertainties=uncertainties.get(r.id, {}),
+                metadata=r.metadata or {},
             )
             for r in rows
         ]

@@ -1,0 +1,128 @@
+"""Thermodynamic stability: formation energies and the convex hull.
+
+Formation energy per atom is measured against the elements in their reference crystals,
+computed with the same calculator and settings (the DFT runner does that). The convex hull
+of formation energy over composition is pymatgen's ``PhaseDiagram``, built from every done
+evaluation of a campaign (each element at 0 eV/atom), so it is updated as the dataset grows;
+``e_above_hull`` (eV/atom) is each structure's height above it.
+
+Campaign goals: minimise ``formation_energy_per_atom`` (the objective the surrogate learns),
+and find every structure within X meV/atom of the hull (:func:`near_hull`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+from pymatgen.core import Composition
+
+from loop.errors import SpaceError
+
+ON_HULL_TOL_EV = 1e-3  # eV/atom: below this, a structure counts as on the hull
+
+
+@dataclass(frozen=True)
+class HullPoint:
+    """One structure placed against the hull.
+
+    Args:
+        id: The candidate id.
+        formula: Its reduced formula.
+        formation_energy_per_atom: eV/atom.
+        e_above_hull: eV/atom (0 on the hull).
+    """
+
+    id: str
+    formula: str
+    formation_energy_per_atom: float
+    e_above_hull: float
+
+    @property
+    def on_hull(self) -> bool:
+        return self.e_above_hull < ON_HULL_TOL_EV
+
+
+def formation_energy_per_atom(
+    energy_ev: float, symbols: Sequence[str], references_ev_per_atom: Mapping[str, float]
+) -> float:
+    """``(E - sum of the atoms' elemental reference energies) / n`` (eV/atom).
+
+    Args:
+        energy_ev: Total energy of the structure (eV).
+        symbols: The ``n`` atoms' chemical symbols.
+        references_ev_per_atom: Energy per atom of each element's reference crystal (eV).
+    """
+    missing = sorted(set(symbols) - set(references_ev_per_atom))
+    if missing:
+        raise SpaceError(f"no elemental reference energy for {missing}")
+    if not symbols:
+        raise SpaceError("a structure needs at least one atom")
+    return (energy_ev - sum(references_ev_per_atom[s] for s in symbols)) / len(symbols)
+
+
+def phase_diagram(points: Iterable[tuple[str, float]], elements: Sequence[str] | None = None) -> PhaseDiagram:
+    """The convex hull of ``(formula, formation energy per atom)`` points.
+
+    Each element enters at 0 eV/atom, so the hull needs nothing but formation energies.
+    """
+    entries = []
+    present: set[str] = set(elements or ())
+    for formula, formation in points:
+        composition = Composition(formula)
+        present |= {el.symbol for el in composition.elements}
+        entries.append(PDEntry(composition, formation * composition.num_atoms))
+    entries += [PDEntry(Composition(el), 0.0) for el in sorted(present)]
+    return PhaseDiagram(entries)
+
+
+def hull_points(
+    rows: Iterable[tuple[str, str, float]], elements: Sequence[str] | None = None
+) -> list[HullPoint]:
+    """``e_above_hull`` of each ``(id, formula, formation energy per atom)`` row."""
+    rows = list(rows)
+    diagram = phase_diagram([(formula, value) for _, formula, value in rows], elements)
+    out = []
+    for cid, formula, value in rows:
+        composition = Composition(formula)
+        entry = PDEntry(composition, value * composition.num_atoms)
+        e_hull = float(diagram.get_e_above_hull(entry, allow_negative=True) or 0.0)
+        out.append(HullPoint(cid, composition.reduced_formula, value, max(e_hull, 0.0)))
+    return out
+
+
+def campaign_hull(ledger: object, campaign: str | None = None) -> list[HullPoint]:
+    """Hull of every done evaluation of a campaign that measured ``formation_energy_per_atom``."""
+    from loop.ledger import Ledger
+
+    assert isinstance(ledger, Ledger)
+    row = ledger.campaign(campaign)
+    rows = [
+        (e.candidate_id, str(e.params.get("formula")), e.values["formation_energy_per_atom"])
+        for e in ledger.evaluations(int(row["id"]), ["done"])
+        if "formation_energy_per_atom" in e.values
+    ]
+    if not rows:
+        return []
+    return hull_points(rows)
+
+
+def on_hull(points: Iterable[HullPoint]) -> set[str]:
+    """Ids of the structures on the hull."""
+    return {p.id for p in points if p.on_hull}
+
+
+def near_hull(points: Iterable[HullPoint], within_mev: float) -> set[str]:
+    """Ids of the structures within ``within_mev`` meV/atom of the hull (the goal's set)."""
+    if within_mev < 0:
+        raise SpaceError(f"within_mev must be >= 0, got {within_mev}")
+    return {p.id for p in points if p.e_above_hull * 1000.0 <= within_mev + 1e-9}
+
+
+def best_fraction(points: Iterable[HullPoint], fraction: float) -> set[str]:
+    """Ids of the lowest-formation-energy ``fraction`` of the structures (at least one)."""
+    if not 0 < fraction <= 1:
+        raise SpaceError(f"fraction must be in (0, 1], got {fraction}")
+    ordered = sorted(points, key=lambda p: p.formation_energy_per_atom)
+    return {p.id for p in ordered[: max(1, round(fraction * len(ordered)))]}

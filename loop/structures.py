@@ -1,0 +1,509 @@
+"""Crystal-structure spaces: candidate structures generated with pymatgen.
+
+Two generators, used alone or together, for a chemical system (``["Cu", "Au", "Pd"]``):
+
+* **Enumeration** of the symmetrically distinct orderings of a parent lattice (``fcc``,
+  ``bcc``) in supercells of up to ``max_atoms`` sites, as Hart and Forcade enumerate them:
+  every supercell is a Hermite normal form (HNF) matrix; supercells related by a rotation of
+  the parent are kept once; decorations related by a rotation that keeps the supercell or by
+  a lattice translation are kept once; decorations that repeat inside a smaller cell are
+  dropped (they are found in that smaller cell). What is left has no duplicates, so no
+  pairwise ``StructureMatcher`` pass is needed (the tests check that with one).
+* **Substitution** of the chemical system's elements onto prototype structures (built-in
+  ``L1_2``, ``L1_0``, ``B2``, ``L1_1``, or structure files), de-duplicated with pymatgen's
+  ``StructureMatcher``.
+
+Unit cells start at Vegard's-law volumes (the mean of the elements' atomic volumes), so a
+relaxation starts close to its minimum. A candidate's parameters carry its whole structure
+as one compact JSON string (``structure``), so an oracle in another process rebuilds it from
+the candidate alone; :func:`structure_from_params` does that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pymatgen.core import Element, Lattice, Structure
+from torch import Tensor
+
+from loop.errors import ConfigError, SpaceError
+from loop.featurize import StructureFeaturizer
+from loop.space import Candidate
+
+ParentLattice = Literal["fcc", "bcc"]
+_PARENTS: dict[str, np.ndarray] = {
+    # Primitive vectors as columns, in units of the cubic lattice parameter.
+    "fcc": 0.5 * np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]).T,
+    "bcc": 0.5 * np.array([[-1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, -1.0]]).T,
+}
+_ATOMS_PER_CUBIC_CELL = {"fcc": 4, "bcc": 2}
+_DIGITS = 6  # decimals kept in the compact structure form (Å and fractional coordinates)
+
+
+# --- the compact structure form that candidates carry -------------------------------------
+
+
+def structure_to_params(structure: Structure, prototype: str = "") -> dict[str, str | int]:
+    """Candidate parameters for a structure: formula, size, prototype and the structure.
+
+    The structure is a compact, canonical JSON string: ``lattice`` (3 x 3, Å, rows are the
+    vectors), ``species`` (n symbols) and ``frac_coords`` (n x 3), rounded to 6 decimals.
+    """
+    body = {
+        "lattice": np.round(structure.lattice.matrix, _DIGITS).tolist(),
+        "species": [site.specie.symbol for site in structure],
+        "frac_coords": np.round(np.mod(structure.frac_coords, 1.0), _DIGITS).tolist(),
+    }
+    return {
+        "formula": structure.composition.reduced_formula,
+        "n_atoms": len(structure),
+        "prototype": prototype,
+        "structure": json.dumps(body, separators=(",", ":")),
+    }
+
+
+def structure_from_params(params: Mapping[str, Any]) -> Structure:
+    """The structure a candidate's parameters describe (see :func:`structure_to_params`).
+
+    Raises:
+        SpaceError: the parameters carry no ``structure`` or it is malformed.
+    """
+    if "structure" not in params:
+        raise SpaceError(f"candidate parameters carry no 'structure'; keys: {sorted(params)}")
+    try:
+        body = json.loads(str(params["structure"]))
+        return Structure(Lattice(body["lattice"]), body["species"], body["frac_coords"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise SpaceError(f"candidate 'structure' is not a valid compact structure: {exc}") from exc
+
+
+# --- enumeration of derivative structures -------------------------------------------------
+
+
+def enumerate_orderings(
+    elements: Sequence[str],
+    parent: ParentLattice = "fcc",
+    max_atoms: int = 4,
+    min_atoms: int = 1,
+    min_species: int = 2,
+) -> list[Structure]:
+    """The symmetrically distinct decorations of a parent lattice by ``elements``.
+
+    Args:
+        elements: The chemical system, e.g. ``["Cu", "Au", "Pd"]``.
+        parent: The parent lattice.
+        max_atoms: Largest supercell, in parent sites.
+        min_atoms: Smallest supercell, in parent sites.
+        min_species: Keep decorations with at least this many distinct elements (2 drops the
+            pure elements, which serve as references).
+
+    Returns:
+        One structure per distinct ordering, at the Vegard's-law volume, in a reduced cell.
+    """
+    if parent not in _PARENTS:
+        raise SpaceError(f"parent lattice must be one of {sorted(_PARENTS)}, got {parent!r}")
+    if not 1 <= min_atoms <= max_atoms:
+        raise SpaceError(f"need 1 <= min_atoms <= max_atoms, got {min_atoms} and {max_atoms}")
+    _check_elements(elements)
+    basis = _PARENTS[parent]
+    rotations = _point_group(basis)
+    volumes = {el: atomic_volume(el) for el in elements}
+    structures: list[Structure] = []
+    for n in range(min_atoms, max_atoms + 1):
+        for hnf in _distinct_supercells(n, rotations):
+            for labels in _distinct_labelings(hnf, rotations, len(elements)):
+                species = [elements[i] for i in labels]
+                if len(set(species)) < min_species:
+                    continue
+                structures.append(_decorated(basis, hnf, species, parent, volumes))
+    return structures
+
+
+def atomic_volume(element: str) -> float:
+    """Volume per atom (Å³) of an element's reference crystal (ASE's reference states)."""
+    from ase.build import bulk
+
+    atoms = bulk(element)
+    return float(atoms.get_volume() / len(atoms))
+
+
+def _check_elements(elements: Sequence[str]) -> None:
+    if len(elements) < 1 or len(set(elements)) != len(elements):
+        raise SpaceError(f"elements must be distinct and at least one, got {list(elements)}")
+    for el in elements:
+        if not Element.is_valid_symbol(el):
+            raise SpaceError(f"{el!r} is not an element symbol")
+
+
+def _point_group(basis: np.ndarray) -> np.ndarray:
+    """Rotations of the lattice as integer matrices in its own basis (``k x 3 x 3``)."""
+    metric = basis.T @ basis
+    entries = np.array(list(itertools.product((-1, 0, 1), repeat=9))).reshape(-1, 3, 3)
+    keep = np.abs(np.linalg.det(entries)).round() == 1
+    entries = entries[keep]
+    images = np.einsum("kji,jl,klm->kim", entries, metric, entries)
+    same = np.all(np.abs(images - metric) < 1e-8, axis=(1, 2))
+    return entries[same].astype(np.int64)
+
+
+def _hnfs(n: int) -> list[np.ndarray]:
+    """Lower-triangular Hermite normal forms of determinant ``n`` (columns = supercell)."""
+    out = []
+    for a in range(1, n + 1):
+        if n % a:
+            continue
+        for c in range(1, n // a + 1):
+            if (n // a) % c:
+                continue
+            f = n // (a * c)
+            for b, d, e in itertools.product(range(c), range(f), range(f)):
+                out.append(np.array([[a, 0, 0], [b, c, 0], [d, e, f]], dtype=np.int64))
+    return out
+
+
+def _distinct_supercells(n: int, rotations: np.ndarray) -> list[np.ndarray]:
+    """One HNF per class of supercells related by a rotation of the parent."""
+    kept: list[np.ndarray] = []
+    for hnf in _hnfs(n):
+        images = rotations @ hnf  # k x 3 x 3
+        if not any(_same_lattice(other, images) for other in kept):
+            kept.append(hnf)
+    return kept
+
+
+def _same_lattice(hnf: np.ndarray, images: np.ndarray) -> bool:
+    """Whether any of ``images`` spans the same lattice as ``hnf`` (inv(hnf) @ image integral)."""
+    coefficients = np.linalg.solve(hnf.astype(float), images.astype(float))
+    return bool(np.any(np.all(np.abs(coefficients - np.round(coefficients)) < 1e-8, axis=(1, 2))))
+
+
+def _sites(hnf: np.ndarray) -> np.ndarray:
+    """The ``n`` parent lattice points inside the supercell, as integer vectors (``n x 3``)."""
+    a, c, f = hnf[0, 0], hnf[1, 1], hnf[2, 2]
+    return np.array(list(itertools.product(range(a), range(c), range(f))), dtype=np.int64)
+
+
+def _reduce(points: np.ndarray, hnf: np.ndarray) -> np.ndarray:
+    """Integer points (``m x 3``) brought into the supercell's coset representatives."""
+    points = points.copy()
+    for axis in range(3):
+        column = hnf[:, axis]
+        q = np.floor_divide(points[:, axis], column[axis])
+        points -= q[:, None] * column[None, :]
+    return points
+
+
+def _permutations(hnf: np.ndarray, rotations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Site permutations of the supercell's symmetry group, and of its pure translations.
+
+    Returns:
+        ``g x n`` permutations (rotations keeping the supercell, times translations) and
+        ``(n - 1) x n`` permutations of the non-trivial translations.
+    """
+    sites = _sites(hnf)
+    n = len(sites)
+    a, c, f = hnf[0, 0], hnf[1, 1], hnf[2, 2]
+
+    def index(points: np.ndarray) -> np.ndarray:
+        r = _reduce(points, hnf)
+        return (r[:, 0] * c + r[:, 1]) * f + r[:, 2]
+
+    assert len(sites) == a * c * f
+    keeping = [r for r in rotations if _same_lattice(hnf, (r @ hnf)[None])]
+    perms = []
+    for r in keeping:
+        rotated = sites @ r.T
+        for t in sites:
+            perms.append(index(rotated + t))
+    translations = [index(sites + t) for t in sites[1:]]
+    return np.unique(np.array(perms), axis=0), np.array(translations, dtype=np.int64).reshape(-1, n)
+
+
+def _distinct_labelings(hnf: np.ndarray, rotations: np.ndarray, k: int) -> list[tuple[int, ...]]:
+    """One labeling (``k`` species on the supercell's sites) per symmetry orbit, without those
+    that repeat in a smaller cell."""
+    perms, translations = _permutations(hnf, rotations)
+    n = hnf[0, 0] * hnf[1, 1] * hnf[2, 2]
+    labelings = np.array(list(itertools.product(range(k), repeat=n)), dtype=np.int64)
+    weights = k ** np.arange(n - 1, -1, -1, dtype=np.int64)
+    codes = labelings @ weights
+    # permuted[l, g, s] = labeling l read through permutation g
+    images = labelings[:, perms] @ weights  # L x g
+    canonical = images.min(axis=1) == codes
+    if len(translations):
+        periodic = (labelings[:, translations] == labelings[:, None, :]).all(axis=2).any(axis=1)
+        canonical &= ~periodic
+    return [tuple(int(v) for v in row) for row in labelings[canonical]]
+
+
+def _decorated(
+    basis: np.ndarray, hnf: np.ndarray, species: Sequence[str], parent: str, volumes: Mapping[str, float]
+) -> Structure:
+    volume = float(np.mean([volumes[s] for s in species]))
+    a = (volume * _ATOMS_PER_CUBIC_CELL[parent]) ** (1 / 3)
+    cell = a * basis @ hnf  # columns
+    cartesian = _sites(hnf) @ (a * basis).T
+    structure = Structure(Lattice(cell.T), list(species), cartesian, coords_are_cartesian=True)
+    return structure.get_reduced_structure()
+
+
+# --- substitution on prototypes -----------------------------------------------------------
+
+
+def prototype(name: str) -> Structure:
+    """A built-in prototype with the dummy species ``Xa``, ``Xb`` that :func:`substitute` replaces.
+
+    Known: ``L1_2`` (Cu3Au), ``L1_0`` (CuAu), ``B2`` (CsCl), ``L1_1`` (CuPt), ``A1`` (fcc), at
+    unit lattice parameter (substitution scales them to Vegard's-law volumes).
+    """
+    fcc = _PARENTS["fcc"]
+    if name == "A1":
+        return Structure(Lattice(fcc.T), ["Xa"], [[0, 0, 0]])
+    if name == "L1_2":
+        return Structure(
+            Lattice.cubic(1.0),
+            ["Xa", "Xa", "Xa", "Xb"],
+            [[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5], [0, 0, 0]],
+        )
+    if name == "L1_0":
+        return Structure(Lattice.tetragonal(2**-0.5, 1.0), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    if name == "B2":
+        return Structure(Lattice.cubic(1.0), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    if name == "L1_1":
+        cell = np.array([[1, 0.5, 0.5], [0.5, 1, 0.5], [0.5, 0.5, 1]])
+        return Structure(Lattice(cell), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    raise SpaceError(f"unknown prototype {name!r}; built-in: ['A1', 'B2', 'L1_0', 'L1_1', 'L1_2'] or a file")
+
+
+def substitute(prototypes: Mapping[str, Structure], elements: Sequence[str]) -> list[tuple[str, Structure]]:
+    """Every assignment of distinct ``elements`` to each prototype's species, de-duplicated.
+
+    Each structure is scaled to the Vegard's-law volume of its composition; duplicates (also
+    across prototypes) are removed with ``StructureMatcher``.
+
+    Returns:
+        ``(prototype name, structure)`` pairs.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    _check_elements(elements)
+    volumes = {el: atomic_volume(el) for el in elements}
+    made: list[tuple[str, Structure]] = []
+    for name, proto in prototypes.items():
+        placeholders = sorted({site.specie.symbol for site in proto}, key=str)
+        for chosen in itertools.permutations(elements, len(placeholders)):
+            mapping = dict(zip(placeholders, chosen, strict=True))
+            structure = Structure(proto.lattice, [mapping[s.specie.symbol] for s in proto], proto.frac_coords)
+            volume = float(np.mean([volumes[s.specie.symbol] for s in structure])) * len(structure)
+            structure.scale_lattice(volume)
+            made.append((name, structure))
+    matcher = StructureMatcher()
+    kept: list[tuple[str, Structure]] = []
+    for name, structure in made:
+        formula = structure.composition.reduced_formula
+        same = (s for _, s in kept if s.composition.reduced_formula == formula)
+        if not any(matcher.fit(structure, other) for other in same):
+            kept.append((name, structure))
+    return kept
+
+
+def _load_prototypes(names: Sequence[str], base_dir: Path) -> dict[str, Structure]:
+    out = {}
+    for name in names:
+        path = base_dir / name
+        if path.is_file():
+            structure = Structure.from_file(path)
+            symbols = sorted({site.specie.symbol for site in structure})
+            mapping = {s: f"X{'abcdfghijk'[i]}" for i, s in enumerate(symbols)}
+            out[path.stem] = Structure(
+                structure.lattice, [mapping[s.specie.symbol] for s in structure], structure.frac_coords
+            )
+        else:
+            out[name] = prototype(name)
+    return out
+
+
+# --- the pool -------------------------------------------------------------------------------
+
+
+class StructurePool:
+    """A finite pool of crystal structures, featurised for the surrogate.
+
+    Implements the :class:`loop.pool.Pool` protocol: ``ids``, ``candidates``, ``X``
+    (``N x d`` features), ``feature_names`` and :meth:`encode`.
+
+    Args:
+        candidates: Candidates whose parameters carry a ``structure``
+            (see :func:`structure_to_params`).
+        featurizer: Turns structures into feature rows; default: a
+            :class:`~loop.featurize.StructureFeaturizer` over the pool's elements.
+    """
+
+    def __init__(
+        self, candidates: Sequence[Candidate], featurizer: StructureFeaturizer | None = None
+    ) -> None:
+        if not candidates:
+            raise SpaceError("a structure pool needs at least one candidate")
+        self.candidates: tuple[Candidate, ...] = tuple(candidates)
+        self.ids: list[str] = [c.id for c in self.candidates]
+        self.index: dict[str, int] = {cid: i for i, cid in enumerate(self.ids)}
+        if len(self.index) != len(self.ids):
+            raise SpaceError("duplicate candidate ids in structure pool")
+        self.structures: tuple[Structure, ...] = tuple(structure_from_params(c.params) for c in candidates)
+        elements = sorted({el.symbol for s in self.structures for el in s.composition.elements})
+        self.featurizer = featurizer or StructureFeaturizer(elements)
+        self._X: Tensor | None = None
+
+    @classmethod
+    def from_structures(
+        cls,
+        structures: Iterable[Structure | tuple[str, Structure]],
+        featurizer: StructureFeaturizer | None = None,
+    ) -> StructurePool:
+        """A pool from structures, or ``(prototype name, structure)`` pairs."""
+        candidates = []
+        for item in structures:
+            name, structure = item if isinstance(item, tuple) else ("", item)
+            candidates.append(Candidate(structure_to_params(structure, name)))
+        return cls(candidates, featurizer)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    @property
+    def X(self) -> Tensor:
+        """``N x d`` features of every candidate, built once."""
+        if self._X is None:
+            self._X = torch.tensor(self.featurizer.features(self.structures), dtype=torch.double)
+        return self._X
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.featurizer.feature_names
+
+    def encode(self, params: Iterable[Mapping[str, Any]]) -> Tensor:
+        """``n x d`` features of candidates given by their parameters."""
+        rows = []
+        for p in params:
+            cid = Candidate(p).id
+            if cid in self.index:
+                rows.append(self.X[self.index[cid]])
+            else:
+                features = self.featurizer.features([structure_from_params(p)])
+                rows.append(torch.tensor(features[0], dtype=torch.double))
+        if not rows:
+            return torch.empty(0, len(self.feature_names), dtype=torch.double)
+        return torch.stack(rows)
+
+    def save(self, path: str | Path) -> None:
+        """Write the candidates' parameters to a JSON file (a cache of the generation)."""
+        Path(path).write_text(json.dumps([dict(c.params) for c in self.candidates]))
+
+    @classmethod
+    def load(cls, path: str | Path, featurizer: StructureFeaturizer | None = None) -> StructurePool:
+        """A pool from a file written by :meth:`save`."""
+        return cls([Candidate(p) for p in json.loads(Path(path).read_text())], featurizer)
+
+
+class StructureSpaceOptions(BaseModel):
+    """``[space.generator]`` options of ``type = "structures"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    elements: list[str] = Field(min_length=1)
+    lattice: ParentLattice | None = "fcc"
+    """Parent lattice to enumerate orderings of; none: only prototype substitution."""
+    max_atoms: int = Field(default=4, ge=1, le=12)
+    min_atoms: int = Field(default=1, ge=1)
+    min_species: int = Field(default=2, ge=1)
+    prototypes: list[str] = []
+    """Built-in prototype names or structure files (relative to the config) to substitute."""
+    cache: str | None = None
+    """JSON file (relative to the config) that keeps the generated candidates between runs."""
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, elements: list[str]) -> list[str]:
+        _check_elements(elements)
+        return elements
+
+
+def generate(options: StructureSpaceOptions, base_dir: Path = Path(".")) -> StructurePool:
+    """The pool the options describe (enumerated orderings plus substituted prototypes)."""
+    made: list[tuple[str, Structure]] = []
+    if options.lattice is not None:
+        orderings = enumerate_orderings(
+            options.elements, options.lattice, options.max_atoms, options.min_atoms, options.min_species
+        )
+        made += [(options.lattice, s) for s in orderings]
+    if options.prototypes:
+        made += substitute(_load_prototypes(options.prototypes, base_dir), options.elements)
+    if not made:
+        raise SpaceError("the structure generator made no candidates; set 'lattice' or 'prototypes'")
+    seen: set[str] = set()
+    candidates = []
+    for name, structure in made:
+        candidate = Candidate(structure_to_params(structure, name))
+        if candidate.id not in seen:
+            seen.add(candidate.id)
+            candidates.append(candidate)
+    return StructurePool(candidates, StructureFeaturizer(options.elements))
+
+
+def pool_from_config(options: Mapping[str, Any], config: Any) -> StructurePool:
+    """Builder for ``[space.generator] type = "structures"``.
+
+    Raises:
+        ConfigError: an option is unknown or invalid (the message names ``space.generator.<key>``).
+    """
+    try:
+        parsed = StructureSpaceOptions.model_validate(dict(options))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "space.generator")) from None
+    except SpaceError as exc:
+        raise ConfigError(f"space.generator: {exc}") from None
+    if parsed.min_atoms > parsed.max_atoms:
+        raise ConfigError("space.generator.min_atoms: must not exceed max_atoms")
+    base_dir = Path(getattr(config, "base_dir", "."))
+    cache_path = None if parsed.cache is None else config.resolve(parsed.cache)
+    key = parsed.model_dump_json()
+    if cache_path is not None and cache_path.is_file():
+        stored = json.loads(cache_path.read_text())
+        if stored.get("options") == key:
+            featurizer = StructureFeaturizer(parsed.elements)
+            return StructurePool([Candidate(p) for p in stored["candidates"]], featurizer)
+    try:
+        pool = _cached_generate(key, str(base_dir))
+    except SpaceError as exc:
+        raise ConfigError(f"space.generator: {exc}") from None
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"options": key, "candidates": [dict(c.params) for c in pool.candidates]}
+        cache_path.write_text(json.dumps(payload))
+    return pool
+
+
+@cache
+def _cached_generate(key: str, base_dir: str) -> StructurePool:
+    """Generation is deterministic: one per process and set of options."""
+    start = time.perf_counter()
+    pool = generate(StructureSpaceOptions.model_validate_json(key), Path(base_dir))
+    pool.generation_s = time.perf_counter() - start  # type: ignore[attr-defined]
+    return pool
+
+
+def _describe(exc: ValidationError, prefix: str) -> str:
+    problems = []
+    for error in exc.errors():
+        location = ".".join([prefix, *(str(p) for p in error["loc"])])
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{location}: {message.removeprefix('Value error, ')}")
+    return "; ".join(problems)

@@ -1,0 +1,321 @@
+"""The DFT runner: an oracle that labels crystal structures with an ASE calculator.
+
+Each evaluation is one job in its own folder under the runner's ``workdir``
+(``<workdir>/<candidate id>``): the runner writes ``job.json``, a child process executes it
+(:mod:`oracles.dft_job`: single point or relaxation) and writes ``result.json``, the runner
+reads it back. The child is killed once it exceeds ``wall_time_s``, with every process it
+started. Outcomes map onto :mod:`oracles.errors`:
+
+* a missing code or bad calculator parameters → :class:`OracleSetupError` (never retried);
+* SCF or relaxation not converged, exploded geometry, time-out → :class:`EvaluationFailed`
+  (:class:`EvaluationTimeout`), retryable as configured (``retryable``);
+* atoms closer than ``min_distance_a`` in the candidate itself → rejected before any
+  calculation (not retryable);
+* any other calculator exception → not retryable, with its traceback summary.
+
+Results carry ``energy_per_atom`` and ``formation_energy_per_atom`` (eV/atom) against the
+elements in their reference crystals, computed once per calculator settings with the same
+calculator and settings, and cached in ``<workdir>/references-<settings>.json``. The
+metadata holds the final structure, forces (eV/Å), stress (eV/Å³), steps and the job folder,
+which :mod:`loop.extxyz` exports.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loop.errors import ConfigError, SpaceError
+from loop.space import Candidate
+from oracles.base import Measurement, Oracle, Result
+from oracles.calculators import CalculatorSpec, check_available
+from oracles.dft_job import JobSettings, atoms_from_dict, atoms_to_dict, min_distance
+from oracles.errors import EvaluationFailed, EvaluationTimeout, OracleSetupError
+
+FAILURES = ("scf_not_converged", "relaxation_not_converged", "exploded", "calculator_error", "timeout")
+
+
+class DFTRunner(Oracle):
+    """Evaluates crystal structures with an ASE calculator, one child process per job.
+
+    Args:
+        settings: Calculator, single point or relaxation, optimizer, ``fmax``, ``steps``.
+        workdir: The run folder; each job gets ``<workdir>/<candidate id>``.
+        wall_time_s: Wall-time limit of one job (s); the child is killed past it.
+        retryable: Failure kinds (of :data:`FAILURES`) recorded as retryable.
+        capacity: Jobs that may run at once.
+        start_method: ``multiprocessing`` start method of the job processes.
+    """
+
+    implemented_properties = ("energy_per_atom", "formation_energy_per_atom")
+
+    def __init__(
+        self,
+        settings: JobSettings | None = None,
+        workdir: str | Path = "runs",
+        wall_time_s: float = 600.0,
+        retryable: tuple[str, ...] = ("scf_not_converged", "timeout"),
+        capacity: int = 1,
+        start_method: Literal["fork", "forkserver", "spawn"] = "forkserver",
+    ) -> None:
+        unknown = sorted(set(retryable) - set(FAILURES))
+        if unknown:
+            raise OracleSetupError(
+                f"retryable names unknown failure kind(s) {unknown}; known: {list(FAILURES)}"
+            )
+        if wall_time_s <= 0:
+            raise OracleSetupError(f"wall_time_s must be positive, got {wall_time_s}")
+        self.settings = settings or JobSettings()
+        check_available(self.settings.calculator)
+        self.workdir = Path(workdir)
+        self.wall_time_s = float(wall_time_s)
+        self.retryable = tuple(retryable)
+        self.capacity = int(capacity)
+        self._context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            self._context.set_forkserver_preload(["oracles.dft_job"])
+        self._lock = threading.Lock()  # elemental references
+        self._folder_lock = threading.Lock()
+        self._references: dict[str, float] = {}
+        self._reference_file = self.workdir / f"references-{self.settings.calculator.key}.json"
+
+    # --- the oracle contract ------------------------------------------------------------------
+
+    def evaluate(self, candidate: Candidate) -> Result:
+        """Relax (or single-point) the candidate's structure; see the module docstring."""
+        atoms = candidate_atoms(candidate)
+        self.check_geometry(atoms, candidate.id)
+        references = self.references(sorted(set(atoms.get_chemical_symbols())))
+        outcome, folder = self.run(atoms, candidate.id)
+        energy = float(outcome["energy"])
+        n = len(atoms)
+        final = atoms_from_dict(outcome["atoms"])
+        formation = (energy - sum(references[s] for s in final.get_chemical_symbols())) / n
+        metadata = {
+            "formula": final.get_chemical_formula(mode="metal"),
+            "energy_ev": energy,
+            "forces_ev_per_a": outcome["forces"],
+            "stress_ev_per_a3": outcome["stress"],
+            "structure": outcome["atoms"],
+            "initial_structure": atoms_to_dict(atoms),
+            "n_steps": outcome["n_steps"],
+            "workdir": str(folder),
+            "trajectory": outcome.get("trajectory"),
+            "wall_s": outcome.get("wall_s"),
+            "calculator": self.settings.calculator.name,
+            "settings": self.settings.as_dict(),
+            "references_ev_per_atom": {s: references[s] for s in sorted(set(final.get_chemical_symbols()))},
+        }
+        return Result(
+            candidate.id,
+            {
+                "energy_per_atom": Measurement(energy / n, None, "eV/atom"),
+                "formation_energy_per_atom": Measurement(formation, None, "eV/atom"),
+            },
+            metadata=metadata,
+        )
+
+    # --- pieces ---------------------------------------------------------------------------------
+
+    def check_geometry(self, atoms: Atoms, label: str) -> None:
+        """Reject a structure with overlapping atoms before any calculation.
+
+        Raises:
+            EvaluationFailed: two atoms are closer than ``min_distance_a`` (not retryable).
+        """
+        distance, i, j = min_distance(atoms)
+        limit = self.settings.min_distance_a
+        if distance < limit:
+            symbols = atoms.get_chemical_symbols()
+            raise EvaluationFailed(
+                f"candidate {label} rejected before any calculation: overlapping atoms {i} ({symbols[i]}) "
+                f"and {j} ({symbols[j]}) are {distance:.3f} Å apart, closer than min_distance_a = {limit} Å",
+                retryable=False,
+            )
+
+    def references(self, elements: list[str]) -> dict[str, float]:
+        """Energy per atom (eV) of each element in its reference crystal (ASE's ``bulk``),
+        computed with the same settings once and cached on disk."""
+        from ase.build import bulk
+
+        with self._lock:
+            if not self._references and self._reference_file.is_file():
+                self._references = json.loads(self._reference_file.read_text())
+            missing = [el for el in elements if el not in self._references]
+            for el in missing:
+                try:
+                    atoms = bulk(el)
+                except (ValueError, KeyError) as exc:
+                    raise EvaluationFailed(
+                        f"no reference crystal for element {el}: {exc}", retryable=False
+                    ) from exc
+                outcome, _ = self.run(atoms, f"reference-{el}-{self.settings.calculator.key}")
+                self._references[el] = float(outcome["energy"]) / len(atoms)
+            if missing:
+                self.workdir.mkdir(parents=True, exist_ok=True)
+                self._reference_file.write_text(json.dumps(self._references, indent=1))
+            return {el: self._references[el] for el in elements}
+
+    def run(self, atoms: Atoms, name: str) -> tuple[dict[str, Any], Path]:
+        """Run one job in a child process: write ``job.json``, execute, read ``result.json``.
+
+        Returns:
+            The successful outcome (see :func:`oracles.dft_job.execute`) and the job folder.
+
+        Raises:
+            OracleSetupError: the calculator cannot be set up.
+            EvaluationTimeout: the job ran past ``wall_time_s`` and was killed.
+            EvaluationFailed: the job failed (SCF, relaxation, exploded, calculator error).
+        """
+        folder = self._new_folder(name)
+        job = {"atoms": atoms_to_dict(atoms), "settings": self.settings.as_dict()}
+        (folder / "job.json").write_text(json.dumps(job))
+        from oracles.dft_job import run_job
+
+        process = self._context.Process(target=run_job, args=(str(folder),), daemon=True)
+        start = time.perf_counter()
+        process.start()
+        process.join(self.wall_time_s)
+        if process.is_alive():
+            _kill_group(process)
+            raise EvaluationTimeout(
+                f"job {name} exceeded its wall-time limit of {self.wall_time_s:g} s and was killed "
+                f"(folder {folder})",
+                retryable="timeout" in self.retryable,
+            )
+        result_file = folder / "result.json"
+        if not result_file.is_file():
+            raise EvaluationFailed(
+                f"job {name} died with exit code {process.exitcode} "
+                f"after {time.perf_counter() - start:.1f} s "
+                f"without writing a result (folder {folder})",
+                retryable=False,
+            )
+        outcome = json.loads(result_file.read_text())
+        status = outcome["status"]
+        if status == "ok":
+            return outcome, folder
+        message = f"{status}: {outcome.get('message', '')} (job {name}, folder {folder})"
+        if outcome.get("traceback"):
+            message += "\n" + outcome["traceback"]
+        if status == "setup_error":
+            raise OracleSetupError(message)
+        raise EvaluationFailed(message, retryable=status in self.retryable)
+
+    def _new_folder(self, name: str) -> Path:
+        with self._folder_lock:
+            base = self.workdir / name
+            folder, attempt = base, 1
+            while folder.exists():
+                attempt += 1
+                folder = base.with_name(f"{base.name}-{attempt}")
+            folder.mkdir(parents=True)
+            return folder
+
+
+def _kill_group(process: Any) -> None:
+    """Kill a job process and every process it started (its own process group)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    process.join(5)
+
+
+def candidate_atoms(candidate: Candidate) -> Atoms:
+    """The ``Atoms`` a candidate describes (its ``structure`` parameter).
+
+    Raises:
+        EvaluationFailed: the candidate carries no valid structure (not retryable).
+    """
+    from loop.structures import structure_from_params
+
+    try:
+        structure = structure_from_params(candidate.params)
+    except SpaceError as exc:
+        raise EvaluationFailed(f"candidate {candidate.id}: {exc}", retryable=False) from exc
+    return structure.to_ase_atoms()
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+class DFTOracleOptions(BaseModel):
+    """``[oracle]`` options of ``type = "dft"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    calculator: str = "emt"
+    """``"emt"``, ``"gpaw"`` or an import path ``"module:Class"``."""
+    calculator_options: dict[str, Any] = {}
+    """Keyword arguments of the calculator."""
+    kpoint_density: float = Field(default=3.0, gt=0)
+    ecut_ev: float = Field(default=350.0, gt=0)
+    xc: str = "PBE"
+    mode: Literal["single_point", "relax"] = "relax"
+    relax_cell: bool = True
+    optimizer: str = "BFGS"
+    fmax: float = Field(default=0.05, gt=0)
+    """Force criterion of relaxations (eV/Å)."""
+    steps: int = Field(default=200, ge=1)
+    min_distance_a: float = Field(default=0.5, ge=0)
+    wall_time_s: float = Field(default=600.0, gt=0)
+    retryable: list[Literal[FAILURES]] = ["scf_not_converged", "timeout"]  # type: ignore[valid-type]
+    workdir: str = "runs"
+    """The run folder, relative to the config file; jobs go to ``<workdir>/<campaign>/<id>``."""
+    capacity: int = Field(default=1, ge=1)
+    start_method: Literal["fork", "forkserver", "spawn"] = "forkserver"
+
+
+def oracle_from_config(options: Mapping[str, Any], config: Any) -> DFTRunner:
+    """Builder for ``[oracle] type = "dft"``.
+
+    Raises:
+        ConfigError: an option is unknown or invalid (the message names ``oracle.<key>``).
+    """
+    import ase.optimize
+
+    try:
+        parsed = DFTOracleOptions.model_validate(dict(options))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location = ".".join(["oracle", *(str(p) for p in error["loc"])])
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"{location}: {message}")
+        raise ConfigError("; ".join(problems)) from None
+    if not isinstance(getattr(ase.optimize, parsed.optimizer, None), type):
+        raise ConfigError(f"oracle.optimizer: ASE has no optimizer {parsed.optimizer!r}")
+    spec = CalculatorSpec(
+        parsed.calculator, parsed.calculator_options, parsed.kpoint_density, parsed.ecut_ev, parsed.xc
+    )
+    settings = JobSettings(
+        spec,
+        parsed.mode,
+        parsed.relax_cell,
+        parsed.optimizer,
+        parsed.fmax,
+        parsed.steps,
+        parsed.min_distance_a,
+    )
+    workdir = config.resolve(parsed.workdir) / config.campaign.name
+    try:
+        return DFTRunner(
+            settings,
+            workdir,
+            wall_time_s=parsed.wall_time_s,
+            retryable=tuple(parsed.retryable),
+            capacity=parsed.capacity,
+            start_method=parsed.start_method,
+        )
+    except OracleSetupError as exc:
+        raise ConfigError(f"oracle.calculator: {exc}") from exc

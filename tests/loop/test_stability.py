@@ -1,0 +1,54 @@
+"""Formation energies and the convex hull."""
+
+from __future__ import annotations
+
+import pytest
+from pymatgen.core import Composition
+
+from loop.errors import SpaceError
+from loop.stability import (
+    best_fraction,
+    formation_energy_per_atom,
+    hull_points,
+    near_hull,
+    on_hull,
+    phase_diagram,
+)
+
+
+def test_formation_energy_is_against_the_elemental_references() -> None:
+    refs = {"Cu": -3.0, "Au": -2.0}
+    assert formation_energy_per_atom(-5.4, ["Cu", "Au"], refs) == pytest.approx(-0.2)
+    with pytest.raises(SpaceError, match=r"no elemental reference energy for \['Pd'\]"):
+        formation_energy_per_atom(-1.0, ["Pd"], refs)
+
+
+def test_hull_of_a_binary_from_formation_energies() -> None:
+    rows = [
+        ("a", "CuAu", -0.10),  # on the hull
+        ("b", "Cu3Au", -0.07),  # on the hull: below the Cu—CuAu tie line (-0.05)
+        ("c", "CuAu3", -0.03),  # 0.02 eV/atom above the CuAu—Au tie line (-0.05)
+        ("d", "CuAu", -0.095),  # a second CuAu ordering, 5 meV/atom above the first
+    ]
+    points = {p.id: p for p in hull_points(rows)}
+    assert on_hull(points.values()) == {"a", "b"}
+    assert points["c"].e_above_hull == pytest.approx(0.02)
+    assert points["d"].e_above_hull == pytest.approx(0.005)
+    assert near_hull(points.values(), within_mev=5.0) == {"a", "b", "d"}
+    assert best_fraction(points.values(), 0.25) == {"a"}
+    with pytest.raises(SpaceError, match="within_mev must be >= 0"):
+        near_hull(points.values(), -1)
+
+
+def test_hull_grows_with_the_data() -> None:
+    rows = [("a", "CuAu", -0.10)]
+    assert on_hull(hull_points(rows)) == {"a"}
+    rows.append(("b", "CuAu", -0.12))  # a better ordering arrives: a is pushed off
+    points = {p.id: p for p in hull_points(rows)}
+    assert on_hull(points.values()) == {"b"} and points["a"].e_above_hull == pytest.approx(0.02)
+
+
+def test_ternary_phase_diagram_has_the_elements_at_zero() -> None:
+    diagram = phase_diagram([("CuAuPd", -0.07), ("CuPd", -0.08)], elements=["Cu", "Au", "Pd"])
+    stable = {e.composition.reduced_formula for e in diagram.stable_entries}
+    assert stable == {"Cu", "Au", "Pd", "CuPd", Composition("CuAuPd").reduced_formula}

@@ -1,0 +1,254 @@
+"""The DFT runner with real calculators: EMT always, GPAW when it is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from pymatgen.core import Lattice, Structure
+
+from loop.campaign import Campaign
+from loop.config import parse_config
+from loop.errors import ConfigError
+from loop.space import Candidate
+from loop.structures import structure_to_params
+from oracles.calculators import CalculatorSpec
+from oracles.dft import DFTRunner, oracle_from_config
+from oracles.dft_job import JobSettings, execute
+from oracles.errors import EvaluationFailed, EvaluationTimeout, OracleSetupError
+
+
+class SlowEMT(EMT):
+    """EMT that takes far longer than any wall-time limit of these tests."""
+
+    def calculate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(60)
+        super().calculate(*args, **kwargs)
+
+
+class GoldAllergicEMT(EMT):
+    """EMT that raises on any structure with gold in it."""
+
+    def calculate(self, atoms=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if "Au" in atoms.get_chemical_symbols():
+            raise ValueError("this calculator cannot handle gold")
+        super().calculate(atoms, *args, **kwargs)
+
+
+class NaNEMT(EMT):
+    """EMT whose energy comes out NaN."""
+
+    def calculate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().calculate(*args, **kwargs)
+        self.results["energy"] = float("nan")
+
+
+def here(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__name__}"
+
+
+def l10_cuau() -> Candidate:
+    structure = Structure(Lattice.tetragonal(2.75, 3.8), ["Cu", "Au"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return Candidate(structure_to_params(structure, "L1_0"))
+
+
+def runner(tmp_path: Path, **settings: object) -> DFTRunner:
+    calculator = settings.pop("calculator", CalculatorSpec())
+    wall = settings.pop("wall_time_s", 60.0)
+    retryable = settings.pop("retryable", ("scf_not_converged", "timeout"))
+    return DFTRunner(
+        JobSettings(calculator=calculator, **settings),  # type: ignore[arg-type]
+        tmp_path / "runs",
+        wall_time_s=wall,  # type: ignore[arg-type]
+        retryable=retryable,  # type: ignore[arg-type]
+    )
+
+
+def test_relaxation_with_cell_returns_energy_forces_stress_structure_and_trajectory(tmp_path: Path) -> None:
+    oracle = runner(tmp_path, mode="relax", relax_cell=True, fmax_ev_per_a=0.01)
+    candidate = l10_cuau()
+    result = oracle.evaluate(candidate)
+
+    assert result.candidate_id == candidate.id
+    assert set(result.measurements) == {"energy_per_atom", "formation_energy_per_atom"}
+    assert result.measurements["formation_energy_per_atom"].unit == "eV/atom"
+    meta = result.metadata
+    forces = np.array(meta["forces_ev_per_a"])
+    assert forces.shape == (2, 3) and np.abs(forces).max() < 0.01
+    assert len(meta["stress_ev_per_a3"]) == 6 and np.abs(meta["stress_ev_per_a3"]).max() < 0.01
+    relaxed = np.array(meta["structure"]["cell"])
+    assert not np.allclose(relaxed, np.array(meta["initial_structure"]["cell"]))  # the cell moved
+    folder = Path(meta["workdir"])
+    assert folder.parent == tmp_path / "runs" and folder.name == candidate.id
+    assert {"job.json", "result.json", "relax.traj"} <= {p.name for p in folder.iterdir()}
+    assert meta["n_steps"] > 0
+    # Formation energy is against the elements computed with the same settings, cached once.
+    refs = json.loads(next((tmp_path / "runs").glob("references-*.json")).read_text())
+    expected = (meta["energy_ev"] - refs["Cu"] - refs["Au"]) / 2
+    assert result.measurements["formation_energy_per_atom"].value == pytest.approx(expected)
+
+
+def test_single_point_leaves_the_structure_alone(tmp_path: Path) -> None:
+    oracle = runner(tmp_path, mode="single_point")
+    result = oracle.evaluate(l10_cuau())
+    assert result.metadata["n_steps"] == 0
+    assert result.metadata["structure"]["positions"] == result.metadata["initial_structure"]["positions"]
+
+
+def test_pure_element_has_zero_formation_energy(tmp_path: Path) -> None:
+    oracle = runner(tmp_path, mode="relax", relax_cell=True, fmax_ev_per_a=0.005)
+    structure = Structure.from_ase_atoms(bulk("Cu", "fcc", a=3.7))
+    result = oracle.evaluate(Candidate(structure_to_params(structure)))
+    assert result.measurements["formation_energy_per_atom"].value == pytest.approx(0.0, abs=1e-4)
+
+
+def test_job_past_its_wall_time_is_killed_and_reported(tmp_path: Path) -> None:
+    oracle = runner(tmp_path, calculator=CalculatorSpec(here(SlowEMT)), wall_time_s=1.5)
+    oracle._references = {"Cu": 0.0, "Au": 0.0}  # the slow calculator would time out on them too
+    start = time.perf_counter()
+    with pytest.raises(
+        EvaluationTimeout, match=r"exceeded its wall-time limit of 1.5 s and was killed"
+    ) as info:
+        oracle.evaluate(l10_cuau())
+    assert time.perf_counter() - start < 15
+    assert info.value.retryable
+    folder = tmp_path / "runs" / l10_cuau().id
+    assert (folder / "job.json").is_file() and not (folder / "result.json").exists()
+
+
+def test_overlapping_atoms_are_rejected_before_any_calculation(tmp_path: Path) -> None:
+    structure = Structure(Lattice.cubic(4.0), ["Cu", "Cu"], [[0, 0, 0], [0.05, 0, 0]])
+    candidate = Candidate(structure_to_params(structure))
+    oracle = runner(tmp_path)
+    with pytest.raises(
+        EvaluationFailed, match=r"overlapping atoms 0 \(Cu\) and 1 \(Cu\) are 0.200 Å apart"
+    ) as info:
+        oracle.evaluate(candidate)
+    assert not info.value.retryable
+    assert not (tmp_path / "runs").exists()  # not even the references were computed
+
+
+def test_calculator_that_raises_is_reported_with_its_traceback(tmp_path: Path) -> None:
+    oracle = runner(tmp_path, calculator=CalculatorSpec(here(GoldAllergicEMT)))
+    with pytest.raises(EvaluationFailed) as info:
+        oracle.evaluate(l10_cuau())
+    message = str(info.value)
+    assert "calculator_error: ValueError: this calculator cannot handle gold" in message
+    assert "Traceback" in message and "calculate" in message
+    assert not info.value.retryable
+
+
+def test_unconverged_relaxation_is_retryable_as_configured(tmp_path: Path) -> None:
+    structure = Structure(
+        Lattice.cubic(3.7),
+        ["Cu", "Au", "Cu", "Cu"],
+        [[0, 0, 0], [0.5, 0.5, 0.08], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
+    candidate = Candidate(structure_to_params(structure))
+    for retryable in [("relaxation_not_converged",), ()]:
+        oracle = runner(tmp_path / str(len(retryable)), steps=1, fmax_ev_per_a=1e-4, retryable=retryable)
+        with pytest.raises(EvaluationFailed, match=r"relaxation_not_converged") as info:
+            oracle.evaluate(candidate)
+        assert info.value.retryable is bool(retryable)
+
+
+def test_non_finite_energy_is_an_exploded_geometry() -> None:
+    outcome = execute(bulk("Cu"), JobSettings(CalculatorSpec(here(NaNEMT)), mode="single_point"))
+    assert outcome["status"] == "exploded"
+    assert "not finite" in outcome["message"]
+
+
+def test_missing_code_and_bad_parameters_are_setup_errors(tmp_path: Path) -> None:
+    with pytest.raises(OracleSetupError, match=r"cannot import module 'no_such_dft_code'"):
+        runner(tmp_path, calculator=CalculatorSpec("no_such_dft_code:Calculator"))
+    with pytest.raises(OracleSetupError, match=r"has no 'Nope'"):
+        runner(tmp_path, calculator=CalculatorSpec("ase.calculators.emt:Nope"))
+    oracle = runner(tmp_path, calculator=CalculatorSpec("emt", {"no_such_option": 1}))
+    with pytest.raises(OracleSetupError, match=r"'emt' rejects its keyword arguments \['no_such_option'\]"):
+        oracle.evaluate(l10_cuau())
+    with pytest.raises(ConfigError, match=r"oracle.optimizer: ASE has no optimizer 'Newton'"):
+        oracle_from_config({"optimizer": "Newton"}, None)
+    with pytest.raises(ConfigError, match=r"oracle.fmaxx: unknown key"):
+        oracle_from_config({"fmaxx": 0.1}, None)
+    with pytest.raises(ConfigError, match=r"oracle.retryable"):
+        oracle_from_config({"retryable": ["bad luck"]}, None)
+
+
+def campaign_config(tmp_path: Path, calculator: str, **oracle: object) -> dict[str, object]:
+    return {
+        "campaign": {"name": "faults", "seed": 1, "ledger": str(tmp_path / "ledger.db")},
+        "space": {"generator": {"type": "structures", "elements": ["Cu", "Au"], "max_atoms": 2}},
+        "objectives": [{"name": "formation_energy_per_atom", "direction": "minimize", "unit": "eV/atom"}],
+        "acquisition": {"type": "random", "initial_designs": 4},
+        "oracle": {
+            "type": "dft",
+            "calculator": calculator,
+            "workdir": "runs",
+            "mode": "single_point",
+            **oracle,
+        },
+        "stopping": {"max_experiments": 4},
+    }
+
+
+def test_campaign_records_calculator_failures_and_goes_on(tmp_path: Path) -> None:
+    """A calculator that raises on structures with gold: those are failed with the traceback
+    in the ledger, the Cu-Pd ones are done; nothing is lost."""
+    data = campaign_config(tmp_path, here(GoldAllergicEMT))
+    data["space"] = {"generator": {"type": "structures", "elements": ["Cu", "Pd", "Au"], "max_atoms": 2}}
+    data["acquisition"] = {"type": "random", "initial_designs": 6}
+    data["stopping"] = {"max_experiments": 6}
+    campaign = Campaign(parse_config(data, base_dir=tmp_path))
+    assert isinstance(campaign.oracle, DFTRunner) and len(campaign.pool or []) == 6
+    report = campaign.run()
+    evaluations = campaign.ledger.evaluations(campaign.id)
+    assert report.experiments == 6 and len(evaluations) == 6
+    failed = [e for e in evaluations if e.status == "failed"]
+    done = [e for e in evaluations if e.status == "done"]
+    assert sorted(e.params["formula"] for e in done) == ["CuPd", "CuPd"]
+    assert len(failed) == 4 and all("Au" in e.params["formula"] for e in failed)
+    assert all("cannot handle gold" in (e.error or "") and "Traceback" in (e.error or "") for e in failed)
+    assert (tmp_path / "runs" / "faults").is_dir()
+    campaign.close()
+
+
+GPAW = importlib.util.find_spec("gpaw") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not GPAW, reason="GPAW is not installed (pip install gpaw gpaw-data; see .ci/run)")
+def test_gpaw_relaxes_fcc_aluminium_to_the_experimental_lattice_constant(tmp_path: Path) -> None:
+    spec = CalculatorSpec("gpaw", {}, kpoint_density=2.5, ecut_ev=250.0)
+    oracle = runner(
+        tmp_path, calculator=spec, mode="relax", relax_cell=True, fmax_ev_per_a=0.01, wall_time_s=500
+    )
+    structure = Structure.from_ase_atoms(bulk("Al", "fcc", a=4.2))
+    result = oracle.evaluate(Candidate(structure_to_params(structure)))
+    volume = abs(np.linalg.det(np.array(result.metadata["structure"]["cell"])))
+    a = (4 * volume) ** (1 / 3)
+    assert a == pytest.approx(4.05, rel=0.02)
+    assert result.measurements["formation_energy_per_atom"].value == pytest.approx(0.0, abs=2e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not GPAW, reason="GPAW is not installed (pip install gpaw gpaw-data; see .ci/run)")
+def test_gpaw_scf_failure_is_recorded_as_failed(tmp_path: Path) -> None:
+    options = {"calculator_options": {"maxiter": 2}, "kpoint_density": 1.5, "ecut_ev": 200.0}
+    data = campaign_config(tmp_path, "gpaw", **options)
+    data["space"] = {
+        "generator": {"type": "structures", "elements": ["Al", "Cu"], "max_atoms": 1, "min_species": 1}
+    }
+    data["stopping"] = {"max_experiments": 1}
+    data["acquisition"] = {"type": "random", "initial_designs": 1}
+    campaign = Campaign(parse_config(data, base_dir=tmp_path))
+    campaign.run()
+    (evaluation,) = campaign.ledger.evaluations(campaign.id)
+    assert evaluation.status == "failed"
+    assert "scf_not_converged" in (evaluation.error or "") and evaluation.retryable
+    campaign.close()
