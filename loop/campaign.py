@@ -150,7 +150,7 @@ class Campaign:
         stop_reason = None
         if not batch and not any(e.cycle == cycle for e in self.ledger.evaluations(self.id)):
             surrogate = self.fit(cycle)
-            stop_reason = self._improvement_exhausted(surrogate)
+            stop_reason = self.improvement_exhausted(surrogate)
             if stop_reason is None:
                 proposals = self.propose(surrogate, cycle)
                 if not proposals:
@@ -408,7 +408,9 @@ class Campaign:
             return 0
         return sum(c > last_improvement for c in closed)
 
-    def _improvement_exhausted(self, surrogate: Surrogate | None) -> str | None:
+    def improvement_exhausted(self, surrogate: Surrogate | None) -> str | None:
+        """The stop reason when the best expected improvement is below the configured
+        threshold, else ``None``."""
         threshold = self.config.stopping.min_expected_improvement
         if threshold is None or surrogate is None:
             return None

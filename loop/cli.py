@@ -161,6 +161,7 @@ def _open_ledger(db: str) -> Ledger:
 def _mount_subcommands() -> None:
     from loop.bench.cli import app as bench_app
     from loop.bench.throughput import throughput
+    from flows.cli import deploy  # imports Prefect only when the command runs
     from oracles.lab.cli import app as lab_app
 
     bench_app.command("throughput")(throughput)
@@ -168,6 +169,7 @@ def _mount_subcommands() -> None:
         bench_app, name="bench", help="Benchmarks: sample efficiency, decision overhead, throughput."
     )
     app.add_typer(lab_app, name="lab", help="The reference self-driving-lab server.")
+    app.command()(deploy)
 
 
 _mount_subcommands()

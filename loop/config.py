@@ -230,6 +230,54 @@ class DatasetOracle(_Strict):
     noise_sd: NonNegative = 0.0
 
 
+class ExecutionSection(_Strict):
+    """How a workflow engine (``flows/``) runs the campaign; the engine-free loop ignores it,
+    and it is not part of the campaign's identity (a campaign may move from threads to Dask)."""
+
+    task_runner: Literal["thread", "dask"] = "thread"
+    """Where oracle evaluations run: threads of the flow process, or a Dask cluster."""
+    max_workers: int | None = Field(default=None, ge=1)
+    """Thread runner: evaluations at once (default: the oracle's capacity)."""
+    address: str | None = None
+    """Dask: the address of a running scheduler (``tcp://host:8786``) instead of a new cluster."""
+    cluster_class: str | None = None
+    """Dask: the cluster to start, as ``module.Class`` (default ``distributed.LocalCluster``)."""
+    cluster_kwargs: dict[str, Any] = {}
+    """Dask: keyword arguments of the cluster class (``n_workers``, ``cores``, ``walltime``...)."""
+    adapt_kwargs: dict[str, Any] | None = None
+    """Dask: adaptive scaling (``minimum``, ``maximum``); default: a fixed-size cluster."""
+    retries: int = Field(default=0, ge=0, le=100)
+    """Retries of an evaluation that failed with a retryable oracle error (never other errors)."""
+    retry_delay_s: float = Field(default=0.0, ge=0)
+    """Seconds between retries."""
+    approval: bool = False
+    """Pause before each batch is dispatched until a person approves, rejects or edits it."""
+    approval_timeout_s: int = Field(default=24 * 3600, ge=1)
+    """How long a paused batch waits for its reviewer before the flow run fails."""
+    lock_wait_s: float = Field(default=0.0, ge=0)
+    """How long a run waits for another run of the same campaign to finish before it exits."""
+    lock_lease_s: float = Field(default=60.0, ge=1)
+    """The campaign lock's lease, renewed while held; a holder that died frees it after this."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExecutionSection:
+        dask_only = {
+            "address": self.address,
+            "cluster_class": self.cluster_class,
+            "cluster_kwargs": self.cluster_kwargs or None,
+            "adapt_kwargs": self.adapt_kwargs,
+        }
+        if self.task_runner != "dask":
+            given = [k for k, v in dask_only.items() if v is not None]
+            if given:
+                raise ValueError(f"{given} only apply to task_runner = 'dask'")
+        elif self.address is not None and (self.cluster_class or self.cluster_kwargs or self.adapt_kwargs):
+            raise ValueError("give either 'address' (an existing scheduler) or a cluster to start, not both")
+        if self.task_runner == "dask" and self.max_workers is not None:
+            raise ValueError("'max_workers' applies to task_runner = 'thread'; size a Dask cluster instead")
+        return self
+
+
 class CampaignConfig(_Strict):
     """A whole campaign file."""
 
@@ -240,6 +288,7 @@ class CampaignConfig(_Strict):
     acquisition: AcquisitionSection = AcquisitionSection()
     oracle: EmulatorOracle | DatasetOracle | PluginSection
     stopping: StoppingSection
+    execution: ExecutionSection = ExecutionSection()
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @field_validator("objectives")
@@ -287,8 +336,10 @@ class CampaignConfig(_Strict):
 
     def identity(self) -> dict[str, Any]:
         """What defines the campaign: everything but the stopping rules (which may change
-        on resume) and where the ledger is."""
-        return self.model_dump(mode="json", exclude={"stopping": True, "campaign": {"ledger"}})
+        on resume), how it is executed and where the ledger is."""
+        return self.model_dump(
+            mode="json", exclude={"stopping": True, "execution": True, "campaign": {"ledger"}}
+        )
 
     @property
     def hash(self) -> str:

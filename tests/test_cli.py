@@ -102,3 +102,15 @@ def test_status_of_a_missing_ledger(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", str(tmp_path / "nope.db")])
     assert result.exit_code == 2 and "does not exist" in result.output
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_the_loop_never_imports_prefect() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, loop.cli, loop.campaign, loop.ledger, oracles, surrogates; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

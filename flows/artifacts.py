@@ -1,0 +1,203 @@
+"""What a campaign shows in the Prefect UI: the proposed batch, the budget spent, a report.
+
+Artifact keys are stable per campaign (``<campaign>-batch``, ``<campaign>-progress``,
+``<campaign>-report``), so the UI keeps one history per campaign across flow runs. Every
+number comes from the ledger.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import torch
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from loop.campaign import Campaign, CampaignReport
+from loop.ledger import EvaluationRecord
+
+
+def artifact_key(campaign: str, kind: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for a campaign's ``kind``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", campaign.lower()).strip("-") or "campaign"
+    return f"{slug}-{kind}"
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+def batch_rows(campaign: Campaign, cycle: int, batch: Sequence[EvaluationRecord]) -> list[dict[str, Any]]:
+    """One row per candidate of the batch: parameters, predicted mean and std, acquisition value."""
+    chosen = next((c.chosen for c in campaign.ledger.cycles(campaign.id) if c.cycle == cycle), None) or []
+    why = {c["candidate_id"]: c for c in chosen}
+    rows = []
+    for evaluation in batch:
+        explained = why.get(evaluation.candidate_id, {})
+        row: dict[str, Any] = {"cycle": cycle, "candidate": evaluation.candidate_id}
+        row.update({k: v if isinstance(v, str) else _number(v) for k, v in evaluation.params.items()})
+        for i, name in enumerate(campaign.objectives):
+            mean, std = explained.get("mean"), explained.get("std")
+            row[f"{name} mean"] = None if mean is None else _number(mean[i])
+            row[f"{name} std"] = None if std is None else _number(std[i])
+        row["acquisition value"] = _number(explained.get("acquisition_value"))
+        rows.append(row)
+    return rows
+
+
+def publish_batch(campaign: Campaign, cycle: int, batch: Sequence[EvaluationRecord]) -> UUID:
+    """A table artifact of the batch about to be evaluated."""
+    return create_table_artifact(
+        batch_rows(campaign, cycle, batch),
+        key=artifact_key(campaign.name, "batch"),
+        description=f"Campaign {campaign.name}, cycle {cycle}: the proposed batch "
+        "(posterior mean and std of each objective, acquisition value; empty before the first fit).",
+    )
+
+
+def budget_fraction(campaign: Campaign) -> float:
+    """How much of the budget is spent, in percent (the tighter of experiments and cost)."""
+    stopping = campaign.config.stopping
+    experiments, cost = campaign.ledger.spent(campaign.id)
+    fractions = []
+    if stopping.max_experiments is not None:
+        fractions.append(experiments / stopping.max_experiments)
+    if stopping.max_cost is not None:
+        fractions.append(cost / stopping.max_cost)
+    return round(100.0 * min(max(fractions, default=0.0), 1.0), 2)
+
+
+class BudgetProgress:
+    """A progress artifact of the budget spent, created once per flow run and updated per cycle."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.campaign = campaign
+        self.id = create_progress_artifact(
+            budget_fraction(campaign),
+            key=artifact_key(campaign.name, "progress"),
+            description=self._description(),
+        )
+
+    def _description(self) -> str:
+        experiments, cost = self.campaign.ledger.spent(self.campaign.id)
+        return f"Campaign {self.campaign.name}: budget spent ({experiments} experiments, cost {cost:g})."
+
+    def update(self) -> None:
+        update_progress_artifact(self.id, budget_fraction(self.campaign), description=self._description())
+
+
+def best_so_far(campaign: Campaign) -> list[tuple[int, int, float]]:
+    """``(experiment number, cycle, best objective so far)`` over the done evaluations, in order."""
+    done = [
+        e
+        for e in campaign.ledger.evaluations(campaign.id, ["done"])
+        if all(p in e.values for p in campaign.objectives)
+    ]
+    if not done:
+        return []
+    Y = torch.tensor([[e.values[p] for p in campaign.objectives] for e in done], dtype=torch.double)
+    scores = campaign.acquisition.scalarize(Y).tolist()
+    trace, best = [], -math.inf
+    for n, (evaluation, score) in enumerate(zip(done, scores, strict=True), start=1):
+        best = max(best, score)
+        trace.append((n, evaluation.cycle, best))
+    return trace
+
+
+def plot_best_so_far(trace: Sequence[tuple[int, int, float]], title: str) -> bytes:
+    """A PNG of the best objective so far against the number of experiments."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3), dpi=80)
+    axes.step([t[0] for t in trace], [t[2] for t in trace], where="post")
+    axes.set_xlabel("experiments done")
+    axes.set_ylabel("best objective so far")
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def report_markdown(campaign: Campaign, report: CampaignReport, plot: str | None) -> str:
+    """The end-of-run report: best so far, a per-cycle summary, the best-so-far plot."""
+    lines = [f"# Campaign {campaign.name}", ""]
+    lines.append(
+        f"This run: {report.cycles_run} cycle(s); "
+        f"stopped: {report.stop_reason or 'cycle limit of this run'}. "
+        f"Spent so far: {report.experiments} experiments, cost {report.cost:g}."
+    )
+    lines.append("")
+    best = report.best
+    if best is None:
+        lines.append("**Best so far:** nothing measured yet.")
+    else:
+        values = ", ".join(f"{k} = {v:.6g}" for k, v in best["values"].items())
+        params = ", ".join(
+            f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in best["params"].items()
+        )
+        lines.append(f"**Best so far:** {values} — candidate `{best['candidate_id']}` ({params}).")
+    lines += [
+        "",
+        "| cycle | evaluations | done | failed | best in cycle | best so far |",
+        "|---|---|---|---|---|---|",
+    ]
+    trace = best_so_far(campaign)
+    best_by_cycle: dict[int, float] = {}
+    for _, cycle, value in trace:
+        best_by_cycle[cycle] = value
+    evaluations = campaign.ledger.evaluations(campaign.id)
+    running = -math.inf
+    for cycle in sorted({e.cycle for e in evaluations}):
+        of_cycle = [e for e in evaluations if e.cycle == cycle]
+        done = sum(e.status == "done" for e in of_cycle)
+        failed = sum(e.status == "failed" for e in of_cycle)
+        in_cycle = best_by_cycle.get(cycle)
+        running = max(running, in_cycle) if in_cycle is not None else running
+        lines.append(
+            f"| {cycle} | {len(of_cycle)} | {done} | {failed} | "
+            f"{'—' if in_cycle is None else f'{in_cycle:.4g}'} | "
+            f"{'—' if running == -math.inf else f'{running:.4g}'} |"
+        )
+    if plot:
+        lines += ["", plot]
+    return "\n".join(lines)
+
+
+def publish_report(campaign: Campaign, report: CampaignReport) -> UUID:
+    """The end-of-run markdown artifact, with the best-so-far plot inline (and as a PNG file
+    next to a file ledger, linked)."""
+    trace = best_so_far(campaign)
+    plot = None
+    if trace:
+        png = plot_best_so_far(trace, campaign.name)
+        plot = f"![best so far](data:image/png;base64,{base64.b64encode(png).decode()})"
+        if campaign.ledger.url.startswith("sqlite:///"):
+            path = Path(campaign.ledger.url.removeprefix("sqlite:///")).with_name(
+                f"{artifact_key(campaign.name, 'best-so-far')}.png"
+            )
+            try:
+                path.write_bytes(png)
+                plot += f"\n\n[best-so-far plot]({path.as_uri()})"
+            except OSError:
+                pass
+    return create_markdown_artifact(
+        report_markdown(campaign, report, plot),
+        key=artifact_key(campaign.name, "report"),
+        description=f"Campaign {campaign.name}: report at the end of a flow run.",
+    )

@@ -1,0 +1,217 @@
+"""One campaign, one writer: a lease on the campaign, kept in the campaign's own ledger.
+
+Two flow runs of one campaign at once (a schedule firing while a slow run is still going)
+must not both recover, propose and dispatch: the second would re-choose candidates the first
+has in flight and spend the budget twice. :class:`CampaignLock` is a lease row per campaign
+in the ledger's database, taken in one transaction and renewed by a background thread
+while held. A holder that dies frees it when its lease runs out, at once if it ran on
+this host (its process is gone), so a crashed run never blocks the campaign for long.
+
+The lease lives in the ledger, not in the Prefect server, because the ledger is what it
+protects: any process writing to that ledger honours it, with or without Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
+
+from loop.errors import AlloopError
+from loop.ledger import Ledger
+
+log = logging.getLogger("alloop.flows")
+
+_metadata = MetaData()
+
+leases = Table(
+    "flow_leases",
+    _metadata,
+    Column("campaign", String(200), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("label", String(200), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+class CampaignBusy(AlloopError, RuntimeError):
+    """Another run holds the campaign's lock and did not release it in time."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a campaign's lock."""
+
+    label: str
+    host: str
+    pid: int
+    expires_in_s: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.label} (pid {self.pid} on {self.host}, lease ends in {max(self.expires_in_s, 0):.0f} s)"
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class CampaignLock:
+    """A lease on one campaign of a ledger; a context manager.
+
+    Args:
+        ledger: The campaign's ledger (its database holds the lease).
+        campaign: The campaign's name.
+        label: Who is asking, for the other runs' log lines (a flow run name, say).
+        wait_s: How long to wait for a busy lock before giving up.
+        lease_s: The lease's length; it is renewed every third of it while held.
+        poll_s: How often a waiting run looks again.
+        logger: Where the waiting, giving-up and taking-over lines go (a Prefect run logger, say).
+
+    Raises:
+        CampaignBusy: on entry, when another live run still holds the lock after ``wait_s``.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        campaign: str,
+        label: str,
+        wait_s: float = 0.0,
+        lease_s: float = 60.0,
+        poll_s: float = 1.0,
+        logger: logging.Logger | logging.LoggerAdapter[Any] = log,
+    ) -> None:
+        if lease_s <= 0 or wait_s < 0 or poll_s <= 0:
+            raise ValueError(
+                f"lease_s and poll_s must be > 0 and wait_s >= 0; got {lease_s}, {poll_s}, {wait_s}"
+            )
+        self.ledger, self.campaign, self.label = ledger, campaign, label
+        self.wait_s, self.lease_s, self.poll_s = wait_s, lease_s, poll_s
+        self.log = logger
+        self.holder = uuid.uuid4().hex
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        _metadata.create_all(ledger.engine)
+
+    # --- one attempt ------------------------------------------------------------------------
+
+    def try_acquire(self) -> Holder | None:
+        """Take the lease if it is free, expired or held by a dead process of this host.
+
+        Returns:
+            ``None`` when the lease is now ours, else who holds it.
+        """
+        now = time.time()
+        mine = {
+            "holder": self.holder,
+            "label": self.label[:200],
+            "host": self.host,
+            "pid": self.pid,
+            "acquired_at": now,
+            "expires_at": now + self.lease_s,
+        }
+        with self.ledger.engine.begin() as conn:
+            row = conn.execute(select(leases).where(leases.c.campaign == self.campaign)).first()
+            if row is None:
+                conn.execute(insert(leases).values(campaign=self.campaign, **mine))
+                return None
+            if row.holder == self.holder:
+                return None
+            stale = row.expires_at < now or (row.host == self.host and not _alive(row.pid))
+            if not stale:
+                return Holder(row.label, row.host, row.pid, row.expires_at - now)
+            self.log.warning(
+                "campaign %s: taking over the lock of %s (pid %d on %s), which %s",
+                self.campaign,
+                row.label,
+                row.pid,
+                row.host,
+                "has exited" if row.expires_at >= now else "let its lease run out",
+            )
+            conn.execute(update(leases).where(leases.c.campaign == self.campaign).values(**mine))
+            return None
+
+    # --- the context manager ----------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Take the lease, waiting up to ``wait_s``; then keep it renewed until :meth:`release`.
+
+        Raises:
+            CampaignBusy: another live run still holds it after ``wait_s``.
+        """
+        deadline = time.monotonic() + self.wait_s
+        holder = self.try_acquire()
+        if holder is not None:
+            self.log.warning(
+                "campaign %s is being advanced by %s; %s",
+                self.campaign,
+                holder,
+                f"waiting up to {self.wait_s:g} s for it" if self.wait_s else "not waiting",
+            )
+        while holder is not None:
+            if time.monotonic() >= deadline:
+                raise CampaignBusy(
+                    f"campaign {self.campaign!r} is being advanced by {holder}; "
+                    f"this run ({self.label}) gave up after waiting {self.wait_s:g} s"
+                )
+            time.sleep(min(self.poll_s, max(deadline - time.monotonic(), 0.01)))
+            holder = self.try_acquire()
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.campaign}", daemon=True)
+        self._renewer.start()
+
+    def release(self) -> None:
+        """Give the lease back (if it is still ours). Idempotent."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._renewer = None
+        with self.ledger.engine.begin() as conn:
+            conn.execute(
+                delete(leases).where(leases.c.campaign == self.campaign, leases.c.holder == self.holder)
+            )
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                with self.ledger.engine.begin() as conn:
+                    renewed = conn.execute(
+                        update(leases)
+                        .where(leases.c.campaign == self.campaign, leases.c.holder == self.holder)
+                        .values(expires_at=time.time() + self.lease_s)
+                    ).rowcount
+            except Exception as exc:  # a transient database error: try again next time
+                self.log.warning("campaign %s: could not renew the lock: %s", self.campaign, exc)
+                continue
+            if renewed != 1:
+                self.log.error("campaign %s: the lock was taken over by another run", self.campaign)
+                return
+
+    def __enter__(self) -> CampaignLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
