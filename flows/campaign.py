@@ -192,19 +192,7 @@ def _run_cycle(
         if execution.approval:
             batch = review_batch(campaign, cycle, batch, rows, execution.approval_timeout_s)
         outcomes = _evaluate(campaign, execution, runner, cycle, tag, batch)
-    ledger.close_cycle(campaign.id, cycle, stop_reason)
-    experiments, cost = ledger.spent(campaign.id)
-    best = campaign.best()
-    return CycleReport(
-        cycle=cycle,
-        proposed=proposed,
-        done=sum(o is None for o in outcomes),
-        failed=sum(o is not None for o in outcomes),
-        best=None if best is None else best["objective"],
-        experiments=experiments,
-        cost=cost,
-        stop_reason=stop_reason,
-    )
+    return campaign.close_cycle(cycle, proposed, outcomes, stop_reason)
 
 
 def _evaluate(

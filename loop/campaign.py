@@ -158,12 +158,19 @@ class Campaign:
                 else:
                     batch = self.commit_proposals(cycle, proposals, surrogate)
         outcomes = self.record_all(self.dispatch(batch)) if batch else []
+        return self.close_cycle(cycle, len(batch), outcomes, stop_reason)
+
+    def close_cycle(
+        self, cycle: int, proposed: int, outcomes: Sequence[str | None], stop_reason: str | None
+    ) -> CycleReport:
+        """Close the cycle in the ledger and report it (``outcomes``: ``None`` per success,
+        the error per failure, as :meth:`record_all` returns them)."""
         self.ledger.close_cycle(self.id, cycle, stop_reason)
         experiments, cost = self.ledger.spent(self.id)
         best = self.best()
         return CycleReport(
             cycle=cycle,
-            proposed=len(batch),
+            proposed=proposed,
             done=sum(o is None for o in outcomes),
             failed=sum(o is not None for o in outcomes),
             best=None if best is None else best["objective"],
