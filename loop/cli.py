@@ -159,9 +159,9 @@ def _open_ledger(db: str) -> Ledger:
 
 
 def _mount_subcommands() -> None:
+    from flows.cli import deploy  # imports Prefect only when the command runs
     from loop.bench.cli import app as bench_app
     from loop.bench.throughput import throughput
-    from flows.cli import deploy  # imports Prefect only when the command runs
     from oracles.lab.cli import app as lab_app
 
     bench_app.command("throughput")(throughput)
