@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,7 @@ from loop.config import load_config
 from loop.ledger import Ledger
 from oracles.simulated import read_journal
 from tests.flows.helpers import evaluations
+from tests.helpers import kill_mid_experiment, wait_for
 
 
 class _Lines(logging.Handler):
@@ -32,14 +31,6 @@ class _Lines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout_s} s")
-        time.sleep(0.1)
 
 
 def _lock_held(path: Path) -> bool:
@@ -66,7 +57,7 @@ def test_overlapping_runs_never_double_spend(flow_campaign: Callable[..., Path],
     )
     try:
         first.start()
-        _wait_for(lambda: journal.exists(), timeout_s=120)  # the first run holds the lock and evaluates
+        wait_for(lambda: journal.exists(), timeout_s=120)  # the first run holds the lock and evaluates
         waiting.start()  # waits for the lock, then goes on from the ledger
         run("impatient")  # lock_wait_s = 0 (the default): exits at once
         first.join(timeout=300)
@@ -108,19 +99,7 @@ def test_run_killed_mid_cycle_is_resumed_by_the_next(
         stderr=subprocess.PIPE,
     )
 
-    def mid_experiment_of_second_batch() -> bool:
-        events = read_journal(journal) if journal.exists() else []
-        return sum(e["event"] == "finished" for e in events) >= 4 and events[-1]["event"] == "started"
-
-    try:
-        _wait_for(mid_experiment_of_second_batch, timeout_s=180)
-        time.sleep(0.2)  # the lab is busy with a candidate; its result has not come back
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+    kill_mid_experiment(process, journal, finished=4)
     assert _lock_held(path), "the killed run left its lease behind"
 
     returned_before = {e["candidate"] for e in read_journal(journal) if e["event"] == "finished"}

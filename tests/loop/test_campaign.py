@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +19,7 @@ from loop.space import Candidate
 from oracles.base import Measurement, Oracle, Result
 from oracles.errors import OracleSetupError
 from oracles.simulated import read_journal
+from tests.helpers import kill_mid_experiment
 
 
 def _ledger_of(config_path: Path) -> Ledger:
@@ -212,15 +210,6 @@ def test_invalid_config_writes_nothing(branin_config: Callable[..., Path], tmp_p
     assert not (tmp_path / "ledger.db").exists()
 
 
-def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
 @pytest.mark.slow
 def test_sigkill_mid_cycle_then_resume_loses_nothing_and_repeats_nothing(
     branin_config: Callable[..., Path], tmp_path: Path
@@ -235,21 +224,7 @@ def test_sigkill_mid_cycle_then_resume_loses_nothing_and_repeats_nothing(
     command = [sys.executable, "-m", "loop.cli", "run", str(path), "--quiet"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def mid_experiment_of_second_batch() -> bool:
-        if not journal.exists():
-            return False
-        events = read_journal(journal)
-        return sum(e["event"] == "finished" for e in events) >= 4 and events[-1]["event"] == "started"
-
-    try:
-        _wait_for(mid_experiment_of_second_batch, timeout_s=120)
-        time.sleep(0.2)  # the lab is busy with a candidate; its result has not come back
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+    kill_mid_experiment(process, journal, finished=4, timeout_s=120)
 
     returned_before = {e["candidate"] for e in read_journal(journal) if e["event"] == "finished"}
     in_flight = read_journal(journal)[-1]["candidate"]
