@@ -43,7 +43,7 @@ def _lock_held(path: Path) -> bool:
 
 def test_overlapping_runs_never_double_spend(flow_campaign: Callable[..., Path], tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
-    path = flow_campaign(max_experiments=8, oracle_extra=f'latency_s = 1.0\njournal = "{journal}"')
+    path = flow_campaign(max_experiments=8, oracle_extra=f'latency_s = 2.0\njournal = "{journal}"')
     lines = _Lines()
     logging.getLogger("prefect.flow_runs").addHandler(lines)
     reports: dict[str, CampaignReport] = {}
@@ -59,6 +59,7 @@ def test_overlapping_runs_never_double_spend(flow_campaign: Callable[..., Path],
         first.start()
         wait_for(lambda: journal.exists(), timeout_s=120)  # the first run holds the lock and evaluates
         waiting.start()  # waits for the lock, then goes on from the ledger
+        wait_for(lambda: any("waiting up to 300 s" in line for line in lines.lines), timeout_s=120)
         run("impatient")  # lock_wait_s = 0 (the default): exits at once
         first.join(timeout=300)
         waiting.join(timeout=300)
@@ -71,7 +72,6 @@ def test_overlapping_runs_never_double_spend(flow_campaign: Callable[..., Path],
     assert any(
         "is being advanced by flow run" in line and "exits without touching" in line for line in lines.lines
     )
-    assert any("waiting up to 300 s" in line for line in lines.lines)
     started = Counter(e["candidate"] for e in read_journal(journal) if e["event"] == "started")
     assert max(started.values()) == 1, "no candidate evaluated twice"
     ledger = evaluations(path)
