@@ -416,22 +416,65 @@ class Campaign:
         return sum(c > last_improvement for c in closed)
 
     def improvement_exhausted(self, surrogate: Surrogate | None) -> str | None:
-        """The stop reason when the best expected improvement is below the configured
-        threshold, else ``None``."""
+        """The stop reason of a rule that asks the fitted surrogate whether more experiments
+        can still pay off, else ``None``: the best expected improvement is below
+        ``min_expected_improvement``, or the near-hull goal (``near_hull_mev``) is met."""
+        if surrogate is None:
+            return None
+        return self._expected_improvement_below(surrogate) or self._near_hull_goal_met(surrogate)
+
+    def _free_pool_rows(self) -> list[int]:
+        """Rows of the pool's candidates that the ledger does not know yet."""
+        assert self.pool is not None
+        taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
+        return [i for i, cid in enumerate(self.pool.ids) if cid not in taken]
+
+    def _expected_improvement_below(self, surrogate: Surrogate) -> str | None:
         threshold = self.config.stopping.min_expected_improvement
-        if threshold is None or surrogate is None:
+        if threshold is None:
             return None
         data = self.dataset()
         assert data is not None
-        choices = None
-        if self.pool is not None:
-            taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
-            free = [i for i, cid in enumerate(self.pool.ids) if cid not in taken]
-            choices = self.pool.X[free]
+        choices = None if self.pool is None else self.pool.X[self._free_pool_rows()]
         ei = self.acquisition.max_expected_improvement(surrogate, data.Y, choices, self.space)
         if ei < threshold:
             return f"expected improvement {ei:.3g} is below {threshold:g}"
         return None
+
+    def _near_hull_goal_met(self, surrogate: Surrogate) -> str | None:
+        """The near-hull goal's stop reason once no unevaluated candidate's lower bound of
+        formation energy (the surrogate's mean minus ``near_hull_sigmas`` standard deviations)
+        lies within ``near_hull_mev`` of the hull of the done evaluations, else ``None``."""
+        from pymatgen.core import Composition
+
+        from loop.stability import could_reach_hull, hull_heights, phase_diagram
+
+        stopping = self.config.stopping
+        within_mev = stopping.near_hull_mev
+        if within_mev is None or self.pool is None:
+            return None
+        free = self._free_pool_rows()
+        if not free:
+            return None  # the pool is exhausted: that rule says so
+        name = "formation_energy_per_atom"
+        done = [
+            (str(e.params["formula"]), e.values[name])
+            for e in self.ledger.evaluations(self.id, ["done"])
+            if name in e.values
+        ]
+        formulas = [str(self.pool.candidates[i].params["formula"]) for i in free]
+        elements = sorted({el.symbol for f in formulas for el in Composition(f).elements})
+        diagram = phase_diagram(done, elements)  # with the pool's elements at 0 eV/atom
+        mean, variance = surrogate.predict(self.pool.X[free])
+        column = self.objectives.index(name)
+        lower = mean[:, column] - stopping.near_hull_sigmas * variance[:, column].sqrt()
+        if could_reach_hull(diagram, formulas, lower.tolist(), within_mev):
+            return None
+        found = sum(h * 1000.0 <= within_mev + 1e-9 for h in hull_heights(diagram, done))
+        return (
+            f"near-hull goal met: no unevaluated candidate's lower bound within {within_mev:g} meV/atom "
+            f"of the hull ({found} structures within it found)"
+        )
 
     # --- reporting --------------------------------------------------------------------------
 

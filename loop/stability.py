@@ -7,7 +7,8 @@ evaluation of a campaign (each element at 0 eV/atom), so it is updated as the da
 ``e_above_hull`` (eV/atom) is each structure's height above it.
 
 Campaign goals: minimise ``formation_energy_per_atom`` (the objective the surrogate learns),
-and find every structure within X meV/atom of the hull (:func:`near_hull`).
+and find every structure within X meV/atom of the hull (:func:`near_hull`); the latter is met
+once no unevaluated candidate could still land that close (:func:`could_reach_hull`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,43 @@ def near_hull(points: Iterable[HullPoint], within_mev: float) -> set[str]:
     if within_mev < 0:
         raise SpaceError(f"within_mev must be >= 0, got {within_mev}")
     return {p.id for p in points if p.e_above_hull * 1000.0 <= within_mev + 1e-9}
+
+
+def hull_heights(diagram: PhaseDiagram, rows: Iterable[tuple[str, float]]) -> list[float]:
+    """Height above the hull (eV/atom; negative below it) of each ``(formula, formation energy
+    per atom)`` row, against the hull's energy at that composition.
+
+    Raises:
+        SpaceError: a formula has an element the diagram lacks.
+    """
+    known = {el.symbol for el in diagram.elements}
+    hull_at: dict[str, float] = {}
+    heights = []
+    for formula, value in rows:
+        composition = Composition(formula)
+        key = composition.reduced_formula
+        if key not in hull_at:
+            missing = sorted({el.symbol for el in composition.elements} - known)
+            if missing:
+                raise SpaceError(f"{formula}: element(s) {missing} are not in the phase diagram")
+            hull_at[key] = float(diagram.get_hull_energy_per_atom(composition))
+        heights.append(value - hull_at[key])
+    return heights
+
+
+def could_reach_hull(
+    diagram: PhaseDiagram, formulas: Sequence[str], lower_bounds_ev: Sequence[float], within_mev: float
+) -> list[int]:
+    """Indices of the candidates that could still land within ``within_mev`` meV/atom of the hull.
+
+    The near-hull goal is met when this is empty: no candidate's lower bound of formation
+    energy per atom (eV/atom; the surrogate's mean minus a few standard deviations) comes that
+    close to the current hull.
+    """
+    if within_mev < 0:
+        raise SpaceError(f"within_mev must be >= 0, got {within_mev}")
+    heights = hull_heights(diagram, zip(formulas, lower_bounds_ev, strict=True))
+    return [i for i, h in enumerate(heights) if h * 1000.0 <= within_mev + 1e-9]
 
 
 def best_fraction(points: Iterable[HullPoint], fraction: float) -> set[str]:

@@ -2,13 +2,15 @@
 
 Two generators, used alone or together, for a chemical system (``["Cu", "Au", "Pd"]``):
 
-* **Enumeration** of the symmetrically distinct orderings of a parent lattice (``fcc``,
-  ``bcc``) in supercells of up to ``max_atoms`` sites, as Hart and Forcade enumerate them:
-  every supercell is a Hermite normal form (HNF) matrix; supercells related by a rotation of
-  the parent are kept once; decorations related by a rotation that keeps the supercell or by
-  a lattice translation are kept once; decorations that repeat inside a smaller cell are
-  dropped (they are found in that smaller cell). What is left has no duplicates, so no
-  pairwise ``StructureMatcher`` pass is needed (the tests check that with one).
+* **Enumeration** of the symmetrically distinct orderings of a parent crystal (``fcc``,
+  ``bcc``, or ``hcp`` with its two-atom basis) in supercells of up to ``max_atoms`` atoms, as
+  Hart and Forcade enumerate them (for multilattices too): every supercell of the primitive
+  cell is a Hermite normal form (HNF) matrix; supercells related by a rotation of the parent
+  are kept once; decorations related by a symmetry operation of the parent that keeps the
+  supercell (for hcp, screw axes and glide planes included) or by a lattice translation are
+  kept once; decorations that repeat inside a smaller cell are dropped (they are found in that
+  smaller cell). What is left has no duplicates, so no pairwise ``StructureMatcher`` pass is
+  needed (the tests check that with one, and against a brute-force ``StructureMatcher`` count).
 * **Substitution** of the chemical system's elements onto prototype structures (built-in
   ``L1_2``, ``L1_0``, ``B2``, ``L1_1``, or structure files), de-duplicated with pymatgen's
   ``StructureMatcher``.
@@ -39,13 +41,23 @@ from loop.errors import ConfigError, SpaceError
 from loop.featurize import StructureFeaturizer
 from loop.space import Candidate
 
-ParentLattice = Literal["fcc", "bcc"]
+ParentLattice = Literal["fcc", "bcc", "hcp"]
 _PARENTS: dict[str, np.ndarray] = {
-    # Primitive vectors as columns, in units of the cubic lattice parameter.
+    # Primitive vectors as columns, in units of the lattice parameter a (cubic for fcc, bcc).
     "fcc": 0.5 * np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]).T,
     "bcc": 0.5 * np.array([[-1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, -1.0]]).T,
+    # a1, a2 at 120 degrees; c / a = sqrt(8 / 3), the ideal ratio of close-packed spheres.
+    "hcp": np.array([[1.0, 0.0, 0.0], [-0.5, 3**0.5 / 2, 0.0], [0.0, 0.0, (8 / 3) ** 0.5]]).T,
 }
-_ATOMS_PER_CUBIC_CELL = {"fcc": 4, "bcc": 2}
+_BASES: dict[str, np.ndarray] = {
+    # Sites of the primitive cell, fractional (``b x 3``); hcp: Wyckoff 2c of P6_3/mmc.
+    "fcc": np.zeros((1, 3)),
+    "bcc": np.zeros((1, 3)),
+    "hcp": np.array([[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]]),
+}
+# a^3 / (volume per atom): atoms in the cube a^3 (fcc, bcc); 2 / (volume of the hcp cell / a^3).
+_A_CUBED_PER_ATOMIC_VOLUME = {"fcc": 4.0, "bcc": 2.0, "hcp": 2**0.5}
+_LABELING_CHUNK = 1 << 22  # entries of the largest array scored at once (8 bytes each: 32 MiB)
 _DIGITS = 6  # decimals kept in the compact structure form (Å and fractional coordinates)
 
 
@@ -96,13 +108,14 @@ def enumerate_orderings(
     min_atoms: int = 1,
     min_species: int = 2,
 ) -> list[Structure]:
-    """The symmetrically distinct decorations of a parent lattice by ``elements``.
+    """The symmetrically distinct decorations of a parent crystal by ``elements``.
 
     Args:
         elements: The chemical system, e.g. ``["Cu", "Au", "Pd"]``.
-        parent: The parent lattice.
-        max_atoms: Largest supercell, in parent sites.
-        min_atoms: Smallest supercell, in parent sites.
+        parent: The parent crystal; ``hcp`` has two sites per primitive cell, so its
+            supercells hold an even number of atoms.
+        max_atoms: Largest supercell, in atoms (parent sites).
+        min_atoms: Smallest supercell, in atoms (parent sites).
         min_species: Keep decorations with at least this many distinct elements (2 drops the
             pure elements, which serve as references).
 
@@ -114,17 +127,26 @@ def enumerate_orderings(
     if not 1 <= min_atoms <= max_atoms:
         raise SpaceError(f"need 1 <= min_atoms <= max_atoms, got {min_atoms} and {max_atoms}")
     _check_elements(elements)
-    basis = _PARENTS[parent]
-    rotations = _point_group(basis)
+    vectors, basis = _PARENTS[parent], _BASES[parent]
+    per_cell = len(basis)
+    sizes = range(-(-min_atoms // per_cell), max_atoms // per_cell + 1)
+    if not sizes:
+        raise SpaceError(
+            f"{parent} has {per_cell} atoms per primitive cell: no supercell has "
+            f"{min_atoms} to {max_atoms} atoms"
+        )
+    operations = _space_group(vectors, basis)
+    rotations = np.array([r for r, _ in operations])
     volumes = {el: atomic_volume(el) for el in elements}
     structures: list[Structure] = []
-    for n in range(min_atoms, max_atoms + 1):
+    for n in sizes:
         for hnf in _distinct_supercells(n, rotations):
-            for labels in _distinct_labelings(hnf, rotations, len(elements)):
+            perms, translations = _permutations(hnf, operations, basis)
+            for labels in _distinct_labelings(perms, translations, len(elements)):
                 species = [elements[i] for i in labels]
                 if len(set(species)) < min_species:
                     continue
-                structures.append(_decorated(basis, hnf, species, parent, volumes))
+                structures.append(_decorated(parent, hnf, species, volumes))
     return structures
 
 
@@ -144,15 +166,41 @@ def _check_elements(elements: Sequence[str]) -> None:
             raise SpaceError(f"{el!r} is not an element symbol")
 
 
-def _point_group(basis: np.ndarray) -> np.ndarray:
+def _point_group(vectors: np.ndarray) -> np.ndarray:
     """Rotations of the lattice as integer matrices in its own basis (``k x 3 x 3``)."""
-    metric = basis.T @ basis
+    metric = vectors.T @ vectors
     entries = np.array(list(itertools.product((-1, 0, 1), repeat=9))).reshape(-1, 3, 3)
     keep = np.abs(np.linalg.det(entries)).round() == 1
     entries = entries[keep]
     images = np.einsum("kji,jl,klm->kim", entries, metric, entries)
     same = np.all(np.abs(images - metric) < 1e-8, axis=(1, 2))
     return entries[same].astype(np.int64)
+
+
+def _space_group(vectors: np.ndarray, basis: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Symmetry operations ``x -> R x + t`` of the parent crystal, fractional, one per coset of
+    the lattice translations: the lattice rotations that, with some translation ``t``, map the
+    basis sites onto basis sites (for one site at the origin, every rotation with ``t = 0``)."""
+    operations = []
+    for r in _point_group(vectors):
+        moved = basis @ r.T
+        for target in basis:
+            t = np.mod(target - moved[0], 1.0)
+            if _site_map(moved + t, basis) is not None:
+                operations.append((r, np.where(np.abs(t - 1.0) < 1e-8, 0.0, t)))
+                break
+    return operations
+
+
+def _site_map(points: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For fractional ``points`` (``m x 3``), the basis site each lies on and the integer
+    lattice vector from that site to it (``m`` and ``m x 3``), or ``None`` if one lies on none."""
+    shifts = points[:, None, :] - basis[None, :, :]  # m x b x 3
+    integral = np.all(np.abs(shifts - np.round(shifts)) < 1e-8, axis=2)
+    if not integral.any(axis=1).all():
+        return None
+    which = integral.argmax(axis=1)
+    return which, np.round(shifts[np.arange(len(points)), which]).astype(np.int64)
 
 
 def _hnfs(n: int) -> list[np.ndarray]:
@@ -202,56 +250,78 @@ def _reduce(points: np.ndarray, hnf: np.ndarray) -> np.ndarray:
     return points
 
 
-def _permutations(hnf: np.ndarray, rotations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _permutations(
+    hnf: np.ndarray, operations: Sequence[tuple[np.ndarray, np.ndarray]], basis: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Site permutations of the supercell's symmetry group, and of its pure translations.
 
+    Site ``p * b + i`` is basis site ``i`` of lattice point ``p`` (:func:`_sites` order).
+
     Returns:
-        ``g x n`` permutations (rotations keeping the supercell, times translations) and
-        ``(n - 1) x n`` permutations of the non-trivial translations.
+        ``g x nb`` permutations (operations keeping the supercell, times translations) and
+        ``(n - 1) x nb`` permutations of the non-trivial translations.
     """
-    sites = _sites(hnf)
-    n = len(sites)
-    a, c, f = hnf[0, 0], hnf[1, 1], hnf[2, 2]
+    points = _sites(hnf)
+    n, b = len(points), len(basis)
+    c, f = hnf[1, 1], hnf[2, 2]
 
-    def index(points: np.ndarray) -> np.ndarray:
-        r = _reduce(points, hnf)
-        return (r[:, 0] * c + r[:, 1]) * f + r[:, 2]
+    def index(lattice_points: np.ndarray, sites: np.ndarray) -> np.ndarray:
+        r = _reduce(lattice_points, hnf)
+        return ((r[:, 0] * c + r[:, 1]) * f + r[:, 2]) * b + sites
 
-    assert len(sites) == a * c * f
-    keeping = [r for r in rotations if _same_lattice(hnf, (r @ hnf)[None])]
+    lattice_points = np.repeat(points, b, axis=0)  # the nb sites in index order
+    site_of = np.tile(np.arange(b), n)
     perms = []
-    for r in keeping:
-        rotated = sites @ r.T
-        for t in sites:
-            perms.append(index(rotated + t))
-    translations = [index(sites + t) for t in sites[1:]]
-    return np.unique(np.array(perms), axis=0), np.array(translations, dtype=np.int64).reshape(-1, n)
+    for r, t in operations:
+        if not _same_lattice(hnf, (r @ hnf)[None]):
+            continue
+        mapped = _site_map(basis @ r.T + t, basis)
+        assert mapped is not None, "a space-group operation maps every basis site onto one"
+        target, shift = mapped
+        rotated = lattice_points @ r.T + shift[site_of]
+        for translation in points:
+            perms.append(index(rotated + translation, target[site_of]))
+    translations = [index(lattice_points + translation, site_of) for translation in points[1:]]
+    return np.unique(np.array(perms), axis=0), np.array(translations, dtype=np.int64).reshape(-1, n * b)
 
 
-def _distinct_labelings(hnf: np.ndarray, rotations: np.ndarray, k: int) -> list[tuple[int, ...]]:
-    """One labeling (``k`` species on the supercell's sites) per symmetry orbit, without those
-    that repeat in a smaller cell."""
-    perms, translations = _permutations(hnf, rotations)
-    n = hnf[0, 0] * hnf[1, 1] * hnf[2, 2]
-    labelings = np.array(list(itertools.product(range(k), repeat=n)), dtype=np.int64)
+def _distinct_labelings(perms: np.ndarray, translations: np.ndarray, k: int) -> list[tuple[int, ...]]:
+    """One labeling (``k`` species on the sites) per orbit of the permutation group ``perms``,
+    without those that a pure translation keeps (they repeat in a smaller cell).
+
+    A labeling is kept when its code (the labels as base-``k`` digits) is the smallest of its
+    orbit; labelings are scored in chunks, so memory stays bounded for larger cells.
+    """
+    n = perms.shape[1]
     weights = k ** np.arange(n - 1, -1, -1, dtype=np.int64)
-    codes = labelings @ weights
-    # permuted[l, g, s] = labeling l read through permutation g
-    images = labelings[:, perms] @ weights  # L x g
-    canonical = images.min(axis=1) == codes
-    if len(translations):
-        periodic = (labelings[:, translations] == labelings[:, None, :]).all(axis=2).any(axis=1)
-        canonical &= ~periodic
-    return [tuple(int(v) for v in row) for row in labelings[canonical]]
+    rows = max(1, _LABELING_CHUNK // max(len(perms), translations.size))
+    everything = itertools.product(range(k), repeat=n)
+    kept: list[tuple[int, ...]] = []
+    while chunk := list(itertools.islice(everything, rows)):
+        labelings = np.array(chunk, dtype=np.int64)
+        codes = labelings @ weights
+        images = np.zeros((len(labelings), len(perms)), dtype=np.int64)
+        for s in range(n):  # images[l, g] = code of labeling l read through permutation g
+            images += labelings[:, perms[:, s]] * weights[s]
+        canonical = images.min(axis=1) == codes
+        if len(translations):
+            periodic = (labelings[:, translations] == labelings[:, None, :]).all(axis=2).any(axis=1)
+            canonical &= ~periodic
+        kept += [tuple(int(v) for v in row) for row in labelings[canonical]]
+    return kept
 
 
 def _decorated(
-    basis: np.ndarray, hnf: np.ndarray, species: Sequence[str], parent: str, volumes: Mapping[str, float]
+    parent: str, hnf: np.ndarray, species: Sequence[str], volumes: Mapping[str, float]
 ) -> Structure:
+    """The supercell ``hnf`` of ``parent`` with ``species`` on its sites (:func:`_permutations`
+    order), at the Vegard's-law volume of its composition."""
     volume = float(np.mean([volumes[s] for s in species]))
-    a = (volume * _ATOMS_PER_CUBIC_CELL[parent]) ** (1 / 3)
-    cell = a * basis @ hnf  # columns
-    cartesian = _sites(hnf) @ (a * basis).T
+    a = (volume * _A_CUBED_PER_ATOMIC_VOLUME[parent]) ** (1 / 3)
+    vectors, basis = a * _PARENTS[parent], _BASES[parent]
+    cell = vectors @ hnf  # columns
+    fractional = (_sites(hnf)[:, None, :] + basis[None, :, :]).reshape(-1, 3)
+    cartesian = fractional @ vectors.T
     structure = Structure(Lattice(cell.T), list(species), cartesian, coords_are_cartesian=True)
     return structure.get_reduced_structure()
 
@@ -420,7 +490,8 @@ class StructureSpaceOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     elements: list[str] = Field(min_length=1)
     lattice: ParentLattice | None = "fcc"
-    """Parent lattice to enumerate orderings of; none: only prototype substitution."""
+    """Parent crystal (``fcc``, ``bcc``, ``hcp``) to enumerate orderings of; none: only
+    prototype substitution."""
     max_atoms: int = Field(default=4, ge=1, le=12)
     min_atoms: int = Field(default=1, ge=1)
     min_species: int = Field(default=2, ge=1)

@@ -8,17 +8,26 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from ase import Atoms
+from botorch.utils.datasets import SupervisedDataset
+from torch import Tensor
 
 from loop.campaign import Campaign
-from loop.config import load_config
+from loop.config import load_config, parse_config
 from loop.errors import ConfigError
 from loop.ledger import Ledger
 from loop.space import Candidate
+from loop.stability import campaign_hull, hull_heights, hull_points, near_hull, phase_diagram
 from oracles.base import Measurement, Oracle, Result
+from oracles.dft import DFTRunner
+from oracles.dft_job import JobSettings, execute
 from oracles.errors import OracleSetupError
 from oracles.simulated import read_journal
+from surrogates.base import Surrogate
 from tests.helpers import kill_mid_experiment
 
 
@@ -245,3 +254,147 @@ def test_sigkill_mid_cycle_then_resume_loses_nothing_and_repeats_nothing(
     assert by_id[in_flight].status == "failed" and "interrupted" in (by_id[in_flight].error or "")
     assert set(started) == set(by_id), "the lab ran exactly the candidates the ledger knows"
     assert all(e.status in ("done", "failed") for e in evaluations)
+
+
+# --- the near-hull goal ----------------------------------------------------------------------
+
+
+class InProcessEMT(DFTRunner):
+    """The DFT runner with EMT single points, each job in this process: no child start-up."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(JobSettings(mode="single_point"), workdir)
+
+    def run(self, atoms: Atoms, name: str) -> tuple[dict[str, Any], Path]:
+        folder = self._new_folder(name)
+        outcome = execute(atoms, self.settings, folder)
+        assert outcome["status"] == "ok", outcome
+        return outcome, folder
+
+
+def _structure_campaign(max_atoms: int, **stopping: object) -> dict[str, Any]:
+    return {
+        "campaign": {"name": "near-hull", "ledger": "ledger.db"},
+        "space": {"generator": {"type": "structures", "elements": ["Cu", "Au"], "max_atoms": max_atoms}},
+        "objectives": [{"name": "formation_energy_per_atom", "direction": "minimize"}],
+        "acquisition": {"type": "ucb", "beta": 4.0, "batch_size": 2, "initial_designs": 4},
+        "oracle": {"type": "dft", "mode": "single_point"},
+        "stopping": {"max_experiments": 1000, **stopping},
+    }
+
+
+def test_near_hull_goal_stops_once_every_near_hull_structure_is_found(tmp_path: Path) -> None:
+    oracle = InProcessEMT(tmp_path / "runs")
+    config = parse_config(_structure_campaign(max_atoms=6, near_hull_mev=10.0), tmp_path)
+    campaign = Campaign(config, oracle=oracle)
+    assert campaign.pool is not None and len(campaign.pool) == 135
+    report = campaign.run()
+    # Every structure within 10 meV/atom of the hull of all 135 (EMT) was found, with far
+    # fewer experiments than the pool holds.
+    truth = [
+        (c.id, str(c.params["formula"]), oracle.evaluate(c).measurements["formation_energy_per_atom"].value)
+        for c in campaign.pool.candidates
+    ]
+    wanted = near_hull(hull_points(truth), within_mev=10.0)
+    done = {e.candidate_id for e in campaign.ledger.evaluations(campaign.id, ["done"])}
+    assert wanted <= done and report.experiments < 60
+    assert report.stop_reason == (
+        "near-hull goal met: no unevaluated candidate's lower bound within 10 meV/atom of the hull "
+        f"({len(wanted)} structures within it found)"
+    )
+    campaign.close()
+
+
+class PlannedSurrogate(Surrogate):
+    """Predicts a planned mean and standard deviation (eV/atom) for each row of ``X``."""
+
+    def __init__(self, X: Tensor, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.X, self.mean, self.std = X, mean, std
+
+    def fit(self, dataset: SupervisedDataset) -> PlannedSurrogate:
+        return self
+
+    def posterior(self, X: Tensor, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("only predict() is planned")
+
+    def predict(self, X: Tensor, chunk_size: int = 0) -> tuple[Tensor, Tensor]:
+        rows = torch.cdist(X, self.X).argmin(dim=1)
+        return self.mean[rows, None], self.std[rows, None] ** 2
+
+
+def test_near_hull_goal_waits_while_a_lower_bound_reaches_the_hull(tmp_path: Path) -> None:
+    data = _structure_campaign(max_atoms=3, near_hull_mev=10.0)
+    campaign = Campaign(parse_config(data, tmp_path), oracle=InProcessEMT(tmp_path / "runs"))
+    campaign.run(max_cycles=1)  # four random structures, evaluated
+    assert campaign.pool is not None
+    done = campaign.ledger.evaluations(campaign.id, ["done"])
+    taken = {e.candidate_id for e in done}
+    free = [i for i, cid in enumerate(campaign.pool.ids) if cid not in taken]
+    assert len(done) == 4 and len(free) == 4
+    X = campaign.pool.X[free]
+    assert len(torch.unique(X, dim=0)) == len(free)
+    # Plan each free candidate's lower bound (mean - 2 std) 1 meV/atom beyond the goal's reach.
+    diagram = phase_diagram([(str(e.params["formula"]), e.values["formation_energy_per_atom"]) for e in done])
+    formulas = [str(campaign.pool.candidates[i].params["formula"]) for i in free]
+    # The hull energy at each composition: minus the height of 0 eV/atom above it.
+    hull = -torch.tensor(hull_heights(diagram, [(f, 0.0) for f in formulas]), dtype=torch.double)
+    std = torch.full((len(free),), 0.02, dtype=torch.double)
+    mean = hull + 0.010 + 2 * std + 0.001
+    found = len(near_hull(campaign_hull(campaign.ledger, "near-hull"), within_mev=10.0))
+    assert campaign.improvement_exhausted(PlannedSurrogate(X, mean, std)) == (
+        "near-hull goal met: no unevaluated candidate's lower bound within 10 meV/atom of the hull "
+        f"({found} structures within it found)"
+    )
+    # One candidate's bound 1 meV/atom inside the reach: it could still land near the hull.
+    mean[2] -= 0.002
+    assert campaign.improvement_exhausted(PlannedSurrogate(X, mean, std)) is None
+    assert campaign.improvement_exhausted(None) is None
+    campaign.close()
+    # The bound one standard deviation below the mean: 20 meV/atom higher, out of reach again.
+    data["stopping"]["near_hull_sigmas"] = 1.0
+    resumed = Campaign(parse_config(data, tmp_path), oracle=InProcessEMT(tmp_path / "runs"))
+    assert resumed.id == campaign.id
+    assert (resumed.improvement_exhausted(PlannedSurrogate(X, mean, std)) or "").startswith(
+        "near-hull goal met"
+    )
+    resumed.close()
+
+
+@pytest.mark.parametrize(
+    ("stopping", "error"),
+    [
+        ({"near_hull_mev": -5.0}, r"stopping.near_hull_mev: Input should be greater than 0"),
+        ({"near_hull_mev": 0}, r"stopping.near_hull_mev: Input should be greater than 0"),
+        ({"near_hull_mev": "a lot"}, r"stopping.near_hull_mev: Input should be a valid number"),
+        ({"near_hull_mev": math.nan}, r"stopping.near_hull_mev: Input should be a finite number"),
+        ({"near_hull_mev": 10, "near_hull_sigmas": 0}, r"stopping.near_hull_sigmas: Input should be greater"),
+        ({"near_hull_sigmas": 3.0}, r"'near_hull_sigmas' applies only with 'near_hull_mev'"),
+    ],
+)
+def test_near_hull_goal_bad_values_are_named(tmp_path: Path, stopping: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        parse_config(_structure_campaign(max_atoms=2, **stopping), tmp_path)
+
+
+def test_near_hull_goal_needs_formation_energies_of_a_structure_pool(
+    branin_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    wrong_objective = _structure_campaign(max_atoms=2, near_hull_mev=10.0)
+    wrong_objective["objectives"] = [{"name": "energy_per_atom", "direction": "minimize"}]
+    with pytest.raises(
+        ConfigError, match=r"stopping.near_hull_mev: the near-hull goal needs the objective 'formation_ene"
+    ):
+        parse_config(wrong_objective, tmp_path)
+    path = branin_config(stopping_extra="near_hull_mev = 10.0")
+    path.write_text(path.read_text().replace('name = "y"', 'name = "formation_energy_per_atom"'))
+    with pytest.raises(
+        ConfigError, match=r"stopping.near_hull_mev: the near-hull goal needs a structure pool"
+    ):
+        load_config(path)
+    # The goal may change on resume: it is no part of the campaign's identity.
+    hashes = {
+        parse_config(_structure_campaign(max_atoms=2, **stopping), tmp_path).hash
+        for stopping in ({}, {"near_hull_mev": 10.0}, {"near_hull_mev": 25.0, "near_hull_sigmas": 3.0})
+    }
+    assert len(hashes) == 1

@@ -8,7 +8,9 @@ from pymatgen.core import Composition
 from loop.errors import SpaceError
 from loop.stability import (
     best_fraction,
+    could_reach_hull,
     formation_energy_per_atom,
+    hull_heights,
     hull_points,
     near_hull,
     on_hull,
@@ -52,3 +54,21 @@ def test_ternary_phase_diagram_has_the_elements_at_zero() -> None:
     diagram = phase_diagram([("CuAuPd", -0.07), ("CuPd", -0.08)], elements=["Cu", "Au", "Pd"])
     stable = {e.composition.reduced_formula for e in diagram.stable_entries}
     assert stable == {"Cu", "Au", "Pd", "CuPd", Composition("CuAuPd").reduced_formula}
+
+
+def test_candidates_that_could_still_reach_the_hull() -> None:
+    # Hull: Cu (0), Cu3Au (-0.07), CuAu (-0.10), Au (0); at CuAu3 the CuAu—Au tie line is -0.05.
+    diagram = phase_diagram([("CuAu", -0.10), ("Cu3Au", -0.07)])
+    formulas = ["CuAu3", "CuAu", "Cu3Au", "Au2Cu6"]
+    lower_bounds = [-0.03, -0.07, -0.10, -0.04]
+    assert hull_heights(diagram, zip(formulas, lower_bounds, strict=True)) == pytest.approx(
+        [0.02, 0.03, -0.03, 0.03]
+    )
+    # Within 25 meV/atom: CuAu3's bound (20 meV above) and Cu3Au's (below the hull).
+    assert could_reach_hull(diagram, formulas, lower_bounds, within_mev=25.0) == [0, 2]
+    assert could_reach_hull(diagram, formulas, lower_bounds, within_mev=30.0) == [0, 1, 2, 3]
+    assert could_reach_hull(diagram, formulas[1:2], lower_bounds[1:2], within_mev=25.0) == []
+    with pytest.raises(SpaceError, match=r"CuPd: element\(s\) \['Pd'\] are not in the phase diagram"):
+        hull_heights(diagram, [("CuPd", -0.1)])
+    with pytest.raises(SpaceError, match="within_mev must be >= 0"):
+        could_reach_hull(diagram, formulas, lower_bounds, within_mev=-1.0)
