@@ -152,6 +152,57 @@ def export(
         console.print(f"wrote {len(table)} evaluations to {output}", highlight=False)
 
 
+@app.command()
+def otf(
+    config: Annotated[Path, typer.Argument(help="On-the-fly MD TOML file (see examples/otf_md).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final report as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per round.")] = False,
+) -> None:
+    """Run (or resume) on-the-fly MD training: MD on an MLIP committee, the oracle when unsure."""
+    from loop.otf import RoundReport
+    from loop.otf_config import build_otf_run, load_otf_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def show(r: RoundReport) -> None:
+        if not quiet:
+            mae = (
+                ""
+                if r.validation_force_mae is None
+                else f", force MAE on new frames {r.validation_force_mae:.3f} eV/Å"
+            )
+            console.print(
+                f"round {r.round}: {r.md_steps} MD steps, {r.oracle_calls} oracle calls, "
+                f"{r.dataset_size} frames, threshold {r.threshold:.3f} eV/Å{mae} ({r.seconds:.1f} s)",
+                highlight=False,
+            )
+
+    try:
+        settings = load_otf_config(config)
+        with Ledger(settings.ledger_location) as ledger:
+            run = build_otf_run(settings, ledger, on_round=show)
+            try:
+                report = run.run()
+            finally:
+                run.committee.close()
+                run.oracle.close()
+    except AlloopError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=1))
+        return
+    console.print(
+        f"{report.name}: {report.md_steps} MD steps, {report.oracle_calls} oracle calls "
+        f"({100 * report.oracle_step_fraction:.2f}% of steps, {report.failed_calls} failed), "
+        f"{report.rollbacks} rollbacks, threshold {report.threshold:.3f} eV/Å",
+        highlight=False,
+    )
+    if report.stopped_calling:
+        console.print(
+            f"stopped calling the oracle at step {report.stopped_calling_at_step}: {report.stopped_calling}"
+        )
+
+
 def _open_ledger(db: str) -> Ledger:
     if "://" not in db and not Path(db).is_file():
         raise LedgerError(f"ledger {db!r} does not exist")

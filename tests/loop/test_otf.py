@@ -1,0 +1,262 @@
+"""On-the-fly MD: calibration, failures that do not stop the run, guards, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from loop.errors import ConfigError
+from loop.ledger import Ledger
+from loop.otf import Calibration, OTFRun, OTFSettings, WalkerSpec
+from loop.otf_config import load_otf_config
+from loop.space import Candidate
+from oracles.base import Measurement, Oracle, Result
+from oracles.dft_job import atoms_to_dict
+from oracles.errors import EvaluationFailed
+from surrogates.mlip import MACESettings, MLIPCommittee
+from tests.helpers import wait_for
+
+TINY = MACESettings(channels=8, epochs=30, warm_epochs=2, min_steps=4)
+
+
+def start() -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    del atoms[0]
+    return atoms
+
+
+class FlakyEMT(Oracle):
+    """EMT single points in this process; every ``fail_every``-th call fails (retryable)."""
+
+    implemented_properties = ("energy_per_atom",)
+
+    def __init__(self, fail_every: int = 0) -> None:
+        self.fail_every, self.calls = fail_every, 0
+
+    def evaluate(self, candidate: Candidate) -> Result:
+        from loop.structures import structure_from_params
+
+        self.calls += 1
+        if self.fail_every and self.calls % self.fail_every == 0:
+            raise EvaluationFailed(f"SCF did not converge (call {self.calls})", retryable=True)
+        atoms = structure_from_params(candidate.params).to_ase_atoms()
+        atoms.calc = EMT()
+        energy = atoms.get_potential_energy()
+        metadata = {
+            "structure": atoms_to_dict(atoms),
+            "energy_ev": energy,
+            "forces_ev_per_a": atoms.get_forces().tolist(),
+            "stress_ev_per_a3": atoms.get_stress().tolist(),
+        }
+        return Result(candidate.id, {"energy_per_atom": Measurement(energy / len(atoms))}, metadata=metadata)
+
+
+def make_run(tmp_path: Path, oracle: Oracle, steps: int = 60, **settings: object) -> OTFRun:
+    options = {"initial_threshold_ev_per_a": 0.02, "stop_after_calls": 0, **settings}
+    return OTFRun(
+        "cu",
+        start(),
+        [WalkerSpec("a", steps, (300.0, 900.0), seed=1), WalkerSpec("b", steps, (600.0, 600.0), seed=2)],
+        MLIPCommittee(["Cu"], TINY, size=2, workers=2),
+        oracle,
+        Ledger(tmp_path / "otf.db"),
+        tmp_path,
+        OTFSettings(**options),  # type: ignore[arg-type]
+    )
+
+
+# --- calibration ------------------------------------------------------------------------------
+
+
+def test_calibrated_threshold_meets_the_target_miss_rate() -> None:
+    settings = OTFSettings(tolerance_ev_per_a=0.3, target_miss_rate=0.02, min_calibration_calls=5)
+    calibration = Calibration(settings)
+    rng = np.random.default_rng(0)
+    for u in rng.uniform(0.05, 0.2, 2000):  # steps: the committee's uncertainty
+        calibration.observe_step(float(u))
+    for _ in range(4):
+        calibration.observe_call(0.1, 0.25)
+    assert calibration.update() == settings.initial_threshold_ev_per_a, "too few calls to calibrate"
+    for ratio in rng.uniform(1.0, 3.0, 50):  # errors are 1-3x the spread
+        calibration.observe_call(0.1, 0.1 * float(ratio))
+    threshold = calibration.update()
+    assert calibration.estimated_miss_rate(threshold) <= 0.02
+    # Just above it the estimate exceeds the target: the threshold is as high as allowed.
+    above = min(u for u in calibration.recent if u > threshold)
+    assert calibration.estimated_miss_rate(above) > 0.02
+    # With errors of at most 3x the spread, nothing below 0.1 eV/Å can miss 0.3 eV/Å.
+    assert threshold >= 0.1
+    fixed = Calibration(OTFSettings(calibrate=False))
+    fixed.ratios, fixed.recent = list(calibration.ratios), calibration.recent
+    assert fixed.update() == fixed.settings.initial_threshold_ev_per_a
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"tolerance_ev_per_a": 0}, "tolerance_ev_per_a = 0"),
+        ({"target_miss_rate": 1.5}, "target_miss_rate = 1.5"),
+        ({"threshold_bounds": (0.5, 0.1)}, "threshold_bounds"),
+        ({"label_every": 0}, "label_every = 0"),
+    ],
+)
+def test_bad_settings_are_refused(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        OTFSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_bad_walkers_and_starts_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="steps = 0"):
+        WalkerSpec("w", 0)
+    with pytest.raises(ConfigError, match="temperature_k"):
+        WalkerSpec("w", 10, (300.0, -5.0))
+    crushed = start()
+    crushed.positions[1] = crushed.positions[0] + 0.4
+    with pytest.raises(ConfigError, match=r"atoms 0 and 1 .* closer than min_distance_a"):
+        OTFRun(
+            "cu",
+            crushed,
+            [WalkerSpec("w", 5)],
+            MLIPCommittee(["Cu"]),
+            FlakyEMT(),
+            Ledger(tmp_path / "x.db"),
+            tmp_path,
+        )
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def test_an_oracle_failing_on_a_fifth_of_frames_does_not_stop_the_run(tmp_path: Path) -> None:
+    oracle = FlakyEMT(fail_every=5)
+    run = make_run(tmp_path, oracle, steps=40, max_oracle_calls=15)
+    try:
+        report = run.run()
+    finally:
+        run.committee.close()
+    evaluations = run.ledger.evaluations(run.id)
+    failed = [e for e in evaluations if e.status == "failed"]
+    assert report.md_steps == 80 and not report.lost_walkers, "both walkers ran to the end"
+    assert oracle.calls == report.oracle_calls == len(evaluations) >= 10
+    assert len(failed) == report.failed_calls == oracle.calls // 5
+    assert all("SCF did not converge" in (e.error or "") and e.retryable for e in failed)
+    assert report.dataset_size == len(run.frames()) == oracle.calls - len(failed)
+    assert report.retrains >= 2 and 0 < report.oracle_step_fraction < 1
+
+
+def test_colliding_atoms_roll_the_walker_back_with_a_clear_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = make_run(tmp_path, FlakyEMT(), steps=40, snapshot_every=10, max_oracle_calls=4)
+    try:
+        run.close_round(run.initial_labels(), 0.0)
+        walker = run.walkers[0]
+        run.advance(walker)  # the oracle budget is spent: runs to the end, no pauses
+        assert walker.step == 40 and walker.snapshot.step == 40
+        walker.spec = WalkerSpec("a", 60, (300.0, 900.0), seed=1)  # 20 more steps
+        walker.atoms.positions[1] = walker.atoms.positions[0] + [0.3, 0.3, 0.0]
+        with caplog.at_level(logging.WARNING, logger="alloop.otf"):
+            run.advance(walker)
+    finally:
+        run.committee.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        "walker a: atoms 0 and 1 collided" in line and "rolled back to step 40" in line for line in lines
+    )
+    assert walker.rollbacks == 1 and walker.step == 60 and not walker.lost
+
+
+def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating_oracle_calls(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "otf.toml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            [run]
+            name = "cu"
+            ledger = "otf.db"
+            workdir = "runs"
+
+            [structure]
+            element = "Cu"
+            a = 3.61
+            repeat = [2, 1, 1]
+            vacancies = 1
+
+            [[walkers]]
+            name = "heat"
+            steps = 200
+            temperature_k = [300, 1200]
+            seed = 3
+
+            [committee]
+            size = 2
+            channels = 8
+            epochs = 30
+            min_steps = 4
+
+            [otf]
+            initial_threshold_ev_per_a = 0.02
+            stop_after_calls = 0
+
+            [oracle]
+            calculator = "emt"
+            wall_time_s = 60
+            """
+        )
+    )
+    checkpoint = tmp_path / "runs" / "cu" / "checkpoint" / "state.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loop.cli", "otf", str(config), "--quiet"],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(
+            lambda: checkpoint.is_file() and json.loads(checkpoint.read_text())["progress"]["round"] >= 3,
+            timeout_s=300,
+        )
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    state = json.loads(checkpoint.read_text())
+    at_checkpoint = state["walkers"]["heat"]["step"]
+    assert 0 < at_checkpoint < 200, "killed mid-trajectory"
+
+    settings = load_otf_config(config)
+    from loop.otf_config import build_otf_run
+
+    with Ledger(settings.ledger_location) as ledger:
+        run = build_otf_run(settings, ledger)
+        try:
+            assert run.resumed_from == {"heat": at_checkpoint}
+            report = run.run()
+        finally:
+            run.committee.close()
+        evaluations = ledger.evaluations(run.id)
+    assert report.resumed_from_steps == {"heat": at_checkpoint}
+    assert run.walkers[0].step == 200
+    # One job folder per oracle call: a repeated call would get a "-2" folder.
+    jobs = [p.name for p in (tmp_path / "runs" / "cu").iterdir() if p.is_dir() and p.name != "checkpoint"]
+    frames = [j for j in jobs if not j.startswith("reference-")]
+    assert not [j for j in jobs if j.endswith("-2")], "no frame was sent to the oracle twice"
+    assert sorted(frames) == sorted(
+        e.candidate_id
+        for e in evaluations
+        if e.status in ("done", "failed") and "interrupted" not in (e.error or "")
+    )
+    assert report.oracle_calls == len(evaluations)

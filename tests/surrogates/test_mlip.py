@@ -1,0 +1,134 @@
+"""The MACE committee: it fits, knows where it is unsure, and speaks ASE and BoTorch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from botorch.acquisition import qUpperConfidenceBound
+
+from surrogates.base import SurrogateError
+from surrogates.mlip import Frame, MACESettings, MLIPCommittee, StructureEnsemble
+
+TINY = MACESettings(channels=8, epochs=40, warm_epochs=2, min_steps=4)
+
+
+def cell() -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    del atoms[0]
+    return atoms
+
+
+def labelled(atoms: Atoms) -> Frame:
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    return Frame.from_atoms(atoms, atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress())
+
+
+def rattled(amplitude: float, seed: int) -> Atoms:
+    atoms = cell()
+    atoms.rattle(amplitude, seed=seed)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def training() -> list[Frame]:
+    return [labelled(rattled(0.03, seed)) for seed in range(6)]
+
+
+@pytest.fixture(scope="module")
+def committee(training: list[Frame]) -> Iterator[MLIPCommittee]:
+    with MLIPCommittee(["Cu"], TINY, size=3, seed=0, workers=2) as fitted:
+        fitted.fit(training)
+        yield fitted
+
+
+def test_uncertainty_grows_away_from_the_training_data(
+    committee: MLIPCommittee, training: list[Frame]
+) -> None:
+    seen = committee.predict(training[0].atoms()).forces_std.max()
+    compressed = cell()
+    compressed.set_cell(compressed.cell * 0.88, scale_atoms=True)
+    far = {"compressed": compressed, "rattled": rattled(0.25, seed=99)}
+    for name, atoms in far.items():
+        assert committee.predict(atoms).forces_std.max() > 2 * seen, name
+
+
+def test_calculator_reports_means_and_spreads(committee: MLIPCommittee) -> None:
+    atoms = rattled(0.05, seed=7)
+    atoms.calc = committee.calculator()
+    forces = atoms.get_forces()
+    results = atoms.calc.results
+    members = results["committee"]
+    assert forces.shape == (len(atoms), 3) and results["forces_std"].shape == (len(atoms),)
+    assert atoms.get_stress().shape == (6,) and results["stress_std"].shape == (6,)
+    np.testing.assert_allclose(atoms.get_potential_energy(), members.energy.mean())
+    np.testing.assert_allclose(results["energy_std"], members.energy.std())
+    np.testing.assert_allclose(forces, members.forces.mean(axis=0))
+    # Forces are close to EMT's near the training data (the potential learnt something).
+    truth = labelled(atoms)
+    assert np.abs(forces - truth.forces).mean() < 0.3 * np.abs(truth.forces).mean() + 0.05
+
+
+def test_botorch_ranks_structures_by_committee_spread(
+    committee: MLIPCommittee, training: list[Frame]
+) -> None:
+    compressed = cell()
+    compressed.set_cell(compressed.cell * 0.88, scale_atoms=True)
+    model = StructureEnsemble(committee, [training[0].atoms(), compressed])
+    X = torch.tensor([[[0.0]], [[1.0]]], dtype=torch.float64)
+    posterior = model.posterior(X)
+    assert posterior.mean.shape == (2, 1, 1)
+    variance = posterior.variance.squeeze()
+    assert variance[1] > variance[0]
+    ucb = qUpperConfidenceBound(model, beta=4.0)(X)  # any BoTorch acquisition takes it
+    assert ucb.shape == (2,) and torch.isfinite(ucb).all()
+    with pytest.raises(SurrogateError, match="structure indices"):
+        model.posterior(torch.tensor([[2.0]], dtype=torch.float64))
+
+
+def test_warm_start_keeps_what_was_learnt_and_checkpoints_round_trip(
+    committee: MLIPCommittee, training: list[Frame], tmp_path: Path
+) -> None:
+    probe = rattled(0.04, seed=11)
+    before = committee.predict(probe)
+    committee.save(tmp_path / "c.pt")
+    restored = MLIPCommittee(["Cu"], TINY, size=3).load(tmp_path / "c.pt")
+    np.testing.assert_allclose(restored.predict(probe).forces, before.forces, atol=1e-6)
+    fits = committee.fits
+    committee.fit([*training, labelled(probe)])  # warm: replays everything, a few steps
+    assert committee.fits == fits + 1
+    after = committee.predict(probe)
+    # Warm-started members move a little, not back to a random initialisation.
+    assert np.abs(after.forces.mean(0) - before.forces.mean(0)).max() < 0.5
+    with pytest.raises(SurrogateError, match="committee of 3"):
+        MLIPCommittee(["Cu"], TINY, size=2).load(tmp_path / "c.pt")
+
+
+def test_bad_inputs_are_refused(training: list[Frame]) -> None:
+    with pytest.raises(ValueError, match="at least 2 members"):
+        MLIPCommittee(["Cu"], size=1)
+    with pytest.raises(ValueError, match="chemical symbols"):
+        MLIPCommittee(["Xx"])
+    with pytest.raises(ValueError, match="invalid MACE settings: channels = 0"):
+        MACESettings(channels=0)
+    unfitted = MLIPCommittee(["Cu"], TINY, size=2)
+    with pytest.raises(SurrogateError, match="not fitted"):
+        unfitted.predict(cell())
+    with pytest.raises(SurrogateError, match="without labelled frames"):
+        unfitted.fit([])
+    gold = bulk("Au", "fcc", a=4.08)
+    gold.calc = EMT()
+    with pytest.raises(SurrogateError, match=r"atomic numbers \[79\]"):
+        unfitted.fit([Frame.from_atoms(gold, gold.get_potential_energy(), gold.get_forces())])
+    atoms = cell()
+    with pytest.raises(ValueError, match="not finite"):
+        Frame.from_atoms(atoms, float("nan"), np.zeros((len(atoms), 3)))
+    with pytest.raises(ValueError, match="forces have shape"):
+        Frame.from_atoms(atoms, 0.0, np.zeros((2, 3)))
