@@ -4,6 +4,7 @@ The loop in :mod:`loop` runs as plain Python; this package is where Prefect wrap
 stages. Nothing here is required to run a campaign.
 
 * :mod:`flows.campaign` — :func:`~flows.campaign.campaign_flow`, a campaign as a flow.
+* :mod:`flows.otf` — :func:`~flows.otf.otf_md_flow`, on-the-fly MD training as a flow.
 * :mod:`flows.tasks` — the loop's stages as tasks (fit, propose, evaluate, record).
 * :mod:`flows.artifacts` — the batch table, budget progress and end-of-run report.
 * :mod:`flows.lock` — one campaign, one writer: a lease in the ledger.

@@ -26,6 +26,8 @@ import io
 import math
 import multiprocessing
 import os
+import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -393,6 +395,18 @@ def _train_member(
     return _state_bytes(model), loss_sum
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end the worker when the process that started it dies (a killed
+    run leaves no one to shut the pool down, and idle workers hold half a GB each)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 # --- the committee -----------------------------------------------------------------------------
 
 
@@ -523,7 +537,10 @@ class MLIPCommittee:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=min(self.workers, self.size), mp_context=multiprocessing.get_context("spawn")
+                max_workers=min(self.workers, self.size),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
