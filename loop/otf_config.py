@@ -29,6 +29,7 @@ from pydantic import TypeAdapter, ValidationError
 from loop.errors import ConfigError
 from loop.ledger import Ledger
 from loop.otf import OTFRun, OTFSettings, WalkerSpec
+from surrogates.base import SurrogateError
 from surrogates.mlip import MACESettings, MLIPCommittee
 
 T = TypeVar("T")
@@ -59,11 +60,14 @@ class StructureSection:
 
 @dataclass(frozen=True)
 class CommitteeSection:
-    """``[committee]``: size, seed, training processes; the rest are :class:`MACESettings`."""
+    """``[committee]``: size, seed, training processes, an optional pretrained ``baseline``
+    (``"chgnet"`` or ``"module:Class"``, see :mod:`surrogates.baseline`); the rest are
+    :class:`MACESettings`."""
 
     size: int = 4
     seed: int = 0
     workers: int = 2
+    baseline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,12 +225,20 @@ def build_otf_run(config: OTFConfig, ledger: Ledger, **options: Any) -> OTFRun:
     start = config.start()
     elements = sorted(set(start.get_chemical_symbols()))
     oracle = oracle_from_config(config.oracle, _OracleContext(config))
+    from surrogates.baseline import Baseline
+
+    section = config.committee
+    try:
+        baseline = None if section.baseline is None else Baseline(section.baseline)
+    except SurrogateError as exc:
+        raise ConfigError(f"committee.baseline: {exc}") from exc
     committee = MLIPCommittee(
         elements,
         config.mace,
-        size=config.committee.size,
-        seed=config.committee.seed,
-        workers=config.committee.workers,
+        size=section.size,
+        seed=section.seed,
+        workers=section.workers,
+        baseline=baseline,
     )
     identity = {k: v for k, v in config.source.items() if k != "run"} | {"name": config.run.name}
     return OTFRun(

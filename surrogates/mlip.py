@@ -44,6 +44,7 @@ from botorch.models.ensemble import EnsembleModel
 from torch import Tensor
 
 from surrogates.base import SurrogateError
+from surrogates.baseline import Baseline
 
 # e3nn 0.4 loads its constants with torch.load, which since torch 2.6 refuses the ``slice``
 # objects inside unless they are allow-listed.
@@ -447,6 +448,8 @@ class MLIPCommittee:
         size: Number of members (at least 2: the spread needs two).
         seed: Members use seeds ``seed, seed + 1, ...``.
         workers: Training processes (members train in parallel; at most ``size``).
+        baseline: A pretrained potential the members correct (:mod:`surrogates.baseline`);
+            ``None`` trains them from scratch.
     """
 
     elements: Sequence[str]
@@ -454,6 +457,7 @@ class MLIPCommittee:
     size: int = 4
     seed: int = 0
     workers: int = 2
+    baseline: Baseline | None = None
     _arch: _Architecture | None = field(default=None, init=False, repr=False)
     _states: list[bytes] = field(default_factory=list, init=False, repr=False)
     _models: list[torch.nn.Module] = field(default_factory=list, init=False, repr=False)
@@ -495,6 +499,8 @@ class MLIPCommittee:
             raise SurrogateError(
                 f"frames contain atomic numbers {stray} outside the committee's {self.elements}"
             )
+        if self.baseline is not None:
+            frames = [self.baseline.residual(f) for f in frames]
         scratch = from_scratch or self._arch is None
         if scratch:
             self._arch = self._architecture(frames)
@@ -581,7 +587,13 @@ class MLIPCommittee:
             forces.append(out[FORCES].detach().double().numpy())
             stress = out[STRESS].detach()[0].double().numpy() if periodic else np.zeros((3, 3))
             stresses.append(stress.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]])
-        return CommitteePrediction(np.array(energies), np.stack(forces), np.stack(stresses))
+        prediction = CommitteePrediction(np.array(energies), np.stack(forces), np.stack(stresses))
+        if self.baseline is None:
+            return prediction
+        energy, force, stress = self.baseline.predict(atoms)
+        return CommitteePrediction(
+            prediction.energy + energy, prediction.forces + force, prediction.stress + stress
+        )
 
     def calculator(self) -> CommitteeCalculator:
         """An ASE calculator backed by this committee (follows later fits)."""
@@ -601,6 +613,7 @@ class MLIPCommittee:
             "size": self.size,
             "seed": self.seed,
             "fits": self.fits,
+            "baseline": None if self.baseline is None else self.baseline.name,
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(payload, tmp)
@@ -613,6 +626,11 @@ class MLIPCommittee:
             SurrogateError: the file was written by a committee of another size or elements.
         """
         payload = torch.load(Path(path), weights_only=True)
+        baseline = None if self.baseline is None else self.baseline.name
+        if payload.get("baseline") != baseline:
+            raise SurrogateError(
+                f"checkpoint {path} was trained on baseline {payload.get('baseline')!r}, not {baseline!r}"
+            )
         if payload["size"] != self.size or list(payload["elements"]) != list(self.elements):
             raise SurrogateError(
                 f"checkpoint {path} holds a committee of {payload['size']} over {payload['elements']}, "

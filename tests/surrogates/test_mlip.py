@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ase.calculators.emt import EMT
 from botorch.acquisition import qUpperConfidenceBound
 
 from surrogates.base import SurrogateError
+from surrogates.baseline import Baseline
 from surrogates.mlip import Frame, MACESettings, MLIPCommittee, StructureEnsemble
 
 TINY = MACESettings(channels=8, epochs=40, warm_epochs=2, min_steps=4)
@@ -109,6 +111,24 @@ def test_warm_start_keeps_what_was_learnt_and_checkpoints_round_trip(
     assert np.abs(after.forces.mean(0) - before.forces.mean(0)).max() < 0.5
     with pytest.raises(SurrogateError, match="committee of 3"):
         MLIPCommittee(["Cu"], TINY, size=2).load(tmp_path / "c.pt")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("chgnet") is None, reason="chgnet is not installed")
+def test_a_pretrained_baseline_is_a_better_starting_point_far_from_the_data(training: list[Frame]) -> None:
+    compressed = cell()
+    compressed.set_cell(compressed.cell * 0.9, scale_atoms=True)
+    compressed.rattle(0.05, seed=3)
+    far = [compressed, rattled(0.15, seed=8)]
+    errors = {}
+    for name, baseline in (("scratch", None), ("chgnet", Baseline("chgnet"))):
+        with MLIPCommittee(["Cu"], TINY, size=2, baseline=baseline) as committee:
+            committee.fit(training[:4])
+            errors[name] = [
+                np.abs(committee.predict(a).forces.mean(0) - labelled(a).forces).mean() for a in far
+            ]
+    assert all(2 * b < s for b, s in zip(errors["chgnet"], errors["scratch"], strict=True)), errors
+    with pytest.raises(SurrogateError, match=r"baseline 'no\.such:Calc' cannot be built"):
+        Baseline("no.such:Calc")
 
 
 def test_bad_inputs_are_refused(training: list[Frame]) -> None:
