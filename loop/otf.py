@@ -2,22 +2,27 @@
 
 Walkers (each an ASE MD run with its own temperature ramp, thermostat and seed) move on the
 committee's mean forces. After every step a walker compares the committee's uncertainty ``u``
-(largest per-atom force spread, eV/Å) with the current threshold; above it, the walker pauses
-on that frame. A *round* then labels the paused frames with the oracle (their ledger rows are
-committed as results arrive), retrains the committee warm, writes a checkpoint and lets the
-walkers go on. The walkers of a round run concurrently and share one dataset.
+(force spread, root mean square over atoms, eV/Å) with the current threshold; above it, the
+walker pauses on that frame. A *round* then labels the paused frames with the oracle (their
+ledger rows are committed as results arrive), retrains the committee warm, writes a checkpoint
+and lets the walkers go on. The walkers of a round run concurrently and share one dataset.
 
-**Calibration.** Each oracle call measures the true error ``e`` of the frame it labels (largest
-per-atom force error of the committee *before* it learns the frame). The ratios ``e / u`` say
-how far the spread understates the error. The miss rate of a threshold ``t`` — the share of
-steps whose error exceeds the tolerance without a call — is estimated over the recent steps'
-uncertainties as ``mean(u_s <= t and P(e/u > tol/u_s))`` with ``P`` from the measured ratios;
-the threshold is the largest ``t`` whose estimate meets the target miss rate. With fewer than
+**Calibration.** Each oracle call measures the true error ``e`` of the frame it labels (force
+error, root mean square over atoms, of the committee *before* it learns the frame; see
+:func:`~surrogates.mlip.force_error`). Besides the frames it doubts, the loop labels every
+``audit_every``-th step whatever the spread, so the calibration also sees where the committee
+is confidently wrong. The ratios ``e / u`` say how far the spread understates the error. The
+miss rate of a threshold ``t`` — the share of steps whose error exceeds the tolerance without a
+call — is estimated over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u >
+tol/u_s))`` with ``P`` from the measured ratios; the threshold is the largest ``t`` whose
+estimate meets the target miss rate, capped at ``tolerance / median(e / u)`` so that a frame
+whose spread predicts a typical error above the tolerance is always labelled. With fewer than
 ``min_calibration_calls`` ratios the initial threshold holds.
 
 **Guards.** A walker whose atoms come closer than ``min_distance_a`` or whose temperature runs
 above ``max_temperature_factor`` times its target is rolled back to its last snapshot, with a
-warning naming the atoms or the temperature; too many rollbacks in a row stop the walker.
+warning naming the atoms or the temperature, and the frame that tripped the guard is labelled
+(the committee was wrong there); too many rollbacks in a row stop the walker.
 
 **Stopping rule.** The loop stops calling the oracle once the last ``stop_after_calls`` calls
 all met the tolerance and no walker has been above the threshold for ``stop_quiet_steps``
@@ -58,7 +63,7 @@ from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.space import Candidate
 from oracles.base import Oracle, Result
 from oracles.errors import EvaluationFailed
-from surrogates.mlip import CommitteeCalculator, CommitteePrediction, Frame, MLIPCommittee
+from surrogates.mlip import CommitteeCalculator, CommitteePrediction, Frame, MLIPCommittee, force_error
 
 log = logging.getLogger("alloop.otf")
 
@@ -123,7 +128,8 @@ class OTFSettings:
     """How the loop decides to call the oracle, guards walkers and stops.
 
     Args:
-        tolerance_ev_per_a: Largest acceptable per-atom force error (eV/Å).
+        tolerance_ev_per_a: Largest acceptable force error of a frame (eV/Å, root mean square
+            over atoms, :func:`~surrogates.mlip.force_error`).
         target_miss_rate: Share of steps allowed to exceed the tolerance without a call.
         initial_threshold_ev_per_a: Uncertainty threshold before calibration (eV/Å).
         calibrate: Adjust the threshold online (else it stays at the initial value).
@@ -131,8 +137,14 @@ class OTFSettings:
         min_calibration_calls: Ratios needed before the threshold is calibrated.
         window_steps: Recent steps whose uncertainties the calibration weighs.
         label_every: Label every k-th step instead (a baseline; ignores the uncertainty).
+        audit_every: Also label every k-th step whatever the uncertainty (0: never), so that
+            the calibration sees frames the committee is sure of, not only those it doubts.
         initial_frames: Rattled copies of each walker's start labelled before the first fit.
-        initial_rattle_a: Their random displacement (Å, standard deviation).
+        initial_rattle_a: Their largest random displacement (Å, standard deviation); the
+            copies are rattled at evenly spaced amplitudes up to it, so the first fit sees
+            displacements as large as the hottest walker will make.
+        min_steps_between_calls: A walker labels at most one frame in this many steps (the
+            next frames are nearly the same configuration; the retrained committee learns them).
         stop_after_calls: ``K`` of the stopping rule (0 never stops calling).
         stop_quiet_steps: ``M`` of the stopping rule (steps, summed over walkers).
         min_distance_a: Atoms closer than this trip the collision guard (Å).
@@ -142,16 +154,18 @@ class OTFSettings:
         max_oracle_calls: Most oracle calls in all (``None``: no limit).
     """
 
-    tolerance_ev_per_a: float = 0.3
+    tolerance_ev_per_a: float = 0.2
     target_miss_rate: float = 0.02
-    initial_threshold_ev_per_a: float = 0.05
+    initial_threshold_ev_per_a: float = 0.03
     calibrate: bool = True
     threshold_bounds: tuple[float, float] = (0.005, 1.0)
     min_calibration_calls: int = 5
     window_steps: int = 2000
     label_every: int | None = None
+    audit_every: int = 250
     initial_frames: int = 4
     initial_rattle_a: float = 0.05
+    min_steps_between_calls: int = 10
     stop_after_calls: int = 5
     stop_quiet_steps: int = 500
     min_distance_a: float = 1.5
@@ -173,10 +187,16 @@ class OTFSettings:
             problems.append(f"threshold_bounds = {self.threshold_bounds} (need 0 < low <= high)")
         if self.max_temperature_factor <= 1:
             problems.append(f"max_temperature_factor = {self.max_temperature_factor} (must be > 1)")
-        for key in ("min_calibration_calls", "window_steps", "snapshot_every", "max_rollbacks"):
+        for key in (
+            "min_calibration_calls",
+            "window_steps",
+            "snapshot_every",
+            "max_rollbacks",
+            "min_steps_between_calls",
+        ):
             if getattr(self, key) < 1:
                 problems.append(f"{key} = {getattr(self, key)} (must be >= 1)")
-        for key in ("initial_frames", "stop_after_calls", "stop_quiet_steps"):
+        for key in ("initial_frames", "stop_after_calls", "stop_quiet_steps", "audit_every"):
             if getattr(self, key) < 0:
                 problems.append(f"{key} = {getattr(self, key)} (must be >= 0)")
         if self.label_every is not None and self.label_every < 1:
@@ -230,20 +250,26 @@ class Calibration:
         return float(exceed.sum() / u.size)
 
     def update(self) -> float:
-        """Re-derive the threshold (when calibrating and enough calls are in); returns it."""
+        """Re-derive the threshold (when calibrating and enough calls are in); returns it.
+
+        The threshold is the largest ``t`` whose estimated miss rate meets the target, but no
+        higher than ``tolerance / median(e / u)``: a frame whose spread predicts a typical
+        error above the tolerance is always labelled, however rare such frames were so far.
+        """
         s = self.settings
         if not s.calibrate or len(self.ratios) < s.min_calibration_calls or not self.recent:
             return self.threshold
         low, high = s.threshold_bounds
-        candidates = np.unique(np.clip(np.concatenate([np.asarray(self.recent), [low, high]]), low, high))
+        high = min(high, s.tolerance_ev_per_a / max(float(np.median(self.ratios)), 1e-12))
+        candidates = np.unique(np.clip(np.concatenate([np.asarray(self.recent), [high]]), low, high))
         best = low
         for t in candidates:  # the miss rate grows with t: keep the largest t within target
             if self.estimated_miss_rate(float(t)) <= s.target_miss_rate:
                 best = float(t)
             else:
                 break
-        self.threshold = best
-        return best
+        self.threshold = max(best, low)
+        return self.threshold
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -302,6 +328,7 @@ class Walker:
         self.rollbacks = 0
         self.rollbacks_in_a_row = 0
         self.lost = False
+        self.last_call = -(10**9)  # the step of this walker's last labelled frame
         self.rng = np.random.default_rng(spec.seed)
         thermalize_momenta(self.atoms, temperature_K=spec.temperature_at(0), rng=self.rng)
         Stationary(self.atoms)
@@ -419,6 +446,7 @@ class Walker:
             "rollbacks": self.rollbacks,
             "rollbacks_in_a_row": self.rollbacks_in_a_row,
             "lost": self.lost,
+            "last_call": self.last_call,
             "snapshot": {k: np.asarray(v).tolist() for k, v in asdict(self.snapshot).items()},
         }
 
@@ -427,6 +455,7 @@ class Walker:
         self.rollbacks = int(state["rollbacks"])
         self.rollbacks_in_a_row = int(state["rollbacks_in_a_row"])
         self.lost = bool(state["lost"])
+        self.last_call = int(state["last_call"])
         snapshot = state["snapshot"]
         self.snapshot = _Snapshot(
             int(snapshot["step"]),
@@ -456,7 +485,7 @@ class Label:
     candidate_id: str
     uncertainty: float
     error: float | None = None
-    """Largest per-atom force error of the committee before it learnt the frame (eV/Å)."""
+    """Force error of the committee before it learnt the frame (eV/Å, RMS over atoms)."""
     mae: float | None = None
     """Mean absolute force-component error of the committee on the frame (eV/Å)."""
     failure: str | None = None
@@ -632,7 +661,8 @@ class OTFRun:
         pauses = []
         for k in range(self.settings.initial_frames):
             atoms = self.start.copy()
-            atoms.positions += rng.normal(0.0, self.settings.initial_rattle_a, atoms.positions.shape)
+            amplitude = self.settings.initial_rattle_a * (k + 1) / self.settings.initial_frames
+            atoms.positions += rng.normal(0.0, amplitude, atoms.positions.shape)
             pauses.append(Pause("initial", k, "uncertain", atoms))
         return self.label(pauses)
 
@@ -645,6 +675,8 @@ class OTFRun:
             walker.step += 1
             problem = walker.guard(s)
             if problem is not None:
+                tripped, tripped_at = walker.atoms.copy(), walker.step
+                prediction_there = walker.atoms.calc.results.get("committee")  # type: ignore[union-attr]
                 walker.roll_back(problem, s)
                 if walker.lost:
                     message = (
@@ -652,6 +684,10 @@ class OTFRun:
                     )
                     log.error(message)
                     return Pause(walker.spec.name, walker.step, "lost", message=message)
+                with self._lock:
+                    self.progress.quiet_steps = 0
+                if self.calling and prediction_there is not None:  # the committee was wrong there: learn it
+                    return Pause(walker.spec.name, tripped_at, "uncertain", tripped, prediction_there)
                 continue
             prediction: CommitteePrediction = walker.atoms.calc.results["committee"]  # type: ignore[union-attr]
             u = prediction.uncertainty
@@ -666,7 +702,10 @@ class OTFRun:
                 else:
                     due = u > self.calibration.threshold
                     self.progress.quiet_steps = 0 if due else self.progress.quiet_steps + 1
+                    due = due and walker.step - walker.last_call >= s.min_steps_between_calls
+                    due = due or (s.audit_every > 0 and walker.step % s.audit_every == 0)
             if due and self.calling:
+                walker.last_call = walker.step
                 return Pause(walker.spec.name, walker.step, "uncertain", walker.atoms.copy(), prediction)
         return Pause(walker.spec.name, walker.step, "finished")
 
@@ -755,7 +794,7 @@ class OTFRun:
             pause.step,
             candidate_id,
             pause.uncertainty,
-            error=float(np.linalg.norm(difference, axis=1).max()),
+            error=force_error(pause.prediction.forces.mean(axis=0), frame.forces),
             mae=float(np.abs(difference).mean()),
             reused=reused,
         )

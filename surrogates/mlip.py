@@ -434,8 +434,15 @@ class CommitteePrediction:
 
     @property
     def uncertainty(self) -> float:
-        """The largest per-atom ``forces_std`` (eV/Å): how unsure the committee is of a frame."""
-        return float(self.forces_std.max())
+        """How unsure the committee is of the frame: the root mean square over atoms of
+        ``forces_std`` (eV/Å), on the same footing as :func:`force_error`."""
+        return float(np.sqrt(np.mean(self.forces_std**2)))
+
+
+def force_error(predicted: np.ndarray, true: np.ndarray) -> float:
+    """The force error of a frame: root mean square over atoms of the error vectors' norms
+    (eV/Å), i.e. ``sqrt(3)`` times the RMSE over force components."""
+    return float(np.sqrt(np.mean(np.sum((np.asarray(predicted) - np.asarray(true)) ** 2, axis=-1))))
 
 
 @dataclass

@@ -156,26 +156,30 @@ def test_an_oracle_failing_on_a_fifth_of_frames_does_not_stop_the_run(tmp_path: 
     assert report.retrains >= 2 and 0 < report.oracle_step_fraction < 1
 
 
-def test_colliding_atoms_roll_the_walker_back_with_a_clear_log_line(
+def test_colliding_atoms_roll_the_walker_back_with_a_clear_log_line_and_the_frame_is_labelled(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run = make_run(tmp_path, FlakyEMT(), steps=40, snapshot_every=10, max_oracle_calls=4)
+    quiet = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 0}
+    run = make_run(tmp_path, FlakyEMT(), steps=40, snapshot_every=10, **quiet)
     try:
         run.close_round(run.initial_labels(), 0.0)
         walker = run.walkers[0]
-        run.advance(walker)  # the oracle budget is spent: runs to the end, no pauses
+        assert run.advance(walker).kind == "finished"  # the committee is never unsure: no pauses
         assert walker.step == 40 and walker.snapshot.step == 40
         walker.spec = WalkerSpec("a", 60, (300.0, 900.0), seed=1)  # 20 more steps
         walker.atoms.positions[1] = walker.atoms.positions[0] + [0.3, 0.3, 0.0]
         with caplog.at_level(logging.WARNING, logger="alloop.otf"):
-            run.advance(walker)
+            pause = run.advance(walker)
+        assert pause.kind == "uncertain" and pause.step == 41, "the frame that tripped the guard"
+        assert pause.atoms is not None and pause.atoms.get_distance(0, 1, mic=True) < 1.5
+        labels = run.label([pause])
     finally:
         run.committee.close()
     lines = [r.getMessage() for r in caplog.records]
-    assert any(
-        "walker a: atoms 0 and 1 collided" in line and "rolled back to step 40" in line for line in lines
-    )
-    assert walker.rollbacks == 1 and walker.step == 60 and not walker.lost
+    logged = "walker a: atoms 0 and 1 collided"
+    assert any(logged in line and "rolled back to step 40" in line for line in lines)
+    assert walker.rollbacks == 1 and walker.step == 40 and not walker.lost
+    assert labels[0].failure is None and labels[0].error is not None, "learnt from, with its error measured"
 
 
 def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating_oracle_calls(
