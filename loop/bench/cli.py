@@ -207,8 +207,8 @@ def overhead_command(
     ns: Annotated[str | None, typer.Option("--n", help="Comma-separated numbers of observations.")] = None,
     pools: Annotated[str | None, typer.Option("--pools", help="Comma-separated pool sizes.")] = None,
     methods: Annotated[
-        str, typer.Option("--methods", help="Comma-separated: naive,exact,love.")
-    ] = "naive,exact,love",
+        str, typer.Option("--methods", help="Comma-separated: naive,exact,mixed,love.")
+    ] = "naive,exact,mixed,love",
     max_seconds: Annotated[
         float, typer.Option("--max-seconds", min=0.0, help="Extrapolate cells estimated longer than this.")
     ] = 120.0,
@@ -256,6 +256,87 @@ def overhead_command(
             _fmt(c.get("ratio_to_bound")),
         )
     Console().print(table)
+
+
+@app.command("otf")
+def otf_command(
+    config: Annotated[
+        Path,
+        typer.Option("--config", exists=True, dir_okay=False, readable=True, help="On-the-fly MD TOML file."),
+    ] = Path("examples/otf_md/otf.toml"),
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Override every walker's steps (a quick run).")
+    ] = None,
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            "--variants",
+            help="Comma-separated subset of calibrated,fixed_threshold,every_kth (ground_truth always runs).",
+        ),
+    ] = None,
+    label_every: Annotated[
+        int | None,
+        typer.Option("--label-every", min=1, help="k of every_kth [default: matched to calibrated's calls]."),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir", help="Keep each variant's ledger and runs in DIR/<variant> [default: temp]."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
+) -> None:
+    """On-the-fly MD training against the oracle alone, a fixed threshold and every-k-th-step labelling."""
+    from loop.bench import otf
+    from loop.errors import ConfigError
+
+    picked = [] if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
+    chosen = otf.VARIANTS if variants is None else ("ground_truth", *picked)
+
+    def variant_done(name: str, numbers: dict[str, Any]) -> None:
+        if not quiet:
+            typer.echo(
+                f"[{name}] {numbers['md_steps']} MD steps, {numbers['oracle_calls']} oracle calls, "
+                f"force RMSE {numbers['force_rmse_ev_per_a']:.4f} eV/Å, "
+                f"miss rate {_fmt(numbers['miss_rate'])}, {numbers['wall_s']:.0f} s",
+                err=True,
+            )
+
+    def round_done(name: str, report: otf.RoundReport) -> None:
+        if not quiet and report.round % 10 == 0:
+            typer.echo(
+                f"[{name}] round {report.round}: {report.md_steps} MD steps, {report.oracle_calls} calls, "
+                f"threshold {report.threshold:.3f} eV/Å",
+                err=True,
+            )
+
+    try:
+        with otf.stdout_to_stderr():  # mace-torch prints on import, in the training workers too
+            result = otf.run_otf_benchmark(
+                config, workdir, steps, chosen, label_every, on_variant=variant_done, on_round=round_done
+            )
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from err
+    options = [f"--config {config}"]
+    options += [f"--{k} {v}" for k, v in (("steps", steps), ("variants", variants)) if v is not None]
+    options += [f"--label-every {label_every}"] if label_every is not None else []
+    result["command"] = " ".join(["alloop bench otf", *options, *(["--json"] if as_json else [])])
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"on-the-fly training: {config}")
+    columns = ("variant", "oracle calls", "oracle/steps", "force RMSE eV/Å", "energy MAE eV/atom")
+    for column in (*columns, "miss rate", "RDF diff", "wall s"):
+        table.add_column(column, justify="right")
+    for name, v in result["variants"].items():
+        keys = ("oracle_calls", "oracle_step_fraction", "force_rmse_ev_per_a", "energy_mae_ev_per_atom")
+        keys += ("miss_rate", "rdf_difference", "wall_s")
+        table.add_row(name, *(_fmt(v[k]) for k in keys))
+    Console().print(table)
+    Console().print(f"RDF noise floor (oracle replica, other seeds): {_fmt(result['rdf_noise_floor'])}")
+    for criterion, holds in result["acceptance"].items():
+        Console().print(f"{criterion}: {'n/a' if holds is None else holds}")
 
 
 def _summary_table(summary: dict[str, Any], title: str) -> Table:

@@ -1,0 +1,128 @@
+"""Tests for loop.bench.otf and the ``bench otf`` command (a 7-atom Cu cell, 60 steps, tiny committee)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from typer.testing import CliRunner
+
+from loop.bench.cli import app
+from loop.bench.otf import (
+    CHECK_EVERY,
+    VARIANTS,
+    every_kth_interval,
+    radial_distribution,
+    rdf_difference,
+)
+from loop.otf import WalkerSpec
+
+STEPS = 60
+
+TINY = f"""
+[run]
+name = "tiny"
+
+[structure]
+element = "Cu"
+a = 3.61
+repeat = [2, 1, 1]
+vacancies = 1
+
+[[walkers]]
+name = "heat"
+steps = {STEPS}
+temperature_k = [300, 600]
+seed = 3
+
+[committee]
+size = 2
+workers = 1
+channels = 8
+epochs = 10
+warm_epochs = 1
+min_steps = 4
+
+[otf]
+initial_frames = 4
+max_oracle_calls = 10
+
+[oracle]
+calculator = "emt"
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(textwrap.dedent(TINY))
+    return path
+
+
+def test_bench_otf_runs_every_variant(tiny_config: Path, tmp_path: Path) -> None:
+    args = ["otf", "--config", str(tiny_config), "--workdir", str(tmp_path / "bench"), "--json", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    variants = report["variants"]
+    assert list(variants) == list(VARIANTS)
+    keys = ("oracle_calls", "oracle_step_fraction", "force_rmse_ev_per_a", "energy_mae_ev_per_atom")
+    keys += ("miss_rate", "rdf_difference", "wall_s", "md_steps", "threshold", "stopped_calling_at_step")
+    for name, numbers in variants.items():
+        assert set(keys) <= set(numbers), name
+        assert numbers["md_steps"] >= STEPS
+    truth = variants["ground_truth"]
+    assert truth["oracle_calls"] == truth["md_steps"] and truth["oracle_step_fraction"] == 1.0
+    assert truth["force_rmse_ev_per_a"] == 0 and truth["miss_rate"] == 0 and truth["rdf_difference"] == 0
+    assert truth["held_out_frames"] == STEPS // 20
+    calibrated, kth = variants["calibrated"], variants["every_kth"]
+    assert abs(kth["oracle_calls"] - calibrated["oracle_calls"]) <= 1
+    assert kth["label_every"] >= 1 and kth["threshold"] is None
+    initial = report["protocol"]["initial_threshold_ev_per_a"]
+    assert variants["fixed_threshold"]["threshold"] == pytest.approx(initial)
+    for name in ("calibrated", "fixed_threshold", "every_kth"):
+        numbers = variants[name]
+        assert numbers["miss_checks"] == numbers["md_steps"] // CHECK_EVERY, name  # no rollbacks here
+        rows = (tmp_path / "bench" / name / "checks.csv").read_text().splitlines()[1:]
+        assert [int(row.split(",")[1]) for row in rows] == list(range(CHECK_EVERY, STEPS + 1, CHECK_EVERY))
+        assert 0 <= numbers["miss_rate"] <= 1 and numbers["misses"] <= numbers["miss_checks"]
+        assert numbers["force_rmse_ev_per_a"] > 0 and numbers["energy_mae_ev_per_atom"] > 0
+        assert numbers["oracle_step_fraction"] == pytest.approx(numbers["oracle_calls"] / numbers["md_steps"])
+    assert set(report["acceptance"]) >= {"oracle_step_fraction_at_most_2pct", "beats_baselines"}
+    assert report["rdf_noise_floor"] > 0
+    assert report["command"].startswith("alloop bench otf --config")
+    assert (tmp_path / "bench" / "calibrated" / "otf.db").is_file()
+    rounds = (tmp_path / "bench" / "calibrated" / "rounds.csv").read_text().splitlines()
+    assert rounds[0].startswith("round,md_steps,oracle_calls,threshold") and len(rounds) > 1
+
+
+def test_bench_otf_refuses_an_existing_variant_folder(tiny_config: Path, tmp_path: Path) -> None:
+    (tmp_path / "bench" / "calibrated").mkdir(parents=True)
+    args = ["otf", "--config", str(tiny_config), "--workdir", str(tmp_path / "bench"), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "exists" in result.output
+
+
+def test_every_kth_interval_matches_calls_from_above() -> None:
+    walkers = [WalkerSpec("a", 2000), WalkerSpec("b", 1000)]
+    for calls in (1, 7, 30, 500, 3000):
+        k = every_kth_interval(walkers, calls)
+        made = sum(w.steps // k for w in walkers)
+        assert made >= calls and (k == 1 or sum(w.steps // (k + 1) for w in walkers) < calls)
+    assert every_kth_interval(walkers, 0) == 2001  # no call at all
+
+
+def test_radial_distribution_of_fcc_has_its_shells() -> None:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)  # 4 atoms: pairs beyond half the cell still count
+    r, g = radial_distribution([atoms])
+    first = r[np.argmax(g)]
+    assert first == pytest.approx(3.61 / np.sqrt(2), abs=0.05)
+    edges = np.append(r - 0.025, r[-1] + 0.025)
+    counts = g * 4 * (4 / atoms.get_volume()) * 4 / 3 * np.pi * np.diff(edges**3)
+    assert counts[r < 3.0].sum() == pytest.approx(12 * 4)  # 12 nearest neighbours of each of 4 atoms
+    assert rdf_difference(g, g) == 0.0
+    assert rdf_difference(2 * g, g) == pytest.approx(1.0)
