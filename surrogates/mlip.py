@@ -359,17 +359,16 @@ def _train_member(
     if state is not None:
         _load_state(model, state)
     arch_key = hashlib.sha256(repr(arch_values).encode()).hexdigest()
-    weighted: list[Any] = []
+    graphs = []
     for frame in frames:
-        weight = _frame_weight(seed, frame.id) if s.bootstrap else 1
-        if weight == 0:
-            continue
         key = (arch_key, frame.id)
         if key not in _GRAPHS:
             _GRAPHS[key] = _graph(frame.atoms(), arch)
-        weighted += [_GRAPHS[key]] * weight
-    if not weighted:  # an unlucky bootstrap of a tiny dataset: fall back to every frame
-        weighted = [_GRAPHS[(arch_key, f.id)] for f in frames]
+        graphs.append(_GRAPHS[key])
+    weights = [_frame_weight(seed, f.id) if s.bootstrap else 1 for f in frames]
+    if not any(weights):  # an unlucky bootstrap of a tiny dataset: fall back to every frame
+        weights = [1] * len(frames)
+    weighted = [graph for graph, weight in zip(graphs, weights, strict=True) for _ in range(weight)]
     rng = np.random.default_rng(seed + 7919 * len(frames))
     batches_per_epoch = math.ceil(len(weighted) / s.batch_size)
     epochs = max(epochs, math.ceil(s.min_steps / batches_per_epoch))
