@@ -87,7 +87,9 @@ def write_config(
         '[structure]\nelement = "Cu"\na = 3.61\nrepeat = [2, 1, 1]\nvacancies = 1\n\n'
         + walker_tables
         + "[committee]\nsize = 2\nworkers = 1\nchannels = 8\nepochs = 10\nmin_steps = 4\n\n"
-        f"[otf]\ninitial_frames = 4\nstop_after_calls = 0\nmax_oracle_calls = {max_calls}\n\n"
+        f"[otf]\ninitial_frames = 4\nstop_after_calls = 0\nmin_steps_between_calls = 1\n"
+        "initial_threshold_ev_per_a = 0.001\ncalibrate = false\n"
+        f"max_oracle_calls = {max_calls}\n\n"
         f'[oracle]\ncalculator = "{calculator}"\nwall_time_s = 60\nstart_method = "spawn"\n'
         'retryable = ["scf_not_converged"]\n'
     )
