@@ -380,6 +380,20 @@ class CampaignConfig(_Strict):
         return config_hash(self.identity())
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """The content of a TOML file.
+
+    Raises:
+        ConfigError: the file is missing or is not TOML.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> CampaignConfig:
     """Read and validate a campaign TOML file.
 
@@ -392,12 +406,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
             every offending key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = read_toml(path)
     for dotted, value in (overrides or {}).items():
         section = data
         *parents, leaf = dotted.split(".")

@@ -41,6 +41,7 @@ task; :meth:`~OTFRun.run` composes them in plain Python.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -597,8 +598,6 @@ class OTFRun:
             config or {"walkers": [asdict(w) for w in walkers], "settings": asdict(self.settings)}
         )
         digest = json.dumps(identity, sort_keys=True, default=str)
-        import hashlib
-
         self.id = ledger.open_campaign(name, identity, hashlib.sha256(digest.encode()).hexdigest()[:16], 0)
         self.run_id = ledger.start_run(self.id)
         self.calibration = Calibration(self.settings)

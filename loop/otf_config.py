@@ -17,7 +17,6 @@ Every key is checked: an unknown key, a wrong type or an out-of-range value is a
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 from ase import Atoms
 from pydantic import TypeAdapter, ValidationError
 
+from loop.config import read_toml
 from loop.errors import ConfigError
 from loop.ledger import Ledger
 from loop.otf import OTFRun, OTFSettings, WalkerSpec
@@ -191,13 +191,7 @@ def load_otf_config(path: str | Path) -> OTFConfig:
         ConfigError: the file is missing, not TOML, or invalid (the message names the key).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_otf_config(data, path.parent.resolve(), str(path))
+    return parse_otf_config(read_toml(path), path.parent.resolve(), str(path))
 
 
 @dataclass(frozen=True)
