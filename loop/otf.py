@@ -9,9 +9,12 @@ and lets the walkers go on. The walkers of a round run concurrently and share on
 
 **Calibration.** Each oracle call measures the true error ``e`` of the frame it labels (force
 error, root mean square over atoms, of the committee *before* it learns the frame; see
-:func:`~surrogates.mlip.force_error`). Besides the frames it doubts, the loop labels every
-``audit_every``-th step whatever the spread, so the calibration also sees where the committee
-is confidently wrong. The ratios ``e / u`` say how far the spread understates the error. The
+:func:`~surrogates.mlip.force_error`). Besides the frames it doubts, a walker that has not
+called the oracle for ``audit_every`` steps labels the frame it was least sure of in them: the
+calibration then also sees frames below the threshold (the one closest to it, where a miss is
+likeliest), and the committee learns the most informative frame of the stretch (uncertainty
+sampling, where labelling every k-th step would pick at random). The ratios ``e / u`` say how
+far the spread understates the error. The
 miss rate of a threshold ``t`` — the share of steps whose error exceeds the tolerance without a
 call — is estimated over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u >
 tol/u_s))`` with ``P`` from the measured ratios; the threshold is the largest ``t`` whose
@@ -26,7 +29,14 @@ warning naming the atoms or the temperature, and the frame that tripped the guar
 
 **Stopping rule.** The loop stops calling the oracle once the last ``stop_after_calls`` calls
 all met the tolerance and no walker has been above the threshold for ``stop_quiet_steps``
-steps; the walkers finish on the committee alone and the report says when that happened.
+steps; the walkers finish on the committee alone and the report says when that happened. Steps
+of a walker still on its temperature ramp do not count as quiet: the committee is not declared
+good enough for conditions a walker has yet to reach (a heating run calls until it is hot).
+
+**Final fit.** Warm starts follow the order the frames came in. Once the loop stops calling (or
+every walker has finished), the committee is refitted from scratch on every labelled frame
+(``final_fit``), so the potential a run delivers depends on its data, not on its path; the
+walkers finish on it.
 
 **Failures.** An oracle call that fails is recorded in the ledger and skipped; the walker goes
 on. **Resume.** A checkpoint after every round holds the walkers' MD state (positions,
@@ -123,6 +133,10 @@ class WalkerSpec:
         start, end = self.temperature_k
         return start + (end - start) * min(step / max(self.steps - 1, 1), 1.0)
 
+    def ramping(self, step: int) -> bool:
+        """Whether the walker is still on its way to new conditions at ``step``."""
+        return self.temperature_k[0] != self.temperature_k[1] and step < self.steps - 1
+
 
 @dataclass(frozen=True)
 class OTFSettings:
@@ -138,8 +152,9 @@ class OTFSettings:
         min_calibration_calls: Ratios needed before the threshold is calibrated.
         window_steps: Recent steps whose uncertainties the calibration weighs.
         label_every: Label every k-th step instead (a baseline; ignores the uncertainty).
-        audit_every: Also label every k-th step whatever the uncertainty (0: never), so that
-            the calibration sees frames the committee is sure of, not only those it doubts.
+        audit_every: A walker that has not called the oracle for this many steps labels the
+            frame it was least sure of in them (0: never), so that the calibration also sees
+            frames below the threshold, not only those above it.
         initial_frames: Rattled copies of each walker's start labelled before the first fit.
         initial_rattle_a: Their largest random displacement (Å, standard deviation); the
             copies are rattled at evenly spaced amplitudes up to it, so the first fit sees
@@ -153,6 +168,7 @@ class OTFSettings:
         snapshot_every: Steps between the snapshots a guard rolls back to.
         max_rollbacks: Rollbacks in a row (without a snapshot in between) before a walker is lost.
         max_oracle_calls: Most oracle calls in all (``None``: no limit).
+        final_fit: Refit the committee from scratch on every frame once the loop stops calling.
     """
 
     tolerance_ev_per_a: float = 0.2
@@ -174,6 +190,7 @@ class OTFSettings:
     snapshot_every: int = 20
     max_rollbacks: int = 5
     max_oracle_calls: int | None = None
+    final_fit: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -329,7 +346,8 @@ class Walker:
         self.rollbacks = 0
         self.rollbacks_in_a_row = 0
         self.lost = False
-        self.last_call = -(10**9)  # the step of this walker's last labelled frame
+        self.last_call = 0  # the step of this walker's last labelled frame (or its start)
+        self.least_sure: Pause | None = None  # the frame it was least sure of since its last call
         self.rng = np.random.default_rng(spec.seed)
         thermalize_momenta(self.atoms, temperature_K=spec.temperature_at(0), rng=self.rng)
         Stationary(self.atoms)
@@ -396,6 +414,16 @@ class Walker:
     def refresh(self) -> None:
         """Forget cached forces (the committee changed)."""
         self.atoms.calc.reset()  # type: ignore[union-attr]
+
+    def consider(self, prediction: CommitteePrediction) -> None:
+        """Keep the current frame if the committee is less sure of it than of any since the last call."""
+        if self.least_sure is None or prediction.uncertainty > self.least_sure.uncertainty:
+            self.least_sure = Pause(self.spec.name, self.step, "uncertain", self.atoms.copy(), prediction)
+
+    def called(self) -> None:
+        """The oracle labels a frame of this walker: a new stretch begins."""
+        self.last_call = self.step
+        self.least_sure = None
 
     def guard(self, settings: OTFSettings) -> str | None:
         """What is physically wrong with the current frame, or ``None``."""
@@ -523,6 +551,7 @@ class OTFReport:
     rollbacks: int
     stopped_calling: str | None
     stopped_calling_at_step: int | None
+    final_fit_frames: int | None
     resumed_from_steps: dict[str, int] | None
     lost_walkers: list[str]
     seconds: float
@@ -546,6 +575,7 @@ class _Progress:
     quiet_steps: int = 0
     stopped_calling: str | None = None
     stopped_calling_at_step: int | None = None
+    final_fit_frames: int | None = None
 
 
 class OTFRun:
@@ -686,6 +716,7 @@ class OTFRun:
                 with self._lock:
                     self.progress.quiet_steps = 0
                 if self.calling and prediction_there is not None:  # the committee was wrong there: learn it
+                    walker.called()
                     return Pause(walker.spec.name, tripped_at, "uncertain", tripped, prediction_there)
                 continue
             prediction: CommitteePrediction = walker.atoms.calc.results["committee"]  # type: ignore[union-attr]
@@ -693,18 +724,27 @@ class OTFRun:
             if walker.step % s.snapshot_every == 0:
                 walker.snapshot = walker._take_snapshot()
                 walker.rollbacks_in_a_row = 0
+            walker.consider(prediction)
+            since_call = walker.step - walker.last_call
             with self._lock:
                 self.calibration.observe_step(u)
                 self.progress.md_steps += 1
+                audit = False
                 if s.label_every is not None:
-                    due = walker.step % s.label_every == 0
+                    doubt = walker.step % s.label_every == 0
                 else:
-                    due = u > self.calibration.threshold
-                    self.progress.quiet_steps = 0 if due else self.progress.quiet_steps + 1
-                    due = due and walker.step - walker.last_call >= s.min_steps_between_calls
-                    due = due or (s.audit_every > 0 and walker.step % s.audit_every == 0)
-            if due and self.calling:
-                walker.last_call = walker.step
+                    above = u > self.calibration.threshold
+                    if above:
+                        self.progress.quiet_steps = 0
+                    elif not walker.spec.ramping(walker.step):
+                        self.progress.quiet_steps += 1
+                    doubt = above and since_call >= s.min_steps_between_calls
+                    audit = s.audit_every > 0 and since_call >= s.audit_every
+            if (doubt or audit) and self.calling:
+                pause = walker.least_sure if audit and not doubt else None
+                walker.called()
+                if pause is not None:
+                    return pause
                 return Pause(walker.spec.name, walker.step, "uncertain", walker.atoms.copy(), prediction)
         return Pause(walker.spec.name, walker.step, "finished")
 
@@ -798,14 +838,23 @@ class OTFRun:
             reused=reused,
         )
 
-    def retrain(self) -> int:
-        """Warm-start the committee on every labelled frame (from scratch the first time)."""
+    def retrain(self, from_scratch: bool = False) -> int:
+        """Warm-start the committee on every labelled frame (from scratch the first time or when asked)."""
         frames = self.frames()
-        self.committee.fit(frames)
+        self.committee.fit(frames, from_scratch=from_scratch)
         self.progress.retrains += 1
         for walker in self.walkers:
             walker.refresh()
         return len(frames)
+
+    @property
+    def final_fit_due(self) -> bool:
+        """Whether the committee should now be refitted from scratch (``final_fit``): the loop
+        has stopped calling or every walker has finished, and frames came in since the last such fit."""
+        if not self.settings.final_fit or (self.calling and not all(w.finished for w in self.walkers)):
+            return False
+        done = self.ledger.status_counts(self.id).get("done", 0)
+        return done > 0 and self.progress.final_fit_frames != done
 
     def checkpoint(self) -> Path:
         """Write MD states, the committee and the calibration; atomic (``state.json`` last)."""
@@ -856,9 +905,16 @@ class OTFRun:
             started: ``time.perf_counter()`` when the round began.
         """
         new = [label for label in labels if label.failure is None]
-        size = self.retrain() if new or not self.committee.fitted else len(self.frames())
         self.calibration.update()
         self.check_stopping()
+        if self.final_fit_due:
+            size = self.retrain(from_scratch=True)
+            self.progress.final_fit_frames = size
+            log.info("%s: final fit, from scratch on %d frames", self.name, size)
+        elif new or not self.committee.fitted:
+            size = self.retrain()
+        else:
+            size = len(self.frames())
         self.progress.round += 1
         self.checkpoint()
         maes = [label.mae for label in labels if label.mae is not None]
@@ -906,6 +962,7 @@ class OTFRun:
             rollbacks=sum(w.rollbacks for w in self.walkers),
             stopped_calling=self.progress.stopped_calling,
             stopped_calling_at_step=self.progress.stopped_calling_at_step,
+            final_fit_frames=self.progress.final_fit_frames,
             resumed_from_steps=self.resumed_from,
             lost_walkers=[w.spec.name for w in self.walkers if w.lost],
             seconds=time.perf_counter() - self._started,

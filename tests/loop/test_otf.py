@@ -182,6 +182,70 @@ def test_colliding_atoms_roll_the_walker_back_with_a_clear_log_line_and_the_fram
     assert labels[0].failure is None and labels[0].error is not None, "learnt from, with its error measured"
 
 
+def test_an_audit_labels_the_frame_the_committee_was_least_sure_of(tmp_path: Path) -> None:
+    never_doubts = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 15}
+    run = make_run(tmp_path, FlakyEMT(), steps=40, **never_doubts)
+    try:
+        run.close_round(run.initial_labels(), 0.0)
+        walker = run.walkers[0]
+        pause = run.advance(walker)
+        uncertainties = list(run.calibration.recent)  # one per step of this walker
+        assert pause.kind == "uncertain" and walker.step == 15, "audited after 15 steps without a call"
+        assert len(uncertainties) == 15
+        assert pause.uncertainty == max(uncertainties)
+        assert pause.step == 1 + int(np.argmax(uncertainties)), "the least sure frame, not the current one"
+        assert pause.atoms is not None and pause.prediction is not None
+        labels = run.label([pause])
+        assert labels[0].step == pause.step and labels[0].error is not None
+        assert walker.last_call == 15 and walker.least_sure is None, "a new stretch begins"
+    finally:
+        run.committee.close()
+
+
+def test_steps_on_a_temperature_ramp_are_not_quiet(tmp_path: Path) -> None:
+    never_doubts = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 0}
+    run = make_run(tmp_path, FlakyEMT(), steps=40, stop_after_calls=1, stop_quiet_steps=30, **never_doubts)
+    try:
+        run.close_round(run.initial_labels(), 0.0)
+        heating, steady = run.walkers  # 300 -> 900 K, and 600 K throughout
+        run.progress.calls_within_tolerance = 1
+        assert run.advance(heating).kind == "finished"
+        assert run.progress.quiet_steps == 2, "only its last two steps, at 900 K, count"
+        assert run.check_stopping() is None
+        assert run.advance(steady).kind == "finished"
+        assert run.progress.quiet_steps == 42
+        assert run.check_stopping() is not None and "42 steps" in (run.progress.stopped_calling or "")
+    finally:
+        run.committee.close()
+
+
+@pytest.mark.parametrize("final_fit", [True, False])
+def test_once_calling_stops_the_committee_is_refitted_from_scratch_on_every_frame(
+    tmp_path: Path, final_fit: bool
+) -> None:
+    run = make_run(tmp_path, FlakyEMT(), steps=30, max_oracle_calls=7, final_fit=final_fit)
+    fits: list[tuple[int, bool]] = []
+    fit = run.committee.fit
+
+    def recording_fit(frames: list, from_scratch: bool = False) -> MLIPCommittee:
+        fits.append((len(frames), from_scratch))
+        return fit(frames, from_scratch=from_scratch)
+
+    run.committee.fit = recording_fit  # type: ignore[method-assign]
+    try:
+        report = run.run()
+    finally:
+        run.committee.close()
+    size = report.dataset_size
+    assert report.oracle_calls == size >= 7, "the budget ran out (both walkers' last frames count)"
+    scratch = [n for n, from_scratch in fits if from_scratch]
+    if final_fit:
+        assert scratch == [size] and report.final_fit_frames == size
+        assert fits[-1] == (size, True), "no warm fit after the final one: nothing new came in"
+    else:
+        assert scratch == [] and report.final_fit_frames is None
+
+
 def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating_oracle_calls(
     tmp_path: Path,
 ) -> None:
