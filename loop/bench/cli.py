@@ -284,6 +284,13 @@ def otf_command(
             "--workdir", help="Keep each variant's ledger and runs in DIR/<variant> [default: temp]."
         ),
     ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option("--seeds", min=1, help="Runs of the protocol, each with its seeds shifted by one."),
+    ] = 1,
+    seed_offset: Annotated[
+        int, typer.Option("--seed-offset", min=0, help="Shift of the first run's seeds.")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
 ) -> None:
@@ -311,31 +318,64 @@ def otf_command(
                 err=True,
             )
 
+    options: dict[str, Any] = dict(
+        steps=steps, variants=chosen, label_every=label_every, on_variant=variant_done, on_round=round_done
+    )
     try:
         with otf.stdout_to_stderr():  # mace-torch prints on import, in the training workers too
-            result = otf.run_otf_benchmark(
-                config, workdir, steps, chosen, label_every, on_variant=variant_done, on_round=round_done
-            )
+            if seeds == 1:
+                result = otf.run_otf_benchmark(config, workdir, seed_offset=seed_offset, **options)
+            else:
+                offsets = range(seed_offset, seed_offset + seeds)
+                result = otf.run_otf_seeds(config, offsets, workdir, **options)
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from err
-    options = [f"--config {config}"]
-    options += [f"--{k} {v}" for k, v in (("steps", steps), ("variants", variants)) if v is not None]
-    options += [f"--label-every {label_every}"] if label_every is not None else []
-    result["command"] = " ".join(["alloop bench otf", *options, *(["--json"] if as_json else [])])
+    flags = [f"--config {config}"]
+    flags += [f"--{k} {v}" for k, v in (("steps", steps), ("variants", variants)) if v is not None]
+    flags += [f"--label-every {label_every}"] if label_every is not None else []
+    flags += [f"--seeds {seeds}"] if seeds != 1 else []
+    flags += [f"--seed-offset {seed_offset}"] if seed_offset else []
+    result["command"] = " ".join(["alloop bench otf", *flags, *(["--json"] if as_json else [])])
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
+    if seeds != 1:
+        _print_otf_seeds(result["summary"], config)
+        return
     table = Table(title=f"on-the-fly training: {config}")
-    columns = ("variant", "oracle calls", "oracle/steps", "force RMSE eV/Å", "energy MAE eV/atom")
+    columns = ("variant", "oracle calls", "oracle/steps", "force RMSE eV/Å", "in the run")
+    columns += ("energy MAE eV/atom",)
     for column in (*columns, "miss rate", "RDF diff", "wall s"):
         table.add_column(column, justify="right")
     for name, v in result["variants"].items():
-        keys = ("oracle_calls", "oracle_step_fraction", "force_rmse_ev_per_a", "energy_mae_ev_per_atom")
-        keys += ("miss_rate", "rdf_difference", "wall_s")
-        table.add_row(name, *(_fmt(v[k]) for k in keys))
+        keys = ("oracle_calls", "oracle_step_fraction", "force_rmse_ev_per_a", "in_run_force_rmse_ev_per_a")
+        keys += ("energy_mae_ev_per_atom", "miss_rate", "rdf_difference", "wall_s")
+        table.add_row(name, *(_fmt(v.get(k)) for k in keys))
     Console().print(table)
     Console().print(f"RDF noise floor (oracle replica, other seeds): {_fmt(result['rdf_noise_floor'])}")
     for criterion, holds in result["acceptance"].items():
+        Console().print(f"{criterion}: {'n/a' if holds is None else holds}")
+
+
+def _print_otf_seeds(summary: dict[str, Any], config: Path) -> None:
+    """Means (± standard deviation) over the runs of `alloop bench otf --seeds N`."""
+    table = Table(title=f"on-the-fly training: {config}, {summary['runs']} seeds (mean ± sd)")
+    keys = ("oracle_calls", "force_rmse_ev_per_a", "in_run_force_rmse_ev_per_a", "energy_mae_ev_per_atom")
+    keys += ("miss_rate", "rdf_difference")
+    for column in ("variant", *keys):
+        table.add_column(column, justify="right")
+    for name, figures in summary["variants"].items():
+        cells = [f"{_fmt(f['mean'])} ± {_fmt(f['std'])}" if (f := figures.get(k)) else "" for k in keys]
+        table.add_row(name, *cells)
+    Console().print(table)
+    for baseline, c in summary["calibrated_against"].items():
+        Console().print(
+            f"calibrated vs {baseline}: lower force RMSE in {c['wins']} of {c['runs']} runs "
+            f"(mean difference {_fmt(c['mean_rmse_difference_ev_per_a'])} eV/Å), in the run "
+            f"{c['in_run_wins']} of {c['runs']} ({_fmt(c['in_run_mean_rmse_difference_ev_per_a'])} eV/Å); "
+            f"never more calls: {c['never_more_calls']}"
+        )
+    for criterion, holds in summary["acceptance"].items():
         Console().print(f"{criterion}: {'n/a' if holds is None else holds}")
 
 

@@ -38,7 +38,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +49,7 @@ from ase.calculators.calculator import BaseCalculator
 
 from loop.errors import ConfigError
 from loop.ledger import Ledger
-from loop.otf import OTFReport, OTFRun, OTFSettings, Pause, RoundReport, Walker, WalkerSpec
+from loop.otf import OTFSettings, RoundReport, Walker, WalkerSpec
 from loop.otf_config import OTFConfig, build_otf_run, load_otf_config
 from surrogates.mlip import Frame, MLIPCommittee, force_error
 
@@ -111,24 +110,34 @@ class MissCheck:
 
 @dataclass
 class _Trajectory:
-    """What a variant's walkers went through: frames for the RDF, held-out frames, checks."""
+    """What a variant's walkers went through: frames for the RDF, held-out frames, checks.
+
+    With ``reference`` (the ground truth's held-out frames), each one is also predicted by the
+    committee that drives the same walker at the same step (``in_run``): how good the potential
+    the MD ran on was, there and then, rather than the run's final potential.
+    """
 
     calculator: Callable[[], BaseCalculator]
     tolerance_ev_per_a: float = math.inf
     check: bool = False
     hold_out: bool = False
+    reference: dict[str, Frame] = field(default_factory=dict)
     rdf_frames: list[Atoms] = field(default_factory=list)
     held_out: list[Frame] = field(default_factory=list)
     checks: list[MissCheck] = field(default_factory=list)
+    in_run: list[tuple[np.ndarray, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, walker: Walker) -> None:
         """Record ``walker``'s current frame (called by :class:`_ObservedWalker`; thread-safe)."""
         atoms, step = walker.atoms, walker.step
         frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        held_out = check = None
+        held_out = check = in_run = None
+        key = f"{walker.spec.name}:{step}"
         if self.hold_out and step % HELD_OUT_EVERY == 0:
-            held_out = Frame.from_atoms(frame, atoms.get_potential_energy(), atoms.get_forces())
+            held_out = Frame.from_atoms(frame, atoms.get_potential_energy(), atoms.get_forces(), id=key)
+        if key in self.reference:
+            in_run = _errors(atoms.calc.committee, self.reference[key])  # type: ignore[union-attr]
         if self.check and step % CHECK_EVERY == 0:
             frame.calc = self.calculator()
             predicted, true = atoms.get_forces(), frame.get_forces()
@@ -143,14 +152,13 @@ class _Trajectory:
                 self.held_out.append(held_out)
             if check is not None:
                 self.checks.append(check)
+            if in_run is not None:
+                self.in_run.append(in_run)
 
-    def mark_called(self, pause: Pause) -> None:
-        """The loop paused ``pause``'s walker to call the oracle: its check there (if any) was no miss."""
-        with self._lock:
-            for check in reversed(self.checks):
-                if check.walker == pause.walker:
-                    check.called = check.called or check.step == pause.step
-                    return
+    def mark_called(self, labelled: set[tuple[str, int]]) -> None:
+        """The loop sent these (walker, step) frames to the oracle: checks there were no misses."""
+        for check in self.checks:
+            check.called = (check.walker, check.step) in labelled
 
     @property
     def misses(self) -> int:
@@ -321,7 +329,10 @@ def run_committee_variant(
     folder.mkdir(parents=True)
     config = relocated(config, folder)
     trajectory = _Trajectory(
-        oracle_calculator(config, folder / "checks"), config.otf.tolerance_ev_per_a, check=True
+        oracle_calculator(config, folder / "checks"),
+        config.otf.tolerance_ev_per_a,
+        check=True,
+        reference={frame.id: frame for frame in truth.held_out},
     )
     rounds: list[str] = ["round,md_steps,oracle_calls,threshold_ev_per_a,dataset_size,seconds"]
 
@@ -339,9 +350,13 @@ def run_committee_variant(
             run.walkers = [
                 _ObservedWalker(w.spec, run.start, run.committee, trajectory.observe) for w in run.walkers
             ]
-            report = _drive(run, trajectory)
+            report = run.run()
             wall = time.perf_counter() - started
+            trajectory.mark_called(
+                {(str(e.params["walker"]), int(e.params["step"])) for e in ledger.evaluations(run.id)}
+            )
             force_rmse, energy_mae = held_out_errors(run.committee, truth.held_out)
+            in_run_rmse, in_run_mae = _summarize_errors(trajectory.in_run)
         finally:
             run.committee.close()
             run.oracle.close()
@@ -359,6 +374,8 @@ def run_committee_variant(
         "oracle_step_fraction": report.oracle_step_fraction,
         "force_rmse_ev_per_a": force_rmse,
         "energy_mae_ev_per_atom": energy_mae,
+        "in_run_force_rmse_ev_per_a": in_run_rmse,
+        "in_run_energy_mae_ev_per_atom": in_run_mae,
         "miss_rate": trajectory.misses / checks if checks else None,
         "misses": trajectory.misses,
         "miss_checks": checks,
@@ -380,33 +397,28 @@ def run_committee_variant(
     }
 
 
-def _drive(run: OTFRun, trajectory: _Trajectory) -> OTFReport:
-    """:meth:`OTFRun.run`, stage by stage, telling ``trajectory`` which steps called the oracle."""
-    if not run.committee.fitted:
-        run.close_round(run.initial_labels(), time.perf_counter())
-    with ThreadPoolExecutor(max_workers=len(run.walkers), thread_name_prefix="walker") as pool:
-        while active := [w for w in run.walkers if not w.finished]:
-            started = time.perf_counter()
-            pauses = list(pool.map(run.advance, active))
-            uncertain = [p for p in pauses if p.kind == "uncertain"]
-            for pause in uncertain:
-                trajectory.mark_called(pause)
-            run.close_round(run.label(uncertain), started)
-    return run.report()
-
-
 def held_out_errors(committee: MLIPCommittee, frames: Sequence[Frame]) -> tuple[float, float]:
     """The committee's mean-prediction errors on labelled frames.
 
     Returns:
         Force RMSE over every component (eV/Å) and energy MAE per atom (eV/atom).
     """
-    force_errors, energy_errors = [], []
-    for frame in frames:
-        prediction = committee.predict(frame.atoms())
-        force_errors.append((prediction.forces.mean(axis=0) - frame.forces).reshape(-1))
-        energy_errors.append(abs(float(prediction.energy.mean()) - frame.energy) / len(frame.numbers))
-    return float(np.sqrt(np.mean(np.concatenate(force_errors) ** 2))), float(np.mean(energy_errors))
+    return _summarize_errors([_errors(committee, frame) for frame in frames])
+
+
+def _errors(committee: MLIPCommittee, frame: Frame) -> tuple[np.ndarray, float]:
+    """The committee's mean-prediction force errors (every component) and energy error per atom."""
+    prediction = committee.predict(frame.atoms())
+    forces = (prediction.forces.mean(axis=0) - frame.forces).reshape(-1)
+    return forces, abs(float(prediction.energy.mean()) - frame.energy) / len(frame.numbers)
+
+
+def _summarize_errors(errors: Sequence[tuple[np.ndarray, float]]) -> tuple[float, float]:
+    """Force RMSE over every component and mean energy error per atom (NaN when empty)."""
+    if not errors:
+        return math.nan, math.nan
+    forces = np.concatenate([f for f, _ in errors])
+    return float(np.sqrt(np.mean(forces**2))), float(np.mean([e for _, e in errors]))
 
 
 # --- the benchmark -----------------------------------------------------------------------------
@@ -415,19 +427,17 @@ def held_out_errors(committee: MLIPCommittee, frames: Sequence[Frame]) -> tuple[
 def acceptance(variants: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
     """The issue's acceptance criteria on the calibrated loop (``None``: a variant it needs is missing).
 
-    ``beats_fixed_threshold`` / ``beats_every_kth``: a lower held-out force RMSE than that
-    baseline with at most its oracle calls; ``beats_baselines``: both.
+    ``beats_fixed_threshold`` / ``beats_every_kth``: a lower held-out force RMSE of the final
+    potential than that baseline with at most its oracle calls; ``beats_baselines``: both;
+    ``..._in_run``: the same for the potential that drove the MD (``in_run_force_rmse_ev_per_a``).
     """
     b = variants.get("calibrated")
 
-    def beats(name: str) -> bool | None:
+    def beats(name: str, key: str = "force_rmse_ev_per_a") -> bool | None:
         other = variants.get(name)
         if b is None or other is None:
             return None
-        return bool(
-            b["force_rmse_ev_per_a"] < other["force_rmse_ev_per_a"]
-            and b["oracle_calls"] <= other["oracle_calls"]
-        )
+        return bool(b[key] < other[key] and b["oracle_calls"] <= other["oracle_calls"])
 
     fixed, kth = beats("fixed_threshold"), beats("every_kth")
     return {
@@ -437,6 +447,8 @@ def acceptance(variants: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
         "beats_fixed_threshold": fixed,
         "beats_every_kth": kth,
         "beats_baselines": None if fixed is None or kth is None else fixed and kth,
+        "beats_fixed_threshold_in_run": beats("fixed_threshold", "in_run_force_rmse_ev_per_a"),
+        "beats_every_kth_in_run": beats("every_kth", "in_run_force_rmse_ev_per_a"),
     }
 
 
@@ -448,6 +460,7 @@ def run_otf_benchmark(
     label_every: int | None = None,
     on_variant: Callable[[str, dict[str, Any]], None] | None = None,
     on_round: Callable[[str, RoundReport], None] | None = None,
+    seed_offset: int = 0,
 ) -> dict[str, Any]:
     """Run the benchmark; see the module docstring.
 
@@ -462,6 +475,8 @@ def run_otf_benchmark(
         label_every: k of ``every_kth`` (default: matched to ``calibrated``'s calls, which must then run).
         on_variant: Called with each variant's name and numbers as it finishes.
         on_round: Called with a variant's name and each of its rounds' reports.
+        seed_offset: Added to every walker's seed and to the committee's (another draw of the
+            same protocol; :func:`run_otf_seeds` runs several).
 
     Returns:
         ``variants`` (one object per variant with ``oracle_calls``, ``oracle_step_fraction``,
@@ -479,10 +494,13 @@ def run_otf_benchmark(
     if "every_kth" in variants and label_every is None and "calibrated" not in variants:
         raise ConfigError("every_kth needs the calibrated variant's oracle calls, or label_every")
     config = load_otf_config(config_path)
-    if steps is not None:
-        config = dataclasses.replace(
-            config, walkers=tuple(dataclasses.replace(w, steps=steps) for w in config.walkers)
-        )
+    config = dataclasses.replace(
+        config,
+        walkers=tuple(
+            dataclasses.replace(w, steps=steps or w.steps, seed=w.seed + seed_offset) for w in config.walkers
+        ),
+        committee=dataclasses.replace(config.committee, seed=config.committee.seed + seed_offset),
+    )
     with tempfile.TemporaryDirectory(prefix="alloop-bench-otf-") as scratch:
         root = Path(workdir) if workdir is not None else Path(scratch)
         for name in variants:
@@ -497,6 +515,8 @@ def run_otf_benchmark(
                 "oracle_step_fraction": 1.0,
                 "force_rmse_ev_per_a": 0.0,
                 "energy_mae_ev_per_atom": 0.0,
+                "in_run_force_rmse_ev_per_a": 0.0,
+                "in_run_energy_mae_ev_per_atom": 0.0,
                 "miss_rate": 0.0,
                 "rdf_difference": 0.0,
                 "wall_s": truth.wall_s,
@@ -544,6 +564,7 @@ def run_otf_benchmark(
         "acceptance": acceptance(results),
         "protocol": {
             "config": str(config_path),
+            "seed_offset": seed_offset,
             "walkers": [dataclasses.asdict(w) for w in config.walkers],
             "atoms": len(config.start()),
             "tolerance_ev_per_a": base.tolerance_ev_per_a,
@@ -557,6 +578,118 @@ def run_otf_benchmark(
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}",
         "versions": _versions(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_otf_seeds(
+    config_path: str | Path,
+    seed_offsets: Sequence[int],
+    workdir: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The benchmark once per seed offset (walker and committee seeds), and what the runs say together.
+
+    One run ranks the variants by chance as much as by merit: the committee's training and the
+    walkers' noise move a force RMSE by as much as the variants differ. See :func:`summarize_seeds`.
+
+    Args:
+        config_path: An on-the-fly TOML file.
+        seed_offsets: One run per offset (``0`` is the config as it is).
+        workdir: Each run goes to ``<workdir>/seed-<offset>`` (default: temporary folders).
+        **options: Passed to :func:`run_otf_benchmark`.
+
+    Returns:
+        ``runs`` (each :func:`run_otf_benchmark`'s result) and ``summary``.
+    """
+    if not seed_offsets or len(set(seed_offsets)) != len(seed_offsets):
+        raise ConfigError(f"seed offsets must be distinct and at least one, got {list(seed_offsets)}")
+    runs = [
+        run_otf_benchmark(
+            config_path,
+            None if workdir is None else Path(workdir) / f"seed-{offset}",
+            seed_offset=offset,
+            **options,
+        )
+        for offset in seed_offsets
+    ]
+    return {"runs": runs, "summary": summarize_seeds(runs)}
+
+
+def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant, the mean and spread of each figure over runs of :func:`run_otf_benchmark`;
+    and for the calibrated loop against each baseline, in how many runs it had the lower force
+    RMSE at no more oracle calls, and the mean of the per-run RMSE differences.
+
+    ``acceptance`` holds the issue's criteria on the means (calls, RMSE, miss rate) and, for
+    ``beats_*``, on the runs: lower mean RMSE, at no more calls in every run.
+    """
+    if not runs:
+        raise ValueError("no runs to summarize")
+    keys = ("oracle_calls", "oracle_step_fraction", "force_rmse_ev_per_a", "energy_mae_ev_per_atom")
+    keys += ("in_run_force_rmse_ev_per_a", "miss_rate", "rdf_difference", "wall_s")
+    variants: dict[str, dict[str, Any]] = {}
+    for name in VARIANTS:
+        present = [r["variants"][name] for r in runs if name in r["variants"]]
+        if not present:
+            continue
+        variants[name] = {
+            key: {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "values": values,
+            }
+            for key in keys
+            if (values := [float(v[key]) for v in present if v.get(key) is not None])
+        }
+    comparisons: dict[str, dict[str, Any]] = {}
+    for baseline in ("fixed_threshold", "every_kth"):
+        pairs = [
+            (r["variants"]["calibrated"], r["variants"][baseline])
+            for r in runs
+            if "calibrated" in r["variants"] and baseline in r["variants"]
+        ]
+        if not pairs:
+            continue
+        comparisons[baseline] = {
+            "runs": len(pairs),
+            "never_more_calls": all(b["oracle_calls"] <= o["oracle_calls"] for b, o in pairs),
+        }
+        for prefix, key in (("", "force_rmse_ev_per_a"), ("in_run_", "in_run_force_rmse_ev_per_a")):
+            differences = [b[key] - o[key] for b, o in pairs if key in b and key in o]
+            mean_difference = float(np.mean(differences)) if differences else None
+            comparisons[baseline] |= {
+                f"{prefix}wins": sum(d < 0 for d in differences),
+                f"{prefix}mean_rmse_difference_ev_per_a": mean_difference,
+                f"{prefix}rmse_differences_ev_per_a": differences,
+            }
+    b = variants.get("calibrated", {})
+
+    def mean(key: str) -> float | None:
+        return b[key]["mean"] if key in b else None
+
+    def beats(name: str, prefix: str = "") -> bool | None:
+        c = comparisons.get(name)
+        difference = None if c is None else c[f"{prefix}mean_rmse_difference_ev_per_a"]
+        return None if difference is None else bool(difference < 0 and c["never_more_calls"])
+
+    fraction, rmse, miss = mean("oracle_step_fraction"), mean("force_rmse_ev_per_a"), mean("miss_rate")
+    fixed, kth = beats("fixed_threshold"), beats("every_kth")
+    fixed_in_run, kth_in_run = beats("fixed_threshold", "in_run_"), beats("every_kth", "in_run_")
+    return {
+        "runs": len(runs),
+        "seed_offsets": [r.get("protocol", {}).get("seed_offset") for r in runs],
+        "variants": variants,
+        "calibrated_against": comparisons,
+        "acceptance": {
+            "oracle_step_fraction_at_most_2pct": None if fraction is None else fraction <= 0.02,
+            "force_rmse_at_most_0.1_ev_per_a": None if rmse is None else rmse <= 0.1,
+            "miss_rate_at_most_2pct": None if miss is None else miss <= 0.02,
+            "beats_fixed_threshold": fixed,
+            "beats_every_kth": kth,
+            "beats_baselines": None if fixed is None or kth is None else fixed and kth,
+            "beats_fixed_threshold_in_run": fixed_in_run,
+            "beats_every_kth_in_run": kth_in_run,
+        },
     }
 
 

@@ -18,6 +18,7 @@ from loop.bench.otf import (
     every_kth_interval,
     radial_distribution,
     rdf_difference,
+    summarize_seeds,
 )
 from loop.otf import WalkerSpec
 
@@ -72,6 +73,7 @@ def test_bench_otf_runs_every_variant(tiny_config: Path, tmp_path: Path) -> None
     assert list(variants) == list(VARIANTS)
     keys = ("oracle_calls", "oracle_step_fraction", "force_rmse_ev_per_a", "energy_mae_ev_per_atom")
     keys += ("miss_rate", "rdf_difference", "wall_s", "md_steps", "threshold", "stopped_calling_at_step")
+    keys += ("in_run_force_rmse_ev_per_a", "in_run_energy_mae_ev_per_atom")
     for name, numbers in variants.items():
         assert set(keys) <= set(numbers), name
         assert numbers["md_steps"] >= STEPS
@@ -91,6 +93,11 @@ def test_bench_otf_runs_every_variant(tiny_config: Path, tmp_path: Path) -> None
         assert [int(row.split(",")[1]) for row in rows] == list(range(CHECK_EVERY, STEPS + 1, CHECK_EVERY))
         assert 0 <= numbers["miss_rate"] <= 1 and numbers["misses"] <= numbers["miss_checks"]
         assert numbers["force_rmse_ev_per_a"] > 0 and numbers["energy_mae_ev_per_atom"] > 0
+        assert numbers["in_run_force_rmse_ev_per_a"] > 0 and numbers["in_run_energy_mae_ev_per_atom"] > 0
+        called = [row for row in rows if row.endswith(",1")]
+        assert len(called) <= numbers["oracle_calls"], (
+            "a check is marked called only if its step was labelled"
+        )
         assert numbers["oracle_step_fraction"] == pytest.approx(numbers["oracle_calls"] / numbers["md_steps"])
     assert set(report["acceptance"]) >= {"oracle_step_fraction_at_most_2pct", "beats_baselines"}
     assert report["rdf_noise_floor"] > 0
@@ -98,6 +105,55 @@ def test_bench_otf_runs_every_variant(tiny_config: Path, tmp_path: Path) -> None
     assert (tmp_path / "bench" / "calibrated" / "otf.db").is_file()
     rounds = (tmp_path / "bench" / "calibrated" / "rounds.csv").read_text().splitlines()
     assert rounds[0].startswith("round,md_steps,oracle_calls,threshold") and len(rounds) > 1
+
+
+def _run(offset: int, rmse: dict[str, float], in_run: dict[str, float], calls: int = 20) -> dict:
+    return {
+        "protocol": {"seed_offset": offset},
+        "variants": {
+            name: {
+                "oracle_calls": calls,
+                "oracle_step_fraction": calls / 2000,
+                "force_rmse_ev_per_a": rmse[name],
+                "in_run_force_rmse_ev_per_a": in_run[name],
+                "energy_mae_ev_per_atom": 0.001,
+                "miss_rate": 0.0,
+                "rdf_difference": 0.02,
+                "wall_s": 100.0,
+            }
+            for name in rmse
+        },
+    }
+
+
+def test_summarize_seeds_counts_wins_and_judges_on_the_means() -> None:
+    runs = [
+        _run(0, {"calibrated": 0.020, "every_kth": 0.022}, {"calibrated": 0.03, "every_kth": 0.05}),
+        _run(1, {"calibrated": 0.021, "every_kth": 0.019}, {"calibrated": 0.03, "every_kth": 0.04}),
+        _run(2, {"calibrated": 0.020, "every_kth": 0.019}, {"calibrated": 0.04, "every_kth": 0.03}),
+    ]
+    summary = summarize_seeds(runs)
+    assert summary["runs"] == 3 and summary["seed_offsets"] == [0, 1, 2]
+    rmse = summary["variants"]["calibrated"]["force_rmse_ev_per_a"]
+    assert rmse["mean"] == pytest.approx(0.061 / 3) and rmse["values"] == [0.020, 0.021, 0.020]
+    versus = summary["calibrated_against"]["every_kth"]
+    assert versus["wins"] == 1 and versus["in_run_wins"] == 2 and versus["never_more_calls"]
+    assert versus["mean_rmse_difference_ev_per_a"] == pytest.approx(0.001 / 3)
+    assert versus["in_run_mean_rmse_difference_ev_per_a"] == pytest.approx(-0.02 / 3)
+    acceptance = summary["acceptance"]
+    assert acceptance["beats_every_kth"] is False and acceptance["beats_every_kth_in_run"] is True
+    assert acceptance["beats_fixed_threshold"] is None, "fixed_threshold did not run"
+    assert acceptance["oracle_step_fraction_at_most_2pct"] and acceptance["miss_rate_at_most_2pct"]
+    more_calls = [
+        runs[0],
+        _run(3, {"calibrated": 0.01, "every_kth": 0.02}, {"calibrated": 0.01, "every_kth": 0.02}, calls=30),
+    ]
+    more_calls[1]["variants"]["every_kth"]["oracle_calls"] = 25
+    assert summarize_seeds(more_calls)["acceptance"]["beats_every_kth"] is False, (
+        "more calls than the baseline"
+    )
+    with pytest.raises(ValueError, match="no runs"):
+        summarize_seeds([])
 
 
 def test_bench_otf_refuses_an_existing_variant_folder(tiny_config: Path, tmp_path: Path) -> None:
