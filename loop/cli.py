@@ -161,6 +161,7 @@ def otf(
     """Run (or resume) on-the-fly MD training: MD on an MLIP committee, the oracle when unsure."""
     from loop.otf import RoundReport
     from loop.otf_config import build_otf_run, load_otf_config
+    from loop.stdio import stdout_to_stderr
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -179,7 +180,8 @@ def otf(
 
     try:
         settings = load_otf_config(config)
-        with Ledger(settings.ledger_location) as ledger:
+        # mace-torch prints a notice on import, in the training workers too: keep --json's stdout clean
+        with Ledger(settings.ledger_location) as ledger, stdout_to_stderr():
             run = build_otf_run(settings, ledger, on_round=show)
             try:
                 report = run.run()
@@ -201,6 +203,8 @@ def otf(
         console.print(
             f"stopped calling the oracle at step {report.stopped_calling_at_step}: {report.stopped_calling}"
         )
+    if report.final_fit_frames is not None:
+        console.print(f"final fit: refitted from scratch on {report.final_fit_frames} frames")
 
 
 def _open_ledger(db: str) -> Ledger:

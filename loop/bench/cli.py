@@ -297,6 +297,7 @@ def otf_command(
     """On-the-fly MD training against the oracle alone, a fixed threshold and every-k-th-step labelling."""
     from loop.bench import otf
     from loop.errors import ConfigError
+    from loop.stdio import stdout_to_stderr
 
     picked = [] if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
     chosen = otf.VARIANTS if variants is None else ("ground_truth", *picked)
@@ -322,7 +323,7 @@ def otf_command(
         steps=steps, variants=chosen, label_every=label_every, on_variant=variant_done, on_round=round_done
     )
     try:
-        with otf.stdout_to_stderr():  # mace-torch prints on import, in the training workers too
+        with stdout_to_stderr():  # mace-torch prints on import, in the training workers too
             if seeds == 1:
                 result = otf.run_otf_benchmark(config, workdir, seed_offset=seed_offset, **options)
             else:

@@ -27,17 +27,15 @@ thermal noise alone gives.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -691,25 +689,6 @@ def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "beats_every_kth_in_run": kth_in_run,
         },
     }
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send what this process and the processes it starts write to stdout to stderr instead.
-
-    mace-torch prints a notice when imported, in every process that imports it (the committee's
-    training workers too); this keeps a JSON report on stdout clean.
-    """
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _versions() -> dict[str, str]:

@@ -328,3 +328,16 @@ def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating
         if e.status in ("done", "failed") and "interrupted" not in (e.error or "")
     )
     assert report.oracle_calls == len(evaluations)
+
+    # Run again from the command line: nothing is left to do, and --json's stdout is only the report
+    # (mace-torch's import notice goes to stderr).
+    again = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "otf", str(config), "--json"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    final = json.loads(again.stdout)
+    assert final["md_steps"] == report.md_steps and final["oracle_calls"] == report.oracle_calls
+    assert final["final_fit_frames"] == report.dataset_size
