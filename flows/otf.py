@@ -204,6 +204,8 @@ def summary_markdown(report: OTFReport, reports: Sequence[RoundReport], failures
             f"Stopped calling the oracle at step {report.stopped_calling_at_step}: {report.stopped_calling}.",
             "",
         ]
+    if report.final_fit_frames is not None:
+        lines += [f"Final fit: refitted from scratch on {report.final_fit_frames} frames.", ""]
     if report.lost_walkers:
         lines += [f"**Lost walkers:** {', '.join(report.lost_walkers)}.", ""]
     rows = round_rows(reports)

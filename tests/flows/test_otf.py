@@ -192,6 +192,8 @@ def test_flow_labels_retries_and_records_failures_once_and_publishes_each_round(
     (markdown,) = [a.data for a in by_key[summary]]
     assert f"{report.oracle_calls} oracle calls" in markdown and f"{len(failed)} failed" in markdown
     assert "calculator_error" in markdown
+    assert report.final_fit_frames == report.dataset_size, "refitted from scratch once the walkers finished"
+    assert f"Final fit: refitted from scratch on {report.dataset_size} frames" in markdown
 
     again = otf_md_flow(str(path), retries=1)  # the lock was released; nothing is left to do
     assert again.resumed_from_steps == {"w0": 40, "w1": 40}
