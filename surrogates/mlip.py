@@ -74,7 +74,11 @@ class MACESettings:
         correlation: Body order of the messages minus one.
         interactions: Message-passing layers.
         dtype: ``"float32"`` (fast) or ``"float64"``.
-        learning_rate: Adam's step size.
+        learning_rate: Adam's step size when training from scratch.
+        warm_learning_rate: Adam's step size when warm-starting. A fresh Adam's first steps move
+            every weight by about its step size, so the from-scratch rate would undo much of a
+            trained model at every retraining (replaying the frames of one on-the-fly run in order,
+            1e-3 instead of 5e-3 gave energy errors of 0.001-0.004 eV/atom instead of 0.012-0.040).
         batch_size: Frames per optimizer step.
         epochs: Passes over the data when training from scratch.
         warm_epochs: Passes over the whole (replayed) data when warm-starting.
@@ -92,6 +96,7 @@ class MACESettings:
     interactions: int = 2
     dtype: str = "float32"
     learning_rate: float = 5e-3
+    warm_learning_rate: float = 1e-3
     batch_size: int = 4
     epochs: int = 60
     warm_epochs: int = 2
@@ -108,6 +113,7 @@ class MACESettings:
             "correlation": self.correlation,
             "interactions": self.interactions,
             "learning_rate": self.learning_rate,
+            "warm_learning_rate": self.warm_learning_rate,
             "batch_size": self.batch_size,
             "epochs": self.epochs,
         }
@@ -372,7 +378,8 @@ def _train_member(
     rng = np.random.default_rng(seed + 7919 * len(frames))
     batches_per_epoch = math.ceil(len(weighted) / s.batch_size)
     epochs = max(epochs, math.ceil(s.min_steps / batches_per_epoch))
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.learning_rate, amsgrad=True)
+    rate = s.learning_rate if state is None else s.warm_learning_rate
+    optimizer = torch.optim.Adam(model.parameters(), lr=rate, amsgrad=True)
     use_stress = s.stress_weight > 0 and all(f.stress is not None for f in frames)
     model.train()
     loss_sum = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,22 @@ def test_warm_start_keeps_what_was_learnt_and_checkpoints_round_trip(
     assert np.abs(after.forces.mean(0) - before.forces.mean(0)).max() < 0.5
     with pytest.raises(SurrogateError, match="committee of 3"):
         MLIPCommittee(["Cu"], TINY, size=2).load(tmp_path / "c.pt")
+
+
+def test_a_warm_start_steps_at_the_warm_learning_rate(training: list[Frame]) -> None:
+    probe = rattled(0.05, seed=11)
+    moved = {}
+    for rate in (1e-9, 5e-3):
+        settings = replace(TINY, warm_learning_rate=rate, bootstrap=False)
+        with MLIPCommittee(["Cu"], settings, size=2, seed=0, workers=2) as members:
+            members.fit(training[:4])
+            before = members.predict(probe).forces
+            members.fit(training)  # warm: the same weights, two more frames, warm_epochs passes
+            moved[rate] = float(np.abs(members.predict(probe).forces - before).max())
+    assert moved[1e-9] < 1e-4, "a vanishing warm rate leaves the trained weights where they were"
+    assert moved[5e-3] > 100 * moved[1e-9] + 1e-3
+    with pytest.raises(ValueError, match="warm_learning_rate = 0"):
+        MACESettings(warm_learning_rate=0)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("chgnet") is None, reason="chgnet is not installed")
