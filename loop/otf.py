@@ -12,9 +12,9 @@ error, root mean square over atoms, of the committee *before* it learns the fram
 :func:`~surrogates.mlip.force_error`). Besides the frames it doubts, a walker that has not
 called the oracle for ``audit_every`` steps labels the frame it was least sure of in them: the
 calibration then also sees frames below the threshold (the one closest to it, where a miss is
-likeliest), and the committee learns the most informative frame of the stretch (uncertainty
-sampling, where labelling every k-th step would pick at random). The ratios ``e / u`` say how
-far the spread understates the error. The
+likeliest), and the committee learns the frame it doubted most in the stretch. (On the example
+that did no better than labelling every k-th step: ``benchmarks/RESULTS.md``.) The ratios
+``e / u`` say how far the spread understates the error. The
 miss rate of a threshold ``t`` — the share of steps whose error exceeds the tolerance without a
 call — is estimated over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u >
 tol/u_s))`` with ``P`` from the measured ratios; the threshold is the largest ``t`` whose

@@ -15,9 +15,11 @@ Each committee variant runs in its own folder, with its own ledger, oracle and c
 ``CHECK_EVERY``-th MD step its frame goes to the oracle's calculator directly (outside the oracle,
 not counted as a call): a *miss* is a checked step whose force error, measured as the loop measures
 it against its tolerance (:func:`~surrogates.mlip.force_error`), exceeds the tolerance while the loop
-did not call the oracle on it. At the end, the final committee's force
-RMSE (all components) and energy MAE (per atom) are measured on (a)'s held-out frames, and the RDF
-of its trajectory's second half is compared with (a)'s.
+did not call the oracle on it. At the end, the final committee's force RMSE (all components)
+and energy MAE (per atom) are measured on (a)'s held-out frames (with ``final_fit``, the
+potential refitted from scratch on the variant's frames), and the RDF of its trajectory's second
+half is compared with (a)'s. The *in-run* RMSE and MAE predict each held-out frame with the
+committee that drove the same walker at the same step: how good the potential the MD ran on was.
 
 The RDF difference is ``sum |g - g_a| / sum g_a`` over bins of ``RDF_BIN_A`` up to ``RDF_MAX_A``
 (every periodic image counts, so a small cell is fine); ``rdf_noise_floor`` is the same
@@ -598,6 +600,9 @@ def run_otf_seeds(
 
     Returns:
         ``runs`` (each :func:`run_otf_benchmark`'s result) and ``summary``.
+
+    Raises:
+        ConfigError: no offsets or a repeated one, or what :func:`run_otf_benchmark` raises.
     """
     if not seed_offsets or len(set(seed_offsets)) != len(seed_offsets):
         raise ConfigError(f"seed offsets must be distinct and at least one, got {list(seed_offsets)}")

@@ -18,8 +18,10 @@ from loop.bench.otf import (
     every_kth_interval,
     radial_distribution,
     rdf_difference,
+    run_otf_seeds,
     summarize_seeds,
 )
+from loop.errors import ConfigError
 from loop.otf import WalkerSpec
 
 STEPS = 60
@@ -154,6 +156,12 @@ def test_summarize_seeds_counts_wins_and_judges_on_the_means() -> None:
     )
     with pytest.raises(ValueError, match="no runs"):
         summarize_seeds([])
+
+
+def test_run_otf_seeds_refuses_repeated_or_no_offsets(tiny_config: Path) -> None:
+    for offsets in ([], [1, 1]):
+        with pytest.raises(ConfigError, match="seed offsets must be distinct"):
+            run_otf_seeds(tiny_config, offsets)
 
 
 def test_bench_otf_refuses_an_existing_variant_folder(tiny_config: Path, tmp_path: Path) -> None:
