@@ -118,7 +118,7 @@ def test_a_warm_start_steps_at_the_warm_learning_rate(training: list[Frame]) -> 
     probe = rattled(0.05, seed=11)
     moved = {}
     for rate in (1e-9, 5e-3):
-        settings = replace(TINY, warm_learning_rate=rate, bootstrap=False)
+        settings = replace(TINY, epochs=5, warm_learning_rate=rate, bootstrap=False)  # any trained state
         with MLIPCommittee(["Cu"], settings, size=2, seed=0, workers=2) as members:
             members.fit(training[:4])
             before = members.predict(probe).forces
