@@ -411,6 +411,12 @@ class Walker:
         self.step = snapshot.step
         self.dynamics = self._dynamics()
 
+    def md_step(self) -> None:
+        """One MD step at the ramp's target temperature for the current step."""
+        self._set_temperature(self.spec.temperature_at(self.step))
+        self.dynamics.run(1)
+        self.step += 1
+
     def refresh(self) -> None:
         """Forget cached forces (the committee changed)."""
         self.atoms.calc.reset()  # type: ignore[union-attr]
@@ -699,9 +705,7 @@ class OTFRun:
         """Run ``walker`` until its committee is unsure, it finishes, or it is lost."""
         s = self.settings
         while not walker.finished:
-            walker._set_temperature(walker.spec.temperature_at(walker.step))
-            walker.dynamics.run(1)
-            walker.step += 1
+            walker.md_step()
             problem = walker.guard(s)
             if problem is not None:
                 tripped, tripped_at = walker.atoms.copy(), walker.step

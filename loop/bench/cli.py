@@ -354,8 +354,7 @@ def otf_command(
         table.add_row(name, *(_fmt(v.get(k)) for k in keys))
     Console().print(table)
     Console().print(f"RDF noise floor (oracle replica, other seeds): {_fmt(result['rdf_noise_floor'])}")
-    for criterion, holds in result["acceptance"].items():
-        Console().print(f"{criterion}: {'n/a' if holds is None else holds}")
+    _print_acceptance(result["acceptance"])
 
 
 def _print_otf_seeds(summary: dict[str, Any], config: Path) -> None:
@@ -376,7 +375,11 @@ def _print_otf_seeds(summary: dict[str, Any], config: Path) -> None:
             f"{c['in_run_wins']} of {c['runs']} ({_fmt(c['in_run_mean_rmse_difference_ev_per_a'])} eV/Å); "
             f"never more calls: {c['never_more_calls']}"
         )
-    for criterion, holds in summary["acceptance"].items():
+    _print_acceptance(summary["acceptance"])
+
+
+def _print_acceptance(acceptance: dict[str, bool | None]) -> None:
+    for criterion, holds in acceptance.items():
         Console().print(f"{criterion}: {'n/a' if holds is None else holds}")
 
 

@@ -268,9 +268,7 @@ def run_ground_truth(config: OTFConfig, workdir: Path, seed_offset: int = 0) -> 
         walker = _ObservedWalker(spec, start, placeholder, trajectory.observe)
         walker.atoms.calc = calculator()
         while not walker.finished:  # OTFRun.advance without the committee
-            walker._set_temperature(spec.temperature_at(walker.step))
-            walker.dynamics.run(1)
-            walker.step += 1
+            walker.md_step()
             md_steps += 1
             problem = walker.guard(settings)
             if problem is not None:
@@ -431,24 +429,36 @@ def acceptance(variants: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
     potential than that baseline with at most its oracle calls; ``beats_baselines``: both;
     ``..._in_run``: the same for the potential that drove the MD (``in_run_force_rmse_ev_per_a``).
     """
-    b = variants.get("calibrated")
+    b = variants.get("calibrated") or {}
 
-    def beats(name: str, key: str = "force_rmse_ev_per_a") -> bool | None:
+    def beats(name: str, in_run: bool) -> bool | None:
         other = variants.get(name)
-        if b is None or other is None:
+        if not b or other is None:
             return None
+        key = "in_run_force_rmse_ev_per_a" if in_run else "force_rmse_ev_per_a"
         return bool(b[key] < other[key] and b["oracle_calls"] <= other["oracle_calls"])
 
-    fixed, kth = beats("fixed_threshold"), beats("every_kth")
+    return _criteria(b.get("oracle_step_fraction"), b.get("force_rmse_ev_per_a"), b.get("miss_rate"), beats)
+
+
+def _criteria(
+    fraction: float | None,
+    rmse: float | None,
+    miss: float | None,
+    beats: Callable[[str, bool], bool | None],
+) -> dict[str, bool | None]:
+    """The criteria from the calibrated loop's step fraction, force RMSE and miss rate, and
+    ``beats(baseline, in_run)``; ``None`` where a figure or a variant is missing."""
+    fixed, kth = beats("fixed_threshold", False), beats("every_kth", False)
     return {
-        "oracle_step_fraction_at_most_2pct": None if b is None else b["oracle_step_fraction"] <= 0.02,
-        "force_rmse_at_most_0.1_ev_per_a": None if b is None else b["force_rmse_ev_per_a"] <= 0.1,
-        "miss_rate_at_most_2pct": None if b is None or b["miss_rate"] is None else b["miss_rate"] <= 0.02,
+        "oracle_step_fraction_at_most_2pct": None if fraction is None else fraction <= 0.02,
+        "force_rmse_at_most_0.1_ev_per_a": None if rmse is None else rmse <= 0.1,
+        "miss_rate_at_most_2pct": None if miss is None else miss <= 0.02,
         "beats_fixed_threshold": fixed,
         "beats_every_kth": kth,
         "beats_baselines": None if fixed is None or kth is None else fixed and kth,
-        "beats_fixed_threshold_in_run": beats("fixed_threshold", "in_run_force_rmse_ev_per_a"),
-        "beats_every_kth_in_run": beats("every_kth", "in_run_force_rmse_ev_per_a"),
+        "beats_fixed_threshold_in_run": beats("fixed_threshold", True),
+        "beats_every_kth_in_run": beats("every_kth", True),
     }
 
 
@@ -670,29 +680,19 @@ def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def mean(key: str) -> float | None:
         return b[key]["mean"] if key in b else None
 
-    def beats(name: str, prefix: str = "") -> bool | None:
+    def beats(name: str, in_run: bool) -> bool | None:
         c = comparisons.get(name)
-        difference = None if c is None else c[f"{prefix}mean_rmse_difference_ev_per_a"]
+        difference = None if c is None else c[f"{'in_run_' if in_run else ''}mean_rmse_difference_ev_per_a"]
         return None if difference is None else bool(difference < 0 and c["never_more_calls"])
 
-    fraction, rmse, miss = mean("oracle_step_fraction"), mean("force_rmse_ev_per_a"), mean("miss_rate")
-    fixed, kth = beats("fixed_threshold"), beats("every_kth")
-    fixed_in_run, kth_in_run = beats("fixed_threshold", "in_run_"), beats("every_kth", "in_run_")
     return {
         "runs": len(runs),
         "seed_offsets": [r.get("protocol", {}).get("seed_offset") for r in runs],
         "variants": variants,
         "calibrated_against": comparisons,
-        "acceptance": {
-            "oracle_step_fraction_at_most_2pct": None if fraction is None else fraction <= 0.02,
-            "force_rmse_at_most_0.1_ev_per_a": None if rmse is None else rmse <= 0.1,
-            "miss_rate_at_most_2pct": None if miss is None else miss <= 0.02,
-            "beats_fixed_threshold": fixed,
-            "beats_every_kth": kth,
-            "beats_baselines": None if fixed is None or kth is None else fixed and kth,
-            "beats_fixed_threshold_in_run": fixed_in_run,
-            "beats_every_kth_in_run": kth_in_run,
-        },
+        "acceptance": _criteria(
+            mean("oracle_step_fraction"), mean("force_rmse_ev_per_a"), mean("miss_rate"), beats
+        ),
     }
 
 
