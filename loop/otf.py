@@ -9,11 +9,12 @@ and lets the walkers go on. The walkers of a round run concurrently and share on
 
 **Calibration.** Each oracle call measures the true error ``e`` of the frame it labels (force
 error, root mean square over atoms, of the committee *before* it learns the frame; see
-:func:`~surrogates.mlip.force_error`). Besides the frames it doubts, a walker that has not
-called the oracle for ``audit_every`` steps labels the frame it was least sure of in them: the
-calibration then also sees frames below the threshold (the one closest to it, where a miss is
-likeliest), and the committee learns the frame it doubted most in the stretch. (On the example
-that did no better than labelling every k-th step: ``benchmarks/RESULTS.md``.) The ratios
+:func:`~surrogates.mlip.force_error`). Besides the frames it doubts, a walker *audits*: it
+labels the frame it was least sure of since its last call once its steps since then add up to
+``audit_every``, each step counted as ``u / threshold`` (at most 1). The calibration then also
+sees frames below the threshold (the one closest to it, where a miss is likeliest), and the
+audits go where the committee is least sure: a walker near the threshold audits every
+``audit_every`` steps, one far below it (a cold walker beside a hot one) rarely. The ratios
 ``e / u`` say how far the spread understates the error. The
 miss rate of a threshold ``t`` — the share of steps whose error exceeds the tolerance without a
 call — is estimated over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u >
@@ -29,9 +30,10 @@ warning naming the atoms or the temperature, and the frame that tripped the guar
 
 **Stopping rule.** The loop stops calling the oracle once the last ``stop_after_calls`` calls
 all met the tolerance and no walker has been above the threshold for ``stop_quiet_steps``
-steps; the walkers finish on the committee alone and the report says when that happened. Steps
-of a walker still on its temperature ramp do not count as quiet: the committee is not declared
-good enough for conditions a walker has yet to reach (a heating run calls until it is hot).
+steps; the walkers finish on the committee alone and the report says when that happened. The
+committee is not declared good enough for conditions a walker has yet to reach: steps on a
+temperature ramp do not count as quiet, and the rule waits while any walker is still on its
+ramp (a heating run calls until it is hot, even beside a walker that went quiet long ago).
 
 **Final fit.** Warm starts follow the order the frames came in. Once the loop stops calling (or
 every walker has finished), the committee is refitted from scratch on every labelled frame
@@ -152,9 +154,10 @@ class OTFSettings:
         min_calibration_calls: Ratios needed before the threshold is calibrated.
         window_steps: Recent steps whose uncertainties the calibration weighs.
         label_every: Label every k-th step instead (a baseline; ignores the uncertainty).
-        audit_every: A walker that has not called the oracle for this many steps labels the
-            frame it was least sure of in them (0: never), so that the calibration also sees
-            frames below the threshold, not only those above it.
+        audit_every: A walker labels the frame it was least sure of since its last call once
+            its steps since then, each counted as uncertainty / threshold (at most 1), add up
+            to this (0: never). The calibration then also sees frames below the threshold, and
+            audits go where the committee is least sure.
         initial_frames: Rattled copies of each walker's start labelled before the first fit.
         initial_rattle_a: Their largest random displacement (Å, standard deviation); the
             copies are rattled at evenly spaced amplitudes up to it, so the first fit sees
@@ -179,7 +182,7 @@ class OTFSettings:
     min_calibration_calls: int = 5
     window_steps: int = 2000
     label_every: int | None = None
-    audit_every: int = 250
+    audit_every: float = 100.0
     initial_frames: int = 4
     initial_rattle_a: float = 0.05
     min_steps_between_calls: int = 10
@@ -347,6 +350,7 @@ class Walker:
         self.rollbacks_in_a_row = 0
         self.lost = False
         self.last_call = 0  # the step of this walker's last labelled frame (or its start)
+        self.doubt = 0.0  # steps since the last call, each weighted by uncertainty / threshold
         self.least_sure: Pause | None = None  # the frame it was least sure of since its last call
         self.rng = np.random.default_rng(spec.seed)
         thermalize_momenta(self.atoms, temperature_K=spec.temperature_at(0), rng=self.rng)
@@ -429,6 +433,7 @@ class Walker:
     def called(self) -> None:
         """The oracle labels a frame of this walker: a new stretch begins."""
         self.last_call = self.step
+        self.doubt = 0.0
         self.least_sure = None
 
     def guard(self, settings: OTFSettings) -> str | None:
@@ -482,6 +487,7 @@ class Walker:
             "rollbacks_in_a_row": self.rollbacks_in_a_row,
             "lost": self.lost,
             "last_call": self.last_call,
+            "doubt": self.doubt,
             "snapshot": {k: np.asarray(v).tolist() for k, v in asdict(self.snapshot).items()},
         }
 
@@ -491,6 +497,7 @@ class Walker:
         self.rollbacks_in_a_row = int(state["rollbacks_in_a_row"])
         self.lost = bool(state["lost"])
         self.last_call = int(state["last_call"])
+        self.doubt = float(state.get("doubt", 0.0))
         snapshot = state["snapshot"]
         self.snapshot = _Snapshot(
             int(snapshot["step"]),
@@ -743,7 +750,8 @@ class OTFRun:
                     elif not walker.spec.ramping(walker.step):
                         self.progress.quiet_steps += 1
                     doubt = above and since_call >= s.min_steps_between_calls
-                    audit = s.audit_every > 0 and since_call >= s.audit_every
+                    walker.doubt += min(u / self.calibration.threshold, 1.0)
+                    audit = s.audit_every > 0 and walker.doubt >= s.audit_every
             if (doubt or audit) and self.calling:
                 pause = walker.least_sure if audit and not doubt else None
                 walker.called()
@@ -889,6 +897,7 @@ class OTFRun:
             and s.label_every is None
             and p.calls_within_tolerance >= s.stop_after_calls
             and p.quiet_steps >= s.stop_quiet_steps
+            and not any(w.spec.ramping(w.step) for w in self.walkers if not w.finished)
         ):
             p.stopped_calling = (
                 f"the last {p.calls_within_tolerance} oracle calls met the tolerance of "

@@ -182,22 +182,25 @@ def test_colliding_atoms_roll_the_walker_back_with_a_clear_log_line_and_the_fram
     assert labels[0].failure is None and labels[0].error is not None, "learnt from, with its error measured"
 
 
-def test_an_audit_labels_the_frame_the_committee_was_least_sure_of(tmp_path: Path) -> None:
-    never_doubts = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 15}
-    run = make_run(tmp_path, FlakyEMT(), steps=40, **never_doubts)
+def test_an_audit_labels_the_least_sure_frame_once_the_weighted_steps_add_up(tmp_path: Path) -> None:
+    # The threshold is never reached; each step counts as uncertainty / threshold towards the audit.
+    never_doubts = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 0.1}
+    run = make_run(tmp_path, FlakyEMT(), steps=400, **never_doubts)
     try:
         run.close_round(run.initial_labels(), 0.0)
         walker = run.walkers[0]
         pause = run.advance(walker)
-        uncertainties = list(run.calibration.recent)  # one per step of this walker
-        assert pause.kind == "uncertain" and walker.step == 15, "audited after 15 steps without a call"
-        assert len(uncertainties) == 15
-        assert pause.uncertainty == max(uncertainties)
+        uncertainties = np.array(run.calibration.recent)  # one per step of this walker
+        weighted = np.cumsum(uncertainties / 10.0)
+        assert pause.kind == "uncertain" and walker.step == len(uncertainties) < 400
+        assert weighted[-1] >= 0.1 > weighted[-2], "audited on the step its weighted steps reached 0.1"
+        assert pause.uncertainty == uncertainties.max()
         assert pause.step == 1 + int(np.argmax(uncertainties)), "the least sure frame, not the current one"
         assert pause.atoms is not None and pause.prediction is not None
         labels = run.label([pause])
         assert labels[0].step == pause.step and labels[0].error is not None
-        assert walker.last_call == 15 and walker.least_sure is None, "a new stretch begins"
+        assert walker.last_call == walker.step and walker.least_sure is None, "a new stretch begins"
+        assert walker.doubt == 0.0
     finally:
         run.committee.close()
 
@@ -209,11 +212,11 @@ def test_steps_on_a_temperature_ramp_are_not_quiet(tmp_path: Path) -> None:
         run.close_round(run.initial_labels(), 0.0)
         heating, steady = run.walkers  # 300 -> 900 K, and 600 K throughout
         run.progress.calls_within_tolerance = 1
-        assert run.advance(heating).kind == "finished"
-        assert run.progress.quiet_steps == 2, "only its last two steps, at 900 K, count"
-        assert run.check_stopping() is None
         assert run.advance(steady).kind == "finished"
-        assert run.progress.quiet_steps == 42
+        assert run.progress.quiet_steps == 40
+        assert run.check_stopping() is None, "the heating walker has yet to reach 900 K"
+        assert run.advance(heating).kind == "finished"
+        assert run.progress.quiet_steps == 42, "only its last two steps, at 900 K, count"
         assert run.check_stopping() is not None and "42 steps" in (run.progress.stopped_calling or "")
     finally:
         run.committee.close()
