@@ -764,7 +764,8 @@ class OTFRun:
         """Label the paused frames with the oracle; every outcome goes to the ledger at once.
 
         Frames the ledger already holds (labelled before a restart) are reused, not sent again;
-        failures are recorded and skipped.
+        failures are recorded and skipped. Frames beyond ``max_oracle_calls`` (walkers that
+        paused together near the limit) are not labelled: the budget is a hard cap.
         """
         from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -789,6 +790,10 @@ class OTFRun:
                 labels[candidate.id] = self._label_from(pause, candidate.id, known[candidate.id], reused=True)
             else:
                 fresh.append(candidate)
+        if self.settings.max_oracle_calls is not None:
+            over = {c.id for c in fresh[max(self.settings.max_oracle_calls - self._calls(), 0) :]}
+            fresh = [c for c in fresh if c.id not in over]
+            candidates = [(p, c) for p, c in candidates if c.id not in over]
         if fresh:
             ids = self.ledger.propose(self.id, self.run_id, cycle, [Proposal(c) for c in fresh], "otf", None)
             evaluation_of = {c.id: i for c, i in zip(fresh, ids, strict=True)}

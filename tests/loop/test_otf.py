@@ -156,6 +156,21 @@ def test_an_oracle_failing_on_a_fifth_of_frames_does_not_stop_the_run(tmp_path: 
     assert report.retrains >= 2 and 0 < report.oracle_step_fraction < 1
 
 
+def test_walkers_pausing_together_never_exceed_the_oracle_budget(tmp_path: Path) -> None:
+    oracle = FlakyEMT()
+    run = make_run(tmp_path, oracle, steps=40, initial_frames=4, max_oracle_calls=5)
+    try:
+        run.close_round(run.initial_labels(), 0.0)
+        pauses = [run.advance(walker) for walker in run.walkers]
+        assert [p.kind for p in pauses] == ["uncertain", "uncertain"], "both walkers doubt a frame"
+        labels = run.label(pauses)
+    finally:
+        run.committee.close()
+    assert [label.walker for label in labels] == ["a"], "one call was left in the budget"
+    assert oracle.calls == len(run.ledger.evaluations(run.id)) == 5
+    assert not run.calling
+
+
 def test_colliding_atoms_roll_the_walker_back_with_a_clear_log_line_and_the_frame_is_labelled(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
