@@ -350,7 +350,7 @@ class Walker:
         self.rollbacks_in_a_row = 0
         self.lost = False
         self.last_call = 0  # the step of this walker's last labelled frame (or its start)
-        self.doubt = 0.0  # steps since the last call, each weighted by uncertainty / threshold
+        self.weighted_steps = 0.0  # steps since the last call, each counted as uncertainty / threshold
         self.least_sure: Pause | None = None  # the frame it was least sure of since its last call
         self.rng = np.random.default_rng(spec.seed)
         thermalize_momenta(self.atoms, temperature_K=spec.temperature_at(0), rng=self.rng)
@@ -433,7 +433,7 @@ class Walker:
     def called(self) -> None:
         """The oracle labels a frame of this walker: a new stretch begins."""
         self.last_call = self.step
-        self.doubt = 0.0
+        self.weighted_steps = 0.0
         self.least_sure = None
 
     def guard(self, settings: OTFSettings) -> str | None:
@@ -487,7 +487,7 @@ class Walker:
             "rollbacks_in_a_row": self.rollbacks_in_a_row,
             "lost": self.lost,
             "last_call": self.last_call,
-            "doubt": self.doubt,
+            "weighted_steps": self.weighted_steps,
             "snapshot": {k: np.asarray(v).tolist() for k, v in asdict(self.snapshot).items()},
         }
 
@@ -497,7 +497,7 @@ class Walker:
         self.rollbacks_in_a_row = int(state["rollbacks_in_a_row"])
         self.lost = bool(state["lost"])
         self.last_call = int(state["last_call"])
-        self.doubt = float(state.get("doubt", 0.0))
+        self.weighted_steps = float(state.get("weighted_steps", 0.0))
         snapshot = state["snapshot"]
         self.snapshot = _Snapshot(
             int(snapshot["step"]),
@@ -750,8 +750,8 @@ class OTFRun:
                     elif not walker.spec.ramping(walker.step):
                         self.progress.quiet_steps += 1
                     doubt = above and since_call >= s.min_steps_between_calls
-                    walker.doubt += min(u / self.calibration.threshold, 1.0)
-                    audit = s.audit_every > 0 and walker.doubt >= s.audit_every
+                    walker.weighted_steps += min(u / self.calibration.threshold, 1.0)
+                    audit = s.audit_every > 0 and walker.weighted_steps >= s.audit_every
             if (doubt or audit) and self.calling:
                 pause = walker.least_sure if audit and not doubt else None
                 walker.called()

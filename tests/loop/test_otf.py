@@ -215,7 +215,7 @@ def test_an_audit_labels_the_least_sure_frame_once_the_weighted_steps_add_up(tmp
         labels = run.label([pause])
         assert labels[0].step == pause.step and labels[0].error is not None
         assert walker.last_call == walker.step and walker.least_sure is None, "a new stretch begins"
-        assert walker.doubt == 0.0
+        assert walker.weighted_steps == 0.0
     finally:
         run.committee.close()
 
