@@ -20,8 +20,15 @@ miss rate of a threshold ``t`` — the share of steps whose error exceeds the to
 call — is estimated over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u >
 tol/u_s))`` with ``P`` from the measured ratios; the threshold is the largest ``t`` whose
 estimate meets the target miss rate, capped at ``tolerance / median(e / u)`` so that a frame
-whose spread predicts a typical error above the tolerance is always labelled. With fewer than
-``min_calibration_calls`` ratios the initial threshold holds.
+whose spread predicts a typical error above the tolerance is always labelled.
+
+Until ``min_calibration_calls`` ratios are in, the threshold is the initial guess, and walkers
+only audit, every ``audit_every`` steps (each counted fully). Labelling every frame above the
+guess would spend the first calls on neighbours of the start: a guess below the committee's
+early spread labelled a frame every ``min_steps_between_calls`` steps, so that 6 of 16 frames
+came from the first 30 steps of a 2000-step run. The audits take the first ratios, and the
+frames, from stretches of the trajectory instead. (Without audits, ``audit_every = 0``, the
+guess decides until then.)
 
 **Guards.** A walker whose atoms come closer than ``min_distance_a`` or whose temperature runs
 above ``max_temperature_factor`` times its target is rolled back to its last snapshot, with a
@@ -148,7 +155,8 @@ class OTFSettings:
         tolerance_ev_per_a: Largest acceptable force error of a frame (eV/Å, root mean square
             over atoms, :func:`~surrogates.mlip.force_error`).
         target_miss_rate: Share of steps allowed to exceed the tolerance without a call.
-        initial_threshold_ev_per_a: Uncertainty threshold before calibration (eV/Å).
+        initial_threshold_ev_per_a: The threshold when not calibrating (eV/Å); when calibrating,
+            it holds until ``min_calibration_calls`` ratios are in, while walkers only audit.
         calibrate: Adjust the threshold online (else it stays at the initial value).
         threshold_bounds: The calibrated threshold stays within these (eV/Å).
         min_calibration_calls: Ratios needed before the threshold is calibrated.
@@ -247,6 +255,11 @@ class Calibration:
         if self.threshold <= 0:
             self.threshold = self.settings.initial_threshold_ev_per_a
         self.recent = deque(self.recent, maxlen=self.settings.window_steps)
+
+    @property
+    def burning_in(self) -> bool:
+        """Whether the threshold is still the initial guess of a calibrating run (too few ratios)."""
+        return self.settings.calibrate and len(self.ratios) < self.settings.min_calibration_calls
 
     def observe_step(self, uncertainty: float) -> None:
         self.recent.append(uncertainty)
@@ -749,8 +762,11 @@ class OTFRun:
                         self.progress.quiet_steps = 0
                     elif not walker.spec.ramping(walker.step):
                         self.progress.quiet_steps += 1
-                    doubt = above and since_call >= s.min_steps_between_calls
-                    walker.weighted_steps += min(u / self.calibration.threshold, 1.0)
+                    if s.audit_every > 0 and self.calibration.burning_in:  # audits only: see the docstring
+                        doubt, walker.weighted_steps = False, walker.weighted_steps + 1.0
+                    else:
+                        doubt = above and since_call >= s.min_steps_between_calls
+                        walker.weighted_steps += min(u / self.calibration.threshold, 1.0)
                     audit = s.audit_every > 0 and walker.weighted_steps >= s.audit_every
             if (doubt or audit) and self.calling:
                 pause = walker.least_sure if audit and not doubt else None

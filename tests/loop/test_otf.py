@@ -64,7 +64,8 @@ class FlakyEMT(Oracle):
 
 
 def make_run(tmp_path: Path, oracle: Oracle, steps: int = 60, **settings: object) -> OTFRun:
-    options = {"initial_threshold_ev_per_a": 0.02, "stop_after_calls": 0, **settings}
+    # Audits every 10 steps: a calibrating run takes its first ratios from them.
+    options = {"initial_threshold_ev_per_a": 0.02, "stop_after_calls": 0, "audit_every": 10, **settings}
     return OTFRun(
         "cu",
         start(),
@@ -220,6 +221,35 @@ def test_an_audit_labels_the_least_sure_frame_once_the_weighted_steps_add_up(tmp
         run.committee.close()
 
 
+def test_until_calibrated_a_walker_only_audits_then_labels_what_it_doubts(tmp_path: Path) -> None:
+    # Every frame is above a guess of 0.001 eV/Å; a fixed threshold labels one each 10 steps.
+    doubts_all = {"initial_threshold_ev_per_a": 0.001, "audit_every": 25, "min_calibration_calls": 2}
+    run = make_run(tmp_path, FlakyEMT(), steps=100, **doubts_all)
+    try:
+        run.close_round(run.initial_labels(), 0.0)
+        walker = run.walkers[0]
+        assert run.calibration.burning_in
+        pause = run.advance(walker)
+        uncertainties = np.array(run.calibration.recent)
+        assert walker.step == 25, "an audit after 25 steps, each counted fully, not a doubt at step 10"
+        assert pause.step == 1 + int(np.argmax(uncertainties)), "the least sure frame of the stretch"
+        run.calibration.observe_call(0.1, 0.1)
+        run.calibration.observe_call(0.1, 0.1)
+        assert not run.calibration.burning_in
+        pause = run.advance(walker)
+        assert pause.step == walker.step == 35, "calibrated: the frame above the threshold, 10 steps on"
+    finally:
+        run.committee.close()
+    (tmp_path / "fixed").mkdir()
+    fixed = make_run(tmp_path / "fixed", FlakyEMT(), steps=100, calibrate=False, **doubts_all)
+    try:
+        fixed.close_round(fixed.initial_labels(), 0.0)
+        assert not fixed.calibration.burning_in
+        assert fixed.advance(fixed.walkers[0]).step == 10
+    finally:
+        fixed.committee.close()
+
+
 def test_steps_on_a_temperature_ramp_are_not_quiet(tmp_path: Path) -> None:
     never_doubts = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 0}
     run = make_run(tmp_path, FlakyEMT(), steps=40, stop_after_calls=1, stop_quiet_steps=30, **never_doubts)
@@ -296,6 +326,7 @@ def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating
 
             [otf]
             initial_threshold_ev_per_a = 0.02
+            audit_every = 10
             stop_after_calls = 0
 
             [oracle]

@@ -52,6 +52,7 @@ min_steps = 4
 
 [otf]
 initial_frames = 4
+audit_every = 10
 max_oracle_calls = 10
 
 [oracle]
