@@ -11,12 +11,11 @@ and lets the walkers go on. The walkers of a round run concurrently and share on
 error, root mean square over atoms, of the committee *before* it learns the frame; see
 :func:`~surrogates.mlip.force_error`). Besides the frames it doubts, a walker *audits*: it
 labels the frame it was least sure of since its last call once its steps since then add up to
-``audit_every``, each step counted as ``(u / threshold)**2`` (at most 1): its expected squared
-error relative to a frame at the threshold, the quantity a force RMSE adds up. The calibration
-then also sees frames below the threshold (the one closest to it, where a miss is likeliest),
-and the audits go where the committee's expected error is: a walker near the threshold audits
-every ``audit_every`` steps, one at half its spread (a cold walker beside a hot one) a quarter
-as often. The ratios ``e / u`` say how far the spread understates the error. The
+``audit_every``, each step counted as ``u / threshold`` (at most 1). The calibration then also
+sees frames below the threshold (the one closest to it, where a miss is likeliest), and the
+audits go where the committee is least sure: a walker near the threshold audits every
+``audit_every`` steps, one far below it (a cold walker beside a hot one) rarely. The ratios
+``e / u`` say how far the spread understates the error. The
 miss rate of a threshold ``t`` — the share of steps whose error exceeds the tolerance without a
 call — is estimated over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u >
 tol/u_s))`` with ``P`` from the measured ratios; the threshold is the largest ``t`` whose
@@ -164,7 +163,7 @@ class OTFSettings:
         window_steps: Recent steps whose uncertainties the calibration weighs.
         label_every: Label every k-th step instead (a baseline; ignores the uncertainty).
         audit_every: A walker labels the frame it was least sure of since its last call once
-            its steps since then, each counted as (uncertainty / threshold)**2 (at most 1), add up
+            its steps since then, each counted as uncertainty / threshold (at most 1), add up
             to this (0: never). The calibration then also sees frames below the threshold, and
             audits go where the committee is least sure.
         initial_frames: Rattled copies of each walker's start labelled before the first fit.
@@ -364,7 +363,7 @@ class Walker:
         self.rollbacks_in_a_row = 0
         self.lost = False
         self.last_call = 0  # the step of this walker's last labelled frame (or its start)
-        self.weighted_steps = 0.0  # steps since the last call, each counted as (uncertainty / threshold)**2
+        self.weighted_steps = 0.0  # steps since the last call, each counted as uncertainty / threshold
         self.least_sure: Pause | None = None  # the frame it was least sure of since its last call
         self.rng = np.random.default_rng(spec.seed)
         thermalize_momenta(self.atoms, temperature_K=spec.temperature_at(0), rng=self.rng)
@@ -767,7 +766,7 @@ class OTFRun:
                         doubt, walker.weighted_steps = False, walker.weighted_steps + 1.0
                     else:
                         doubt = above and since_call >= s.min_steps_between_calls
-                        walker.weighted_steps += min((u / self.calibration.threshold) ** 2, 1.0)
+                        walker.weighted_steps += min(u / self.calibration.threshold, 1.0)
                     audit = s.audit_every > 0 and walker.weighted_steps >= s.audit_every
             if (doubt or audit) and self.calling:
                 pause = walker.least_sure if audit and not doubt else None
