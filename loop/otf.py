@@ -14,8 +14,11 @@ labels the frame it was least sure of since its last call once its steps since t
 ``audit_every``, each step counted as ``u / threshold`` (at most 1). The calibration then also
 sees frames below the threshold (the one closest to it, where a miss is likeliest), and the
 audits go where the committee is least sure: a walker near the threshold audits every
-``audit_every`` steps, one far below it (a cold walker beside a hot one) rarely. The ratios
-``e / u`` say how far the spread understates the error. The
+``audit_every`` steps, one far below it (a cold walker beside a hot one) rarely. A walker that
+finishes audits its last stretch too, if its weighted steps reach half of ``audit_every`` (the
+audits it is worth, rounded): the end of a heating run, at the conditions the potential is
+wanted for, would otherwise go unlabelled. The ratios ``e / u`` say how far the spread
+understates the error. The
 miss rate of a threshold ``t`` — the share of steps whose error exceeds the tolerance without a
 call — is estimated over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u >
 tol/u_s))`` with ``P`` from the measured ratios; the threshold is the largest ``t`` whose
@@ -774,6 +777,16 @@ class OTFRun:
                 if pause is not None:
                     return pause
                 return Pause(walker.spec.name, walker.step, "uncertain", walker.atoms.copy(), prediction)
+        last_stretch = walker.least_sure
+        if (
+            last_stretch is not None
+            and s.label_every is None
+            and s.audit_every > 0
+            and walker.weighted_steps >= s.audit_every / 2
+            and self.calling
+        ):  # the closing audit: see the docstring
+            walker.called()
+            return last_stretch
         return Pause(walker.spec.name, walker.step, "finished")
 
     def label(self, pauses: Sequence[Pause]) -> list[Label]:

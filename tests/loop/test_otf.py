@@ -250,6 +250,27 @@ def test_until_calibrated_a_walker_only_audits_then_labels_what_it_doubts(tmp_pa
         fixed.committee.close()
 
 
+@pytest.mark.parametrize(("audit_every", "audits"), [(60, True), (100, False)])
+def test_a_finishing_walker_audits_its_last_stretch_if_it_is_worth_half_an_audit(
+    tmp_path: Path, audit_every: int, audits: bool
+) -> None:
+    # Calibrating with too few ratios: no doubts, every step counts fully towards the audit.
+    run = make_run(tmp_path, FlakyEMT(), steps=40, audit_every=audit_every, min_calibration_calls=50)
+    try:
+        run.close_round(run.initial_labels(), 0.0)
+        walker = run.walkers[0]
+        pause = run.advance(walker)
+        uncertainties = np.array(run.calibration.recent)
+        assert walker.finished and walker.step == len(uncertainties) == 40
+        if audits:  # 40 steps >= 60 / 2
+            assert pause.kind == "uncertain" and pause.step == 1 + int(np.argmax(uncertainties))
+            assert walker.least_sure is None and walker.weighted_steps == 0.0
+        else:  # 40 steps < 100 / 2
+            assert pause.kind == "finished" and pause.atoms is None
+    finally:
+        run.committee.close()
+
+
 def test_steps_on_a_temperature_ramp_are_not_quiet(tmp_path: Path) -> None:
     never_doubts = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 0}
     run = make_run(tmp_path, FlakyEMT(), steps=40, stop_after_calls=1, stop_quiet_steps=30, **never_doubts)
