@@ -17,13 +17,14 @@ audits go where the committee is least sure: a walker near the threshold audits 
 ``audit_every`` steps, one far below it (a cold walker beside a hot one) rarely. A walker that
 finishes audits its last stretch too, if its weighted steps reach half of ``audit_every`` (the
 audits it is worth, rounded): the end of a heating run, at the conditions the potential is
-wanted for, would otherwise go unlabelled. The ratios ``e / u`` say how far the spread
-understates the error. The
-miss rate of a threshold ``t`` — the share of steps whose error exceeds the tolerance without a
-call — is estimated over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u >
-tol/u_s))`` with ``P`` from the measured ratios; the threshold is the largest ``t`` whose
-estimate meets the target miss rate, capped at ``tolerance / median(e / u)`` so that a frame
-whose spread predicts a typical error above the tolerance is always labelled.
+wanted for, would otherwise go unlabelled.
+
+The ratios ``e / u`` say how far the spread understates the error. The miss rate of a threshold
+``t`` — the share of steps whose error exceeds the tolerance without a call — is estimated
+over the recent steps' uncertainties as ``mean(u_s <= t and P(e/u > tol/u_s))`` with ``P``
+from the measured ratios; the threshold is the largest ``t`` whose estimate meets the target
+miss rate, capped at ``tolerance / median(e / u)`` so that a frame whose spread predicts a
+typical error above the tolerance is always labelled.
 
 Until ``min_calibration_calls`` ratios are in, the threshold is the initial guess, and walkers
 only audit, every ``audit_every`` steps (each counted fully). Labelling every frame above the
@@ -777,10 +778,9 @@ class OTFRun:
                 if pause is not None:
                     return pause
                 return Pause(walker.spec.name, walker.step, "uncertain", walker.atoms.copy(), prediction)
-        last_stretch = walker.least_sure
+        last_stretch = walker.least_sure  # weighted_steps stays 0 when labelling every k-th step
         if (
             last_stretch is not None
-            and s.label_every is None
             and s.audit_every > 0
             and walker.weighted_steps >= s.audit_every / 2
             and self.calling
