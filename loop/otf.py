@@ -14,8 +14,10 @@ labels the frame it was least sure of since its last call once its steps since t
 ``audit_every``, each step counted as ``u / threshold`` (at most 1). The calibration then also
 sees frames below the threshold (the one closest to it, where a miss is likeliest), and the
 audits go where the committee is least sure: a walker near the threshold audits every
-``audit_every`` steps, one far below it (a cold walker beside a hot one) rarely. A walker that
-finishes audits its last stretch too, if its weighted steps reach half of ``audit_every`` (the
+``audit_every`` steps, one far below it (a cold walker beside a hot one) rarely. Frames within
+``min_steps_between_calls`` steps of the walker's last labelled frame are not audited: an audit
+that labelled the end of one stretch would otherwise often label the start of the next. A
+walker that finishes audits its last stretch too, if its weighted steps reach half of ``audit_every`` (the
 audits it is worth, rounded): the end of a heating run, at the conditions the potential is
 wanted for, would otherwise go unlabelled.
 
@@ -366,7 +368,8 @@ class Walker:
         self.rollbacks = 0
         self.rollbacks_in_a_row = 0
         self.lost = False
-        self.last_call = 0  # the step of this walker's last labelled frame (or its start)
+        self.last_call = 0  # the step at which this walker last called the oracle (or its start)
+        self.last_labelled = 0  # the step of the frame that call labelled (an audit's is earlier)
         self.weighted_steps = 0.0  # steps since the last call, each counted as uncertainty / threshold
         self.least_sure: Pause | None = None  # the frame it was least sure of since its last call
         self.rng = np.random.default_rng(spec.seed)
@@ -442,14 +445,22 @@ class Walker:
         """Forget cached forces (the committee changed)."""
         self.atoms.calc.reset()  # type: ignore[union-attr]
 
-    def consider(self, prediction: CommitteePrediction) -> None:
-        """Keep the current frame if the committee is less sure of it than of any since the last call."""
+    def consider(self, prediction: CommitteePrediction, min_gap: int) -> None:
+        """Keep the current frame if the committee is less sure of it than of any since the last call.
+
+        Frames within ``min_gap`` steps of the last labelled frame are passed over: an audit
+        that labelled the end of one stretch would otherwise pick its neighbour at the start
+        of the next.
+        """
+        if abs(self.step - self.last_labelled) < min_gap:
+            return
         if self.least_sure is None or prediction.uncertainty > self.least_sure.uncertainty:
             self.least_sure = Pause(self.spec.name, self.step, "uncertain", self.atoms.copy(), prediction)
 
-    def called(self) -> None:
-        """The oracle labels a frame of this walker: a new stretch begins."""
+    def called(self, labelled_step: int | None = None) -> None:
+        """The oracle labels a frame of this walker (by default the current one): a new stretch begins."""
         self.last_call = self.step
+        self.last_labelled = self.step if labelled_step is None else labelled_step
         self.weighted_steps = 0.0
         self.least_sure = None
 
@@ -504,6 +515,7 @@ class Walker:
             "rollbacks_in_a_row": self.rollbacks_in_a_row,
             "lost": self.lost,
             "last_call": self.last_call,
+            "last_labelled": self.last_labelled,
             "weighted_steps": self.weighted_steps,
             "snapshot": {k: np.asarray(v).tolist() for k, v in asdict(self.snapshot).items()},
         }
@@ -514,6 +526,7 @@ class Walker:
         self.rollbacks_in_a_row = int(state["rollbacks_in_a_row"])
         self.lost = bool(state["lost"])
         self.last_call = int(state["last_call"])
+        self.last_labelled = int(state.get("last_labelled", self.last_call))
         self.weighted_steps = float(state.get("weighted_steps", 0.0))
         snapshot = state["snapshot"]
         self.snapshot = _Snapshot(
@@ -744,7 +757,7 @@ class OTFRun:
                 with self._lock:
                     self.progress.quiet_steps = 0
                 if self.calling and prediction_there is not None:  # the committee was wrong there: learn it
-                    walker.called()
+                    walker.called(tripped_at)
                     return Pause(walker.spec.name, tripped_at, "uncertain", tripped, prediction_there)
                 continue
             prediction: CommitteePrediction = walker.atoms.calc.results["committee"]  # type: ignore[union-attr]
@@ -752,12 +765,12 @@ class OTFRun:
             if walker.step % s.snapshot_every == 0:
                 walker.snapshot = walker._take_snapshot()
                 walker.rollbacks_in_a_row = 0
-            walker.consider(prediction)
+            walker.consider(prediction, s.min_steps_between_calls)
             since_call = walker.step - walker.last_call
             with self._lock:
                 self.calibration.observe_step(u)
                 self.progress.md_steps += 1
-                audit = False
+                audited: Pause | None = None  # the frame an audit labels, if one is due
                 if s.label_every is not None:
                     doubt = walker.step % s.label_every == 0
                 else:
@@ -771,13 +784,14 @@ class OTFRun:
                     else:
                         doubt = above and since_call >= s.min_steps_between_calls
                         walker.weighted_steps += min(u / self.calibration.threshold, 1.0)
-                    audit = s.audit_every > 0 and walker.weighted_steps >= s.audit_every
-            if (doubt or audit) and self.calling:
-                pause = walker.least_sure if audit and not doubt else None
+                    if s.audit_every > 0 and walker.weighted_steps >= s.audit_every:
+                        audited = walker.least_sure  # None while every frame is too near the last label
+            if doubt and self.calling:
                 walker.called()
-                if pause is not None:
-                    return pause
                 return Pause(walker.spec.name, walker.step, "uncertain", walker.atoms.copy(), prediction)
+            if audited is not None and self.calling:
+                walker.called(audited.step)
+                return audited
         last_stretch = walker.least_sure  # weighted_steps stays 0 when labelling every k-th step
         if (
             last_stretch is not None
@@ -785,7 +799,7 @@ class OTFRun:
             and walker.weighted_steps >= s.audit_every / 2
             and self.calling
         ):  # the closing audit: see the docstring
-            walker.called()
+            walker.called(last_stretch.step)
             return last_stretch
         return Pause(walker.spec.name, walker.step, "finished")
 

@@ -25,7 +25,7 @@ from loop.space import Candidate
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft_job import atoms_to_dict
 from oracles.errors import EvaluationFailed
-from surrogates.mlip import MACESettings, MLIPCommittee
+from surrogates.mlip import CommitteePrediction, MACESettings, MLIPCommittee
 from tests.helpers import wait_for
 
 TINY = MACESettings(channels=8, epochs=30, warm_epochs=2, min_steps=4)
@@ -210,12 +210,14 @@ def test_an_audit_labels_the_least_sure_frame_once_the_weighted_steps_add_up(tmp
         weighted = np.cumsum(uncertainties / 10.0)
         assert pause.kind == "uncertain" and walker.step == len(uncertainties) < 400
         assert weighted[-1] >= 0.1 > weighted[-2], "audited on the step its weighted steps reached 0.1"
-        assert pause.uncertainty == uncertainties.max()
-        assert pause.step == 1 + int(np.argmax(uncertainties)), "the least sure frame, not the current one"
+        eligible = uncertainties[9:]  # steps 10 on: steps 1-9 neighbour the labelled start
+        assert pause.uncertainty == eligible.max()
+        assert pause.step == 10 + int(np.argmax(eligible)), "the least sure frame, not the current one"
         assert pause.atoms is not None and pause.prediction is not None
         labels = run.label([pause])
         assert labels[0].step == pause.step and labels[0].error is not None
         assert walker.last_call == walker.step and walker.least_sure is None, "a new stretch begins"
+        assert walker.last_labelled == pause.step
         assert walker.weighted_steps == 0.0
     finally:
         run.committee.close()
@@ -232,7 +234,7 @@ def test_until_calibrated_a_walker_only_audits_then_labels_what_it_doubts(tmp_pa
         pause = run.advance(walker)
         uncertainties = np.array(run.calibration.recent)
         assert walker.step == 25, "an audit after 25 steps, each counted fully, not a doubt at step 10"
-        assert pause.step == 1 + int(np.argmax(uncertainties)), "the least sure frame of the stretch"
+        assert pause.step == 10 + int(np.argmax(uncertainties[9:])), "the least sure frame of the stretch"
         run.calibration.observe_call(0.1, 0.1)
         run.calibration.observe_call(0.1, 0.1)
         assert not run.calibration.burning_in
@@ -250,6 +252,30 @@ def test_until_calibrated_a_walker_only_audits_then_labels_what_it_doubts(tmp_pa
         fixed.committee.close()
 
 
+def spread(uncertainty: float) -> CommitteePrediction:
+    """Two members whose forces differ by ``2 x uncertainty`` on every atom."""
+    forces = np.zeros((2, 3, 3))
+    forces[0, :, 0], forces[1, :, 0] = uncertainty, -uncertainty
+    return CommitteePrediction(np.zeros(2), forces, np.zeros((2, 6)))
+
+
+def test_an_audit_passes_over_neighbours_of_the_last_labelled_frame(tmp_path: Path) -> None:
+    run = make_run(tmp_path, FlakyEMT(), min_steps_between_calls=10)
+    try:
+        walker = run.walkers[0]
+        walker.step = 60
+        walker.called(58)  # an audit at step 60 labelled the end of its stretch
+        assert (walker.last_call, walker.last_labelled) == (60, 58)
+        for step, uncertainty in ((61, 0.9), (67, 0.8), (68, 0.3), (75, 0.5), (80, 0.4)):
+            walker.step = step
+            walker.consider(spread(uncertainty), min_gap=10)
+        assert walker.least_sure is not None
+        assert walker.least_sure.step == 75, "the least sure frame at least 10 steps from step 58"
+        assert walker.state()["last_labelled"] == 58
+    finally:
+        run.committee.close()
+
+
 @pytest.mark.parametrize(("audit_every", "audits"), [(60, True), (100, False)])
 def test_a_finishing_walker_audits_its_last_stretch_if_it_is_worth_half_an_audit(
     tmp_path: Path, audit_every: int, audits: bool
@@ -263,7 +289,7 @@ def test_a_finishing_walker_audits_its_last_stretch_if_it_is_worth_half_an_audit
         uncertainties = np.array(run.calibration.recent)
         assert walker.finished and walker.step == len(uncertainties) == 40
         if audits:  # 40 steps >= 60 / 2
-            assert pause.kind == "uncertain" and pause.step == 1 + int(np.argmax(uncertainties))
+            assert pause.kind == "uncertain" and pause.step == 10 + int(np.argmax(uncertainties[9:]))
             assert walker.least_sure is None and walker.weighted_steps == 0.0
         else:  # 40 steps < 100 / 2
             assert pause.kind == "finished" and pause.atoms is None
