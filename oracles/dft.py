@@ -44,6 +44,11 @@ from oracles.errors import EvaluationFailed, EvaluationTimeout, OracleSetupError
 
 FAILURES = ("scf_not_converged", "relaxation_not_converged", "exploded", "calculator_error", "timeout")
 
+JOB_PRELOAD = ("oracles.dft_job", "ase.optimize", "ase.filters", "ase.calculators.emt", "threadpoolctl")
+"""What every job imports, imported once in the fork server: an EMT job then starts in about
+0.1 s instead of 0.6 s (``ase.optimize`` alone is 0.4 s). Codes that may start MPI at import
+(GPAW) are left to the job."""
+
 
 class DFTRunner(Oracle):
     """Evaluates crystal structures with an ASE calculator, one child process per job.
@@ -83,7 +88,7 @@ class DFTRunner(Oracle):
         self.capacity = int(capacity)
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
-            self._context.set_forkserver_preload(["oracles.dft_job"])
+            self._context.set_forkserver_preload(list(JOB_PRELOAD))
         self._lock = threading.Lock()  # elemental references
         self._folder_lock = threading.Lock()
         self._references: dict[str, float] = {}
