@@ -13,8 +13,10 @@ and stress plus ``energy_std``, per-atom ``forces_std`` and ``stress_std``), and
 :class:`StructureEnsemble` the BoTorch face (an ``EnsembleModel`` over a list of structures,
 so the loop's acquisition can rank structures by committee spread or predicted energy).
 
-No pretrained potential is used as a starting point: mace-torch's foundation models are
-downloaded at run time, not shipped in its wheel (see the README).
+A pretrained potential that ships in its wheel (CHGNet) can be the starting point, as a
+``baseline`` whose difference to the oracle the members learn (:mod:`surrogates.baseline`);
+mace-torch's foundation models are downloaded at run time, not shipped in its wheel, so they
+are not offered (see the README).
 """
 
 from __future__ import annotations
