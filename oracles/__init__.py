@@ -1,25 +1,33 @@
-"""Oracles: what measures candidates (a simulated lab, a DFT code, a robot)."""
+"""Oracles: what measures candidates (a simulated lab, a DFT code, a robot).
 
-from oracles.base import Measurement, Oracle, Reattachable, Result
-from oracles.errors import (
-    EvaluationFailed,
-    EvaluationTimeout,
-    InvalidResult,
-    OracleError,
-    OracleSetupError,
-)
-from oracles.simulated import DatasetLab, EmulatedLab
+``from oracles import Oracle`` works; names are imported on first use, so that a DFT job
+process, which imports :mod:`oracles.dft_job` alone, does not pay for torch and pandas
+(about 2 s a job when jobs are spawned).
+"""
 
-__all__ = [
-    "DatasetLab",
-    "EmulatedLab",
-    "EvaluationFailed",
-    "EvaluationTimeout",
-    "InvalidResult",
-    "Measurement",
-    "Oracle",
-    "OracleError",
-    "OracleSetupError",
-    "Reattachable",
-    "Result",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Measurement": "oracles.base",
+    "Oracle": "oracles.base",
+    "Reattachable": "oracles.base",
+    "Result": "oracles.base",
+    "EvaluationFailed": "oracles.errors",
+    "EvaluationTimeout": "oracles.errors",
+    "InvalidResult": "oracles.errors",
+    "OracleError": "oracles.errors",
+    "OracleSetupError": "oracles.errors",
+    "DatasetLab": "oracles.simulated",
+    "EmulatedLab": "oracles.simulated",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'oracles' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

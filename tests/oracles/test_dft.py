@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +122,15 @@ def test_job_past_its_wall_time_is_killed_and_reported(tmp_path: Path) -> None:
     assert info.value.retryable
     folder = tmp_path / "runs" / l10_cuau().id
     assert (folder / "job.json").is_file() and not (folder / "result.json").exists()
+
+
+def test_a_job_process_imports_neither_torch_nor_pandas() -> None:
+    # Each job is a fresh process (spawned, or forked from a server that preloaded the job's
+    # imports): torch and pandas would add ~2 s to every spawned job and ~300 MB to each.
+    script = "import sys, oracles.dft_job; print(sorted({'torch', 'pandas'} & set(sys.modules)))"
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_overlapping_atoms_are_rejected_before_any_calculation(tmp_path: Path) -> None:
