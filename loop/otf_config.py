@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -208,11 +209,14 @@ class _OracleContext:
         return self.config.resolve(path)
 
 
-def build_otf_run(config: OTFConfig, ledger: Ledger, **options: Any) -> OTFRun:
+def build_otf_run(
+    config: OTFConfig, ledger: Ledger, executor: Executor | None = None, **options: Any
+) -> OTFRun:
     """The run a configuration describes, on an open ``ledger``.
 
-    ``options`` go to :class:`OTFRun` (``on_round``). The caller closes the committee
-    (``run.committee.close()``) and the oracle.
+    ``executor`` is where the committee trains (see :class:`~surrogates.mlip.MLIPCommittee`;
+    ``None``: processes of its own). ``options`` go to :class:`OTFRun` (``on_round``). The
+    caller closes the committee (``run.committee.close()``) and the oracle.
     """
     from oracles.dft import oracle_from_config
 
@@ -233,6 +237,7 @@ def build_otf_run(config: OTFConfig, ledger: Ledger, **options: Any) -> OTFRun:
         seed=section.seed,
         workers=section.workers,
         baseline=baseline,
+        executor=executor,
     )
     identity = {k: v for k, v in config.source.items() if k != "run"} | {"name": config.run.name}
     return OTFRun(

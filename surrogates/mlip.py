@@ -5,7 +5,9 @@
 weighs each frame by a Poisson(1) draw fixed by the member's seed and the frame's id, so a
 frame's weight never changes as the dataset grows. The first fit starts from scratch; every
 later fit warm-starts from the current weights and replays the whole dataset (no full refit
-unless asked). Members train in parallel worker processes that stay alive between fits.
+unless asked). Members train in parallel worker processes that stay alive between fits; pass
+an ``executor`` (:func:`training_pool`, a Dask client's executor) to share them between
+committees, since starting one costs seconds (importing mace-torch, compiling its TorchScript).
 
 The committee's spread is its uncertainty: :meth:`MLIPCommittee.predict` gives every member's
 energy, forces and stress; :class:`CommitteeCalculator` is the ASE face (mean energy, forces
@@ -32,7 +34,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -351,7 +353,15 @@ def _frame_weight(seed: int, frame_id: str) -> int:
 
 # --- training, in a worker process -------------------------------------------------------------
 
-_GRAPHS: dict[tuple[str, str], Any] = {}  # per worker: (architecture key, frame id) -> graph
+# Per worker: (architecture key, frame key) -> graph, labels included. Keyed by content, not by
+# frame id: a shared worker trains committees of several runs, whose ids may coincide.
+_GRAPHS: dict[tuple[str, str], Any] = {}
+
+
+def _frame_key(frame: Frame) -> str:
+    arrays = [frame.numbers, frame.positions, frame.cell, np.array(frame.pbc), np.array(frame.energy)]
+    arrays += [frame.forces] + ([] if frame.stress is None else [frame.stress])
+    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
 
 
 def _train_member(
@@ -369,7 +379,7 @@ def _train_member(
     arch_key = hashlib.sha256(repr(arch_values).encode()).hexdigest()
     graphs = []
     for frame in frames:
-        key = (arch_key, frame.id)
+        key = (arch_key, _frame_key(frame))
         if key not in _GRAPHS:
             _GRAPHS[key] = _graph(frame.atoms(), arch)
         graphs.append(_GRAPHS[key])
@@ -414,6 +424,24 @@ def _exit_with_parent(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def training_pool(workers: int = 2) -> ProcessPoolExecutor:
+    """Worker processes to train committee members in: spawned (torch and fork do not mix),
+    and ending with the process that made them. Committees given the same pool share its
+    warm workers.
+
+    Raises:
+        ValueError: ``workers`` is below 1.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 # --- the committee -----------------------------------------------------------------------------
@@ -462,9 +490,13 @@ class MLIPCommittee:
         settings: Architecture and training of each member.
         size: Number of members (at least 2: the spread needs two).
         seed: Members use seeds ``seed, seed + 1, ...``.
-        workers: Training processes (members train in parallel; at most ``size``).
+        workers: Training processes (members train in parallel; at most ``size``), started
+            on the first fit and stopped by :meth:`close`; unused with ``executor``.
         baseline: A pretrained potential the members correct (:mod:`surrogates.baseline`);
             ``None`` trains them from scratch.
+        executor: Where members train instead: a shared :func:`training_pool` or any
+            ``concurrent.futures.Executor`` whose workers can import this module (a Dask
+            client's ``get_executor()``). Its owner shuts it down, not :meth:`close`.
     """
 
     elements: Sequence[str]
@@ -473,6 +505,7 @@ class MLIPCommittee:
     seed: int = 0
     workers: int = 2
     baseline: Baseline | None = None
+    executor: Executor | None = field(default=None, repr=False, compare=False)
     _arch: _Architecture | None = field(default=None, init=False, repr=False)
     _states: list[bytes] = field(default_factory=list, init=False, repr=False)
     _models: list[torch.nn.Module] = field(default_factory=list, init=False, repr=False)
@@ -555,14 +588,11 @@ class MLIPCommittee:
         ]
         return replace(probe, avg_num_neighbors=float(torch.stack(neighbours).mean()))
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self) -> Executor:
+        if self.executor is not None:
+            return self.executor
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=min(self.workers, self.size),
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_exit_with_parent,
-                initargs=(os.getpid(),),
-            )
+            self._pool = training_pool(min(self.workers, self.size))
         return self._pool
 
     def _model(self, state: bytes) -> torch.nn.Module:
@@ -574,7 +604,8 @@ class MLIPCommittee:
         return model
 
     def close(self) -> None:
-        """Stop the training processes. Idempotent."""
+        """Stop the training processes this committee started (not an ``executor`` it was
+        given). Idempotent."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None

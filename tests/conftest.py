@@ -9,7 +9,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def mlip_workers() -> Iterator[Executor]:
+    """Two MACE training processes that the tests' committees share: a fresh one costs ~10 s
+    (importing mace-torch, compiling its TorchScript) before it trains anything."""
+    from surrogates.mlip import training_pool
+
+    with training_pool(2) as pool:
+        yield pool
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -63,19 +65,25 @@ class FlakyEMT(Oracle):
         return Result(candidate.id, {"energy_per_atom": Measurement(energy / len(atoms))}, metadata=metadata)
 
 
-def make_run(tmp_path: Path, oracle: Oracle, steps: int = 60, **settings: object) -> OTFRun:
-    # Audits every 10 steps: a calibrating run takes its first ratios from them.
-    options = {"initial_threshold_ev_per_a": 0.02, "stop_after_calls": 0, "audit_every": 10, **settings}
-    return OTFRun(
-        "cu",
-        start(),
-        [WalkerSpec("a", steps, (300.0, 900.0), seed=1), WalkerSpec("b", steps, (600.0, 600.0), seed=2)],
-        MLIPCommittee(["Cu"], TINY, size=2, workers=2),
-        oracle,
-        Ledger(tmp_path / "otf.db"),
-        tmp_path,
-        OTFSettings(**options),  # type: ignore[arg-type]
-    )
+@pytest.fixture
+def make_run(mlip_workers: Executor) -> Callable[..., OTFRun]:
+    """Builds a two-walker Cu run whose committee trains in the session's shared workers."""
+
+    def build(tmp_path: Path, oracle: Oracle, steps: int = 60, **settings: object) -> OTFRun:
+        # Audits every 10 steps: a calibrating run takes its first ratios from them.
+        options = {"initial_threshold_ev_per_a": 0.02, "stop_after_calls": 0, "audit_every": 10, **settings}
+        return OTFRun(
+            "cu",
+            start(),
+            [WalkerSpec("a", steps, (300.0, 900.0), seed=1), WalkerSpec("b", steps, (600.0, 600.0), seed=2)],
+            MLIPCommittee(["Cu"], TINY, size=2, executor=mlip_workers),
+            oracle,
+            Ledger(tmp_path / "otf.db"),
+            tmp_path,
+            OTFSettings(**options),  # type: ignore[arg-type]
+        )
+
+    return build
 
 
 # --- calibration ------------------------------------------------------------------------------
@@ -140,7 +148,9 @@ def test_bad_walkers_and_starts_are_refused(tmp_path: Path) -> None:
 # --- runs -------------------------------------------------------------------------------------
 
 
-def test_an_oracle_failing_on_a_fifth_of_frames_does_not_stop_the_run(tmp_path: Path) -> None:
+def test_an_oracle_failing_on_a_fifth_of_frames_does_not_stop_the_run(
+    tmp_path: Path, make_run: Callable[..., OTFRun]
+) -> None:
     oracle = FlakyEMT(fail_every=5)
     run = make_run(tmp_path, oracle, steps=40, max_oracle_calls=15)
     try:
@@ -157,7 +167,9 @@ def test_an_oracle_failing_on_a_fifth_of_frames_does_not_stop_the_run(tmp_path: 
     assert report.retrains >= 2 and 0 < report.oracle_step_fraction < 1
 
 
-def test_walkers_pausing_together_never_exceed_the_oracle_budget(tmp_path: Path) -> None:
+def test_walkers_pausing_together_never_exceed_the_oracle_budget(
+    tmp_path: Path, make_run: Callable[..., OTFRun]
+) -> None:
     oracle = FlakyEMT()
     run = make_run(tmp_path, oracle, steps=40, initial_frames=4, max_oracle_calls=5)
     try:
@@ -173,7 +185,7 @@ def test_walkers_pausing_together_never_exceed_the_oracle_budget(tmp_path: Path)
 
 
 def test_colliding_atoms_roll_the_walker_back_with_a_clear_log_line_and_the_frame_is_labelled(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, make_run: Callable[..., OTFRun]
 ) -> None:
     quiet = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 0}
     run = make_run(tmp_path, FlakyEMT(), steps=40, snapshot_every=10, **quiet)
@@ -198,7 +210,9 @@ def test_colliding_atoms_roll_the_walker_back_with_a_clear_log_line_and_the_fram
     assert labels[0].failure is None and labels[0].error is not None, "learnt from, with its error measured"
 
 
-def test_an_audit_labels_the_least_sure_frame_once_the_weighted_steps_add_up(tmp_path: Path) -> None:
+def test_an_audit_labels_the_least_sure_frame_once_the_weighted_steps_add_up(
+    tmp_path: Path, make_run: Callable[..., OTFRun]
+) -> None:
     # The threshold is never reached; each step counts as uncertainty / threshold towards the audit.
     never_doubts = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 0.1}
     run = make_run(tmp_path, FlakyEMT(), steps=400, **never_doubts)
@@ -223,7 +237,9 @@ def test_an_audit_labels_the_least_sure_frame_once_the_weighted_steps_add_up(tmp
         run.committee.close()
 
 
-def test_until_calibrated_a_walker_only_audits_then_labels_what_it_doubts(tmp_path: Path) -> None:
+def test_until_calibrated_a_walker_only_audits_then_labels_what_it_doubts(
+    tmp_path: Path, make_run: Callable[..., OTFRun]
+) -> None:
     # Every frame is above a guess of 0.001 eV/Å; a fixed threshold labels one each 10 steps.
     doubts_all = {"initial_threshold_ev_per_a": 0.001, "audit_every": 25, "min_calibration_calls": 2}
     run = make_run(tmp_path, FlakyEMT(), steps=100, **doubts_all)
@@ -259,7 +275,9 @@ def spread(uncertainty: float) -> CommitteePrediction:
     return CommitteePrediction(np.zeros(2), forces, np.zeros((2, 6)))
 
 
-def test_an_audit_passes_over_neighbours_of_the_last_labelled_frame(tmp_path: Path) -> None:
+def test_an_audit_passes_over_neighbours_of_the_last_labelled_frame(
+    tmp_path: Path, make_run: Callable[..., OTFRun]
+) -> None:
     run = make_run(tmp_path, FlakyEMT(), min_steps_between_calls=10)
     try:
         walker = run.walkers[0]
@@ -278,7 +296,7 @@ def test_an_audit_passes_over_neighbours_of_the_last_labelled_frame(tmp_path: Pa
 
 @pytest.mark.parametrize(("audit_every", "audits"), [(60, True), (100, False)])
 def test_a_finishing_walker_audits_its_last_stretch_if_it_is_worth_half_an_audit(
-    tmp_path: Path, audit_every: int, audits: bool
+    tmp_path: Path, audit_every: int, audits: bool, make_run: Callable[..., OTFRun]
 ) -> None:
     # Calibrating with too few ratios: no doubts, every step counts fully towards the audit.
     run = make_run(tmp_path, FlakyEMT(), steps=40, audit_every=audit_every, min_calibration_calls=50)
@@ -297,7 +315,7 @@ def test_a_finishing_walker_audits_its_last_stretch_if_it_is_worth_half_an_audit
         run.committee.close()
 
 
-def test_steps_on_a_temperature_ramp_are_not_quiet(tmp_path: Path) -> None:
+def test_steps_on_a_temperature_ramp_are_not_quiet(tmp_path: Path, make_run: Callable[..., OTFRun]) -> None:
     never_doubts = {"initial_threshold_ev_per_a": 10.0, "calibrate": False, "audit_every": 0}
     run = make_run(tmp_path, FlakyEMT(), steps=40, stop_after_calls=1, stop_quiet_steps=30, **never_doubts)
     try:
@@ -316,7 +334,7 @@ def test_steps_on_a_temperature_ramp_are_not_quiet(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("final_fit", [True, False])
 def test_once_calling_stops_the_committee_is_refitted_from_scratch_on_every_frame(
-    tmp_path: Path, final_fit: bool
+    tmp_path: Path, final_fit: bool, make_run: Callable[..., OTFRun]
 ) -> None:
     run = make_run(tmp_path, FlakyEMT(), steps=30, max_oracle_calls=7, final_fit=final_fit)
     fits: list[tuple[int, bool]] = []
@@ -342,7 +360,7 @@ def test_once_calling_stops_the_committee_is_refitted_from_scratch_on_every_fram
 
 
 def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating_oracle_calls(
-    tmp_path: Path,
+    tmp_path: Path, mlip_workers: Executor
 ) -> None:
     config = tmp_path / "otf.toml"
     config.write_text(
@@ -361,7 +379,7 @@ def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating
 
             [[walkers]]
             name = "heat"
-            steps = 200
+            steps = 80
             temperature_k = [300, 1200]
             seed = 3
 
@@ -399,13 +417,13 @@ def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating
         process.wait()
     state = json.loads(checkpoint.read_text())
     at_checkpoint = state["walkers"]["heat"]["step"]
-    assert 0 < at_checkpoint < 200, "killed mid-trajectory"
+    assert 0 < at_checkpoint < 80, "killed mid-trajectory"
 
     settings = load_otf_config(config)
     from loop.otf_config import build_otf_run
 
     with Ledger(settings.ledger_location) as ledger:
-        run = build_otf_run(settings, ledger)
+        run = build_otf_run(settings, ledger, executor=mlip_workers)
         try:
             assert run.resumed_from == {"heat": at_checkpoint}
             report = run.run()
@@ -413,7 +431,7 @@ def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating
             run.committee.close()
         evaluations = ledger.evaluations(run.id)
     assert report.resumed_from_steps == {"heat": at_checkpoint}
-    assert run.walkers[0].step == 200
+    assert run.walkers[0].step == 80
     # One job folder per oracle call: a repeated call would get a "-2" folder.
     jobs = [p.name for p in (tmp_path / "runs" / "cu").iterdir() if p.is_dir() and p.name != "checkpoint"]
     frames = [j for j in jobs if not j.startswith("reference-")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def training() -> list[Frame]:
 
 
 @pytest.fixture(scope="module")
-def committee(training: list[Frame]) -> Iterator[MLIPCommittee]:
-    with MLIPCommittee(["Cu"], TINY, size=3, seed=0, workers=2) as fitted:
+def committee(training: list[Frame], mlip_workers: Executor) -> Iterator[MLIPCommittee]:
+    with MLIPCommittee(["Cu"], TINY, size=3, seed=0, executor=mlip_workers) as fitted:
         fitted.fit(training)
         yield fitted
 
@@ -114,12 +115,12 @@ def test_warm_start_keeps_what_was_learnt_and_checkpoints_round_trip(
         MLIPCommittee(["Cu"], TINY, size=2).load(tmp_path / "c.pt")
 
 
-def test_a_warm_start_steps_at_the_warm_learning_rate(training: list[Frame]) -> None:
+def test_a_warm_start_steps_at_the_warm_learning_rate(training: list[Frame], mlip_workers: Executor) -> None:
     probe = rattled(0.05, seed=11)
     moved = {}
     for rate in (1e-9, 5e-3):
         settings = replace(TINY, epochs=5, warm_learning_rate=rate, bootstrap=False)  # any trained state
-        with MLIPCommittee(["Cu"], settings, size=2, seed=0, workers=2) as members:
+        with MLIPCommittee(["Cu"], settings, size=2, seed=0, executor=mlip_workers) as members:
             members.fit(training[:4])
             before = members.predict(probe).forces
             members.fit(training)  # warm: the same weights, two more frames, warm_epochs passes
@@ -130,15 +131,34 @@ def test_a_warm_start_steps_at_the_warm_learning_rate(training: list[Frame]) -> 
         MACESettings(warm_learning_rate=0)
 
 
+def test_committees_sharing_workers_train_on_their_own_labels(
+    committee: MLIPCommittee, training: list[Frame], mlip_workers: Executor
+) -> None:
+    # The same ids and structures as ``committee``'s frames, with the forces reversed: a
+    # worker that cached graphs by frame id would train this one on the other's labels.
+    reversed_forces = [replace(frame, forces=-frame.forces) for frame in training]
+    with MLIPCommittee(["Cu"], TINY, size=2, executor=mlip_workers) as other:
+        other.fit(reversed_forces)
+    probe = training[1]
+    alignment = {
+        name: float(np.sum(c.predict(probe.atoms()).forces.mean(0) * probe.forces))
+        for name, c in (("committee", committee), ("other", other))
+    }
+    assert alignment["committee"] > 0 > alignment["other"], alignment
+    assert mlip_workers.submit(abs, -3).result() == 3, "closing a committee leaves a shared pool running"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("chgnet") is None, reason="chgnet is not installed")
-def test_a_pretrained_baseline_is_a_better_starting_point_far_from_the_data(training: list[Frame]) -> None:
+def test_a_pretrained_baseline_is_a_better_starting_point_far_from_the_data(
+    training: list[Frame], mlip_workers: Executor
+) -> None:
     compressed = cell()
     compressed.set_cell(compressed.cell * 0.9, scale_atoms=True)
     compressed.rattle(0.05, seed=3)
     far = [compressed, rattled(0.15, seed=8)]
     errors = {}
     for name, baseline in (("scratch", None), ("chgnet", Baseline("chgnet"))):
-        with MLIPCommittee(["Cu"], TINY, size=2, baseline=baseline) as committee:
+        with MLIPCommittee(["Cu"], TINY, size=2, baseline=baseline, executor=mlip_workers) as committee:
             committee.fit(training[:4])
             errors[name] = [
                 np.abs(committee.predict(a).forces.mean(0) - labelled(a).forces).mean() for a in far
