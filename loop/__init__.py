@@ -6,8 +6,7 @@ small piece (the error tree, the space) stays cheap and free of import cycles.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from loop.lazy import lazy_exports
 
 _EXPORTS = {
     "Acquisition": "loop.acquisition",
@@ -35,8 +34,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'loop' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -7,8 +7,7 @@ process, which imports :mod:`oracles.dft_job` alone, does not pay for torch and 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from loop.lazy import lazy_exports
 
 _EXPORTS = {
     "Measurement": "oracles.base",
@@ -26,8 +25,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'oracles' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
