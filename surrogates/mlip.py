@@ -275,15 +275,21 @@ def _mace() -> Any:
 
 
 _UNSAFE_LOAD = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-_TEMPLATES: dict[_Architecture, torch.nn.Module] = {}
 
 
-def _build_model(arch: _Architecture) -> torch.nn.Module:
-    """A fresh model of architecture ``arch``: a copy of a cached template (building one
-    from scratch takes e3nn most of a second)."""
-    if arch not in _TEMPLATES:
-        _TEMPLATES[arch] = _new_model(arch)
-    return copy.deepcopy(_TEMPLATES[arch])
+def _build_model(arch: _Architecture, seed: int = 0) -> torch.nn.Module:
+    """A fresh model of architecture ``arch``, its initial weights drawn from ``seed``."""
+    return copy.deepcopy(_initial_model(arch, seed))
+
+
+@functools.lru_cache(maxsize=32)
+def _initial_model(arch: _Architecture, seed: int) -> torch.nn.Module:
+    """The initial model for ``arch`` and ``seed``, cached: e3nn takes most of a second to build
+    one. Its weights depend on ``seed`` alone, not on what the process drew before: a worker
+    that reused the first model it built gave every later member that member's start."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _new_model(arch)
 
 
 def _new_model(arch: _Architecture) -> torch.nn.Module:
@@ -373,7 +379,7 @@ def _train_member(
     arch = _Architecture.from_dict(arch_values)
     s = arch.settings
     torch.manual_seed(seed)
-    model = _build_model(arch)
+    model = _build_model(arch, seed)
     if state is not None:
         _load_state(model, state)
     arch_key = hashlib.sha256(repr(arch_values).encode()).hexdigest()

@@ -18,7 +18,14 @@ from botorch.acquisition import qUpperConfidenceBound
 
 from surrogates.base import SurrogateError
 from surrogates.baseline import Baseline
-from surrogates.mlip import Frame, MACESettings, MLIPCommittee, StructureEnsemble
+from surrogates.mlip import (
+    Frame,
+    MACESettings,
+    MLIPCommittee,
+    StructureEnsemble,
+    _initial_model,
+    _train_member,
+)
 
 TINY = MACESettings(channels=8, epochs=40, warm_epochs=2, min_steps=4)
 
@@ -146,6 +153,22 @@ def test_committees_sharing_workers_train_on_their_own_labels(
     }
     assert alignment["committee"] > 0 > alignment["other"], alignment
     assert mlip_workers.submit(abs, -3).result() == 3, "closing a committee leaves a shared pool running"
+
+
+def test_a_members_start_depends_on_its_seed_alone(training: list[Frame]) -> None:
+    # A worker builds a model once and copies it after; the copy must not carry the seed of
+    # whichever member the worker happened to train first (which made runs irreproducible).
+    arch = MLIPCommittee(["Cu"], TINY, size=2)._architecture(training).as_dict()
+    threads = torch.get_num_threads()  # a member trains on one thread; this process is not a worker
+    try:
+        _initial_model.cache_clear()
+        fresh = _train_member(arch, None, training, 0, 1)[0]
+        _initial_model.cache_clear()
+        after_another = [_train_member(arch, None, training, seed, 1)[0] for seed in (100, 0)]
+    finally:
+        torch.set_num_threads(threads)
+    assert after_another[1] == fresh
+    assert after_another[0] != fresh
 
 
 @pytest.mark.skipif(importlib.util.find_spec("chgnet") is None, reason="chgnet is not installed")
