@@ -372,6 +372,9 @@ class Walker:
         self.last_labelled = 0  # the step of the frame that call labelled (an audit's is earlier)
         self.weighted_steps = 0.0  # steps since the last call, each counted as uncertainty / threshold
         self.least_sure: Pause | None = None  # the frame it was least sure of since its last call
+        # Steps not yet folded into the run's calibration window and quiet count (OTFRun.settle):
+        # (uncertainty, or None for a rollback; True a quiet step, False a reset, None neither).
+        self.unsettled: list[tuple[float | None, bool | None]] = []
         self.rng = np.random.default_rng(spec.seed)
         thermalize_momenta(self.atoms, temperature_K=spec.temperature_at(0), rng=self.rng)
         Stationary(self.atoms)
@@ -677,7 +680,7 @@ class OTFRun:
         self.progress = _Progress()
         self.walkers = [Walker(spec, start, committee) for spec in walkers]
         self.resumed_from: dict[str, int] | None = None
-        self._lock = threading.Lock()  # walkers advance in threads; counters are shared
+        self._lock = threading.Lock()  # walkers advance in threads; the step count is shared
         self._started = time.perf_counter()
         self._recover()
 
@@ -754,8 +757,7 @@ class OTFRun:
                     )
                     log.error(message)
                     return Pause(walker.spec.name, walker.step, "lost", message=message)
-                with self._lock:
-                    self.progress.quiet_steps = 0
+                walker.unsettled.append((None, False))
                 if self.calling and prediction_there is not None:  # the committee was wrong there: learn it
                     walker.called(tripped_at)
                     return Pause(walker.spec.name, tripped_at, "uncertain", tripped, prediction_there)
@@ -768,24 +770,23 @@ class OTFRun:
             walker.consider(prediction, s.min_steps_between_calls)
             since_call = walker.step - walker.last_call
             with self._lock:
-                self.calibration.observe_step(u)
                 self.progress.md_steps += 1
-                audited: Pause | None = None  # the frame an audit labels, if one is due
-                if s.label_every is not None:
-                    doubt = walker.step % s.label_every == 0
+            # The threshold and burn-in change only between rounds: nothing here depends on
+            # how the walkers' threads interleave.
+            audited: Pause | None = None  # the frame an audit labels, if one is due
+            if s.label_every is not None:
+                doubt, quiet = walker.step % s.label_every == 0, None
+            else:
+                above = u > self.calibration.threshold
+                quiet = False if above else None if walker.spec.ramping(walker.step) else True
+                if s.audit_every > 0 and self.calibration.burning_in:  # audits only: see the docstring
+                    doubt, walker.weighted_steps = False, walker.weighted_steps + 1.0
                 else:
-                    above = u > self.calibration.threshold
-                    if above:
-                        self.progress.quiet_steps = 0
-                    elif not walker.spec.ramping(walker.step):
-                        self.progress.quiet_steps += 1
-                    if s.audit_every > 0 and self.calibration.burning_in:  # audits only: see the docstring
-                        doubt, walker.weighted_steps = False, walker.weighted_steps + 1.0
-                    else:
-                        doubt = above and since_call >= s.min_steps_between_calls
-                        walker.weighted_steps += min(u / self.calibration.threshold, 1.0)
-                    if s.audit_every > 0 and walker.weighted_steps >= s.audit_every:
-                        audited = walker.least_sure  # None while every frame is too near the last label
+                    doubt = above and since_call >= s.min_steps_between_calls
+                    walker.weighted_steps += min(u / self.calibration.threshold, 1.0)
+                if s.audit_every > 0 and walker.weighted_steps >= s.audit_every:
+                    audited = walker.least_sure  # None while every frame is too near the last label
+            walker.unsettled.append((u, quiet))
             if doubt and self.calling:
                 walker.called()
                 return Pause(walker.spec.name, walker.step, "uncertain", walker.atoms.copy(), prediction)
@@ -936,6 +937,21 @@ class OTFRun:
                 old.unlink()
         return folder / "state.json"
 
+    def settle(self) -> None:
+        """Fold the walkers' new steps into the calibration window and the quiet count, walker
+        by walker in their fixed order. Walkers step in threads: folding steps as they came
+        made the threshold and the stopping rule, and so the run, depend on thread timing."""
+        p = self.progress
+        for walker in self.walkers:
+            for uncertainty, quiet in walker.unsettled:
+                if uncertainty is not None:
+                    self.calibration.observe_step(uncertainty)
+                if quiet is False:
+                    p.quiet_steps = 0
+                elif quiet:
+                    p.quiet_steps += 1
+            walker.unsettled.clear()
+
     def check_stopping(self) -> str | None:
         """Fire the stopping rule if it holds; returns its reason once it has fired."""
         s, p = self.settings, self.progress
@@ -966,6 +982,7 @@ class OTFRun:
             started: ``time.perf_counter()`` when the round began.
         """
         new = [label for label in labels if label.failure is None]
+        self.settle()
         self.calibration.update()
         self.check_stopping()
         if self.final_fit_due:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -21,7 +22,7 @@ from ase.calculators.emt import EMT
 
 from loop.errors import ConfigError
 from loop.ledger import Ledger
-from loop.otf import Calibration, OTFRun, OTFSettings, WalkerSpec
+from loop.otf import Calibration, OTFRun, OTFSettings, Walker, WalkerSpec
 from loop.otf_config import load_otf_config
 from loop.space import Candidate
 from oracles.base import Measurement, Oracle, Result
@@ -220,6 +221,7 @@ def test_an_audit_labels_the_least_sure_frame_once_the_weighted_steps_add_up(
         run.close_round(run.initial_labels(), 0.0)
         walker = run.walkers[0]
         pause = run.advance(walker)
+        run.settle()
         uncertainties = np.array(run.calibration.recent)  # one per step of this walker
         weighted = np.cumsum(uncertainties / 10.0)
         assert pause.kind == "uncertain" and walker.step == len(uncertainties) < 400
@@ -248,6 +250,7 @@ def test_until_calibrated_a_walker_only_audits_then_labels_what_it_doubts(
         walker = run.walkers[0]
         assert run.calibration.burning_in
         pause = run.advance(walker)
+        run.settle()
         uncertainties = np.array(run.calibration.recent)
         assert walker.step == 25, "an audit after 25 steps, each counted fully, not a doubt at step 10"
         assert pause.step == 10 + int(np.argmax(uncertainties[9:])), "the least sure frame of the stretch"
@@ -304,6 +307,7 @@ def test_a_finishing_walker_audits_its_last_stretch_if_it_is_worth_half_an_audit
         run.close_round(run.initial_labels(), 0.0)
         walker = run.walkers[0]
         pause = run.advance(walker)
+        run.settle()
         uncertainties = np.array(run.calibration.recent)
         assert walker.finished and walker.step == len(uncertainties) == 40
         if audits:  # 40 steps >= 60 / 2
@@ -323,13 +327,44 @@ def test_steps_on_a_temperature_ramp_are_not_quiet(tmp_path: Path, make_run: Cal
         heating, steady = run.walkers  # 300 -> 900 K, and 600 K throughout
         run.progress.calls_within_tolerance = 1
         assert run.advance(steady).kind == "finished"
+        run.settle()
         assert run.progress.quiet_steps == 40
         assert run.check_stopping() is None, "the heating walker has yet to reach 900 K"
         assert run.advance(heating).kind == "finished"
+        run.settle()
         assert run.progress.quiet_steps == 42, "only its last two steps, at 900 K, count"
         assert run.check_stopping() is not None and "42 steps" in (run.progress.stopped_calling or "")
     finally:
         run.committee.close()
+
+
+def test_a_run_does_not_depend_on_how_its_walkers_threads_interleave(
+    tmp_path: Path, make_run: Callable[..., OTFRun], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A window shorter than a round's steps: which steps it keeps decides the threshold.
+    settings = {"window_steps": 15, "min_calibration_calls": 2, "stop_after_calls": 2, "stop_quiet_steps": 20}
+    outcomes = []
+    for slow in ("a", "b"):  # one walker steps slower than the other, then the other way round
+        md_step = Walker.md_step
+
+        def step(walker: Walker, slow: str = slow, md_step: Callable[[Walker], None] = md_step) -> None:
+            if walker.spec.name == slow:
+                time.sleep(0.004)
+            md_step(walker)
+
+        monkeypatch.setattr(Walker, "md_step", step)
+        (tmp_path / slow).mkdir()
+        run = make_run(
+            tmp_path / slow, FlakyEMT(), steps=60, max_oracle_calls=10, final_fit=False, **settings
+        )
+        try:
+            report = run.run()
+        finally:
+            run.committee.close()
+            monkeypatch.undo()
+        labelled = [e.candidate_id for e in run.ledger.evaluations(run.id)]
+        outcomes.append((labelled, list(run.calibration.recent), report.threshold, run.progress.quiet_steps))
+    assert outcomes[0] == outcomes[1]
 
 
 @pytest.mark.parametrize("final_fit", [True, False])
