@@ -109,12 +109,25 @@ class MissCheck:
 
 
 @dataclass
+class _Records:
+    """One walker's share of a :class:`_Trajectory`, in the order it stepped."""
+
+    rdf_frames: list[Atoms] = field(default_factory=list)
+    held_out: list[Frame] = field(default_factory=list)
+    checks: list[MissCheck] = field(default_factory=list)
+    in_run: list[tuple[np.ndarray, float]] = field(default_factory=list)
+
+
+@dataclass
 class _Trajectory:
     """What a variant's walkers went through: frames for the RDF, held-out frames, checks.
 
     With ``reference`` (the ground truth's held-out frames), each one is also predicted by the
     committee that drives the same walker at the same step (``in_run``): how good the potential
     the MD ran on was, there and then, rather than the run's final potential.
+
+    Walkers step in threads; each keeps its own records, and the trajectory lists them walker by
+    walker (by name), so sums and ``checks.csv`` do not depend on how the threads interleaved.
     """
 
     calculator: Callable[[], BaseCalculator]
@@ -122,38 +135,51 @@ class _Trajectory:
     check: bool = False
     hold_out: bool = False
     reference: dict[str, Frame] = field(default_factory=dict)
-    rdf_frames: list[Atoms] = field(default_factory=list)
-    held_out: list[Frame] = field(default_factory=list)
-    checks: list[MissCheck] = field(default_factory=list)
-    in_run: list[tuple[np.ndarray, float]] = field(default_factory=list)
+    by_walker: dict[str, _Records] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, walker: Walker) -> None:
         """Record ``walker``'s current frame (called by :class:`_ObservedWalker`; thread-safe)."""
         atoms, step = walker.atoms, walker.step
         frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        held_out = check = in_run = None
+        with self._lock:
+            records = self.by_walker.setdefault(walker.spec.name, _Records())
         key = f"{walker.spec.name}:{step}"
+        if step > walker.spec.steps // 2:
+            records.rdf_frames.append(frame)
         if self.hold_out and step % HELD_OUT_EVERY == 0:
             held_out = Frame.from_atoms(frame, atoms.get_potential_energy(), atoms.get_forces(), id=key)
+            records.held_out.append(held_out)
         if key in self.reference:
-            in_run = _errors(atoms.calc.committee, self.reference[key])  # type: ignore[union-attr]
+            records.in_run.append(_errors(atoms.calc.committee, self.reference[key]))  # type: ignore[union-attr]
         if self.check and step % CHECK_EVERY == 0:
-            frame.calc = self.calculator()
-            predicted, true = atoms.get_forces(), frame.get_forces()
+            checked = frame.copy()
+            checked.calc = self.calculator()
+            predicted, true = atoms.get_forces(), checked.get_forces()
             u = atoms.calc.results["committee"].uncertainty  # type: ignore[union-attr]
             largest = float(np.linalg.norm(predicted - true, axis=1).max())
-            check = MissCheck(walker.spec.name, step, force_error(predicted, true), float(u), largest)
-            frame.calc = None
-        with self._lock:
-            if step > walker.spec.steps // 2:
-                self.rdf_frames.append(frame)
-            if held_out is not None:
-                self.held_out.append(held_out)
-            if check is not None:
-                self.checks.append(check)
-            if in_run is not None:
-                self.in_run.append(in_run)
+            records.checks.append(
+                MissCheck(walker.spec.name, step, force_error(predicted, true), float(u), largest)
+            )
+
+    def _walker_by_walker(self, kind: str) -> list[Any]:
+        return [item for name in sorted(self.by_walker) for item in getattr(self.by_walker[name], kind)]
+
+    @property
+    def rdf_frames(self) -> list[Atoms]:
+        return self._walker_by_walker("rdf_frames")
+
+    @property
+    def held_out(self) -> list[Frame]:
+        return self._walker_by_walker("held_out")
+
+    @property
+    def checks(self) -> list[MissCheck]:
+        return self._walker_by_walker("checks")
+
+    @property
+    def in_run(self) -> list[tuple[np.ndarray, float]]:
+        return self._walker_by_walker("in_run")
 
     def mark_called(self, labelled: set[tuple[str, int]]) -> None:
         """The loop sent these (walker, step) frames to the oracle: checks there were no misses."""

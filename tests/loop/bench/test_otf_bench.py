@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.calculators.emt import EMT
 from typer.testing import CliRunner
 
 from loop.bench.cli import app
 from loop.bench.otf import (
     CHECK_EVERY,
     VARIANTS,
+    _Trajectory,
     every_kth_interval,
     radial_distribution,
     rdf_difference,
@@ -191,3 +194,22 @@ def test_radial_distribution_of_fcc_has_its_shells() -> None:
     assert counts[r < 3.0].sum() == pytest.approx(12 * 4)  # 12 nearest neighbours of each of 4 atoms
     assert rdf_difference(g, g) == 0.0
     assert rdf_difference(2 * g, g) == pytest.approx(1.0)
+
+
+def test_a_trajectory_lists_its_records_walker_by_walker_however_the_threads_interleaved() -> None:
+    def walker(name: str) -> SimpleNamespace:
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+        atoms.calc = EMT()
+        return SimpleNamespace(atoms=atoms, spec=SimpleNamespace(name=name, steps=40), step=0)
+
+    held_out = []
+    for order in ("abab", "bbaa"):
+        trajectory, walkers = _Trajectory(EMT, hold_out=True), {"a": walker("a"), "b": walker("b")}
+        for name in order:
+            w = walkers[name]
+            w.step += 20
+            w.atoms.positions[0, 0] += 0.01
+            trajectory.observe(w)  # type: ignore[arg-type]
+        held_out.append([frame.id for frame in trajectory.held_out])
+        assert len(trajectory.rdf_frames) == 2, "steps past half the run: one of each walker's two"
+    assert held_out[0] == held_out[1] == ["a:20", "a:40", "b:20", "b:40"]
