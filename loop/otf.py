@@ -349,6 +349,20 @@ class Pause:
         return self.prediction.uncertainty if self.prediction is not None else math.nan
 
 
+@dataclass(frozen=True)
+class _Step:
+    """A walker's step as the calibration window and the stopping rule see it.
+
+    Args:
+        uncertainty: The committee's uncertainty there; ``None`` for a rollback.
+        quiet: ``True`` counts towards the quiet steps, ``False`` resets them, ``None`` neither
+            (a step on a temperature ramp, or labelling every k-th step).
+    """
+
+    uncertainty: float | None
+    quiet: bool | None
+
+
 @dataclass
 class _Snapshot:
     step: int
@@ -372,9 +386,7 @@ class Walker:
         self.last_labelled = 0  # the step of the frame that call labelled (an audit's is earlier)
         self.weighted_steps = 0.0  # steps since the last call, each counted as uncertainty / threshold
         self.least_sure: Pause | None = None  # the frame it was least sure of since its last call
-        # Steps not yet folded into the run's calibration window and quiet count (OTFRun.settle):
-        # (uncertainty, or None for a rollback; True a quiet step, False a reset, None neither).
-        self.unsettled: list[tuple[float | None, bool | None]] = []
+        self.unsettled: list[_Step] = []  # steps not yet folded into the run's counts (OTFRun.settle)
         self.rng = np.random.default_rng(spec.seed)
         thermalize_momenta(self.atoms, temperature_K=spec.temperature_at(0), rng=self.rng)
         Stationary(self.atoms)
@@ -757,7 +769,7 @@ class OTFRun:
                     )
                     log.error(message)
                     return Pause(walker.spec.name, walker.step, "lost", message=message)
-                walker.unsettled.append((None, False))
+                walker.unsettled.append(_Step(None, quiet=False))
                 if self.calling and prediction_there is not None:  # the committee was wrong there: learn it
                     walker.called(tripped_at)
                     return Pause(walker.spec.name, tripped_at, "uncertain", tripped, prediction_there)
@@ -786,7 +798,7 @@ class OTFRun:
                     walker.weighted_steps += min(u / self.calibration.threshold, 1.0)
                 if s.audit_every > 0 and walker.weighted_steps >= s.audit_every:
                     audited = walker.least_sure  # None while every frame is too near the last label
-            walker.unsettled.append((u, quiet))
+            walker.unsettled.append(_Step(u, quiet))
             if doubt and self.calling:
                 walker.called()
                 return Pause(walker.spec.name, walker.step, "uncertain", walker.atoms.copy(), prediction)
@@ -943,12 +955,12 @@ class OTFRun:
         made the threshold and the stopping rule, and so the run, depend on thread timing."""
         p = self.progress
         for walker in self.walkers:
-            for uncertainty, quiet in walker.unsettled:
-                if uncertainty is not None:
-                    self.calibration.observe_step(uncertainty)
-                if quiet is False:
+            for step in walker.unsettled:
+                if step.uncertainty is not None:
+                    self.calibration.observe_step(step.uncertainty)
+                if step.quiet is False:
                     p.quiet_steps = 0
-                elif quiet:
+                elif step.quiet:
                     p.quiet_steps += 1
             walker.unsettled.clear()
 
