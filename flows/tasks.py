@@ -32,9 +32,9 @@ from prefect.states import State
 
 from loop.build import build_oracle, build_space
 from loop.campaign import Campaign
+from loop.candidate import Candidate
 from loop.config import CampaignConfig
 from loop.ledger import EvaluationRecord
-from loop.space import Candidate
 from oracles.base import Measurement, Oracle, Result
 from oracles.errors import OracleError
 from surrogates.base import Surrogate

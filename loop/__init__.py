@@ -18,7 +18,7 @@ _EXPORTS = {
     "parse_config": "loop.config",
     "Ledger": "loop.ledger",
     "CandidatePool": "loop.pool",
-    "Candidate": "loop.space",
+    "Candidate": "loop.candidate",
     "Categorical": "loop.space",
     "Continuous": "loop.space",
     "Integer": "loop.space",

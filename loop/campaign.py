@@ -27,11 +27,12 @@ from botorch.utils.datasets import SupervisedDataset
 
 from loop.acquisition import Acquisition, Pick
 from loop.build import build_acquisition, build_oracle, build_space, build_surrogate
+from loop.candidate import Candidate
 from loop.config import CampaignConfig, load_config
 from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.pool import Pool
 from loop.report import campaign_status
-from loop.space import Candidate, SearchSpace
+from loop.space import SearchSpace
 from oracles.base import Oracle, Reattachable, Result
 from oracles.errors import EvaluationFailed, OracleSetupError
 from surrogates.base import Surrogate, SurrogateError

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loop.errors import ConfigError, SpaceError
+from loop.errors import ConfigError, SpaceError, describe_validation_error
 from loop.provenance import config_hash
 from loop.space import (
     Categorical,
@@ -423,15 +423,4 @@ def parse_config(
     try:
         return CampaignConfig.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(f"{location}: {message}" if location else message)
-    return "; ".join(problems)
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None

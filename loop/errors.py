@@ -7,6 +7,13 @@ state that went wrong) so callers can catch either.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
+ModelT = TypeVar("ModelT", bound="BaseModel")
+
 
 class AlloopError(Exception):
     """Base class of every error alloop raises on purpose."""
@@ -30,3 +37,33 @@ class LedgerError(AlloopError, RuntimeError):
 
 class CampaignError(AlloopError, RuntimeError):
     """A campaign cannot go on (nothing left to propose, incompatible resumed ledger...)."""
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem of a pydantic ``ValidationError``, each naming its key.
+
+    The one formatter every configuration section uses, so that a wrong key reads the same
+    wherever it is: ``oracle.noise_sd: Input should be greater than or equal to 0``;
+    ``acquisition.betta: unknown key``.
+
+    Args:
+        exc: The error pydantic raised.
+        prefix: The section's dotted name, put before each location (``"oracle"``).
+    """
+    problems = []
+    for error in exc.errors():
+        location = ".".join([*([prefix] if prefix else []), *(str(part) for part in error["loc"])])
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        message = message.removeprefix("Value error, ")
+        problems.append(f"{location}: {message}" if location else message)
+    return "; ".join(problems)
+
+
+def validate_section(model: type[ModelT], data: Any, prefix: str = "") -> ModelT:
+    """``model.model_validate(data)``, with pydantic's error turned into one :class:`ConfigError`."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, prefix)) from None

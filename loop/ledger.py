@@ -50,9 +50,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from loop.candidate import Candidate
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
 from loop.provenance import package_versions, process_info
-from loop.space import Candidate
 from oracles.base import Result
 
 Status = Literal["proposed", "submitted", "done", "failed"]

@@ -84,9 +84,9 @@ from ase import Atoms, units
 from ase.md.md import MolecularDynamics
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
+from loop.candidate import Candidate
 from loop.errors import ConfigError
 from loop.ledger import EvaluationRecord, Ledger, Proposal
-from loop.space import Candidate
 from oracles.base import Oracle, Result
 from oracles.errors import EvaluationFailed
 from surrogates.mlip import CommitteeCalculator, CommitteePrediction, Frame, MLIPCommittee, force_error

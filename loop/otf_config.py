@@ -27,7 +27,7 @@ from ase import Atoms
 from pydantic import TypeAdapter, ValidationError
 
 from loop.config import read_toml
-from loop.errors import ConfigError
+from loop.errors import ConfigError, describe_validation_error
 from loop.ledger import Ledger
 from loop.otf import OTFRun, OTFSettings, WalkerSpec
 from surrogates.base import SurrogateError
@@ -134,11 +134,7 @@ def _section(cls: type[T], values: Any, name: str) -> T:
     try:
         return TypeAdapter(cls).validate_python(dict(values))
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join([name, *(str(p) for p in e['loc'])])}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        ]
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError(describe_validation_error(exc, name)) from None
     except (ConfigError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from None
 

@@ -16,16 +16,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from loop.candidate import Candidate, ParamValue
 from loop.errors import ConfigError, SpaceError
-from loop.space import (
-    Candidate,
-    Categorical,
-    Continuous,
-    Integer,
-    Parameter,
-    ParamValue,
-    SearchSpace,
-)
+from loop.space import Categorical, Continuous, Integer, Parameter, SearchSpace
 
 
 class Pool(Protocol):

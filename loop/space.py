@@ -9,22 +9,18 @@ the same candidate is recognised wherever and whenever it turns up.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from loop.candidate import Candidate, ParamValue
 from loop.errors import SpaceError
 
-ParamValue: TypeAlias = float | int | str
-_ID_DIGITS = 12  # significant digits that make two floats "the same" parameter value
 _CONSTRAINT_TOL = 1e-6
 
 
@@ -136,41 +132,6 @@ class LinearConstraint:
     def __str__(self) -> str:
         terms = " + ".join(f"{c:g}*{n}" for n, c in self.coefficients)
         return f"{terms} {self.sense} {self.rhs:g}"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One point of a search space: canonical parameters and the id derived from them."""
-
-    params: Mapping[str, ParamValue]
-    id: str = field(default="")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
-        if not self.id:
-            object.__setattr__(self, "id", candidate_id(self.params))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "params": dict(self.params)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
-        return cls(params=d["params"], id=d["id"])
-
-
-def candidate_id(params: Mapping[str, ParamValue]) -> str:
-    """A stable id: 16 hex digits of the SHA-256 of the canonical parameters.
-
-    Numbers are compared to 12 significant digits, so ``0.1 + 0.2`` and ``0.3`` (or ``6`` and
-    ``6.0``) give the same id; strings are kept apart from numbers.
-    """
-    canonical = {
-        # ``+ 0.0`` turns -0.0 into 0.0: numerically equal values must share an id.
-        name: (f"s:{value}" if isinstance(value, str) else format(float(value) + 0.0, f".{_ID_DIGITS}g"))
-        for name, value in params.items()
-    }
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class SearchSpace:

@@ -37,9 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pymatgen.core import Element, Lattice, Structure
 from torch import Tensor
 
-from loop.errors import ConfigError, SpaceError
+from loop.candidate import Candidate
+from loop.errors import ConfigError, SpaceError, describe_validation_error
 from loop.featurize import StructureFeaturizer
-from loop.space import Candidate
 
 ParentLattice = Literal["fcc", "bcc", "hcp"]
 _PARENTS: dict[str, np.ndarray] = {
@@ -538,7 +538,7 @@ def pool_from_config(options: Mapping[str, Any], config: Any) -> StructurePool:
     try:
         parsed = StructureSpaceOptions.model_validate(dict(options))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, "space.generator")) from None
+        raise ConfigError(describe_validation_error(exc, "space.generator")) from None
     except SpaceError as exc:
         raise ConfigError(f"space.generator: {exc}") from None
     if parsed.min_atoms > parsed.max_atoms:
@@ -569,12 +569,3 @@ def _cached_generate(key: str, base_dir: str) -> StructurePool:
     pool = generate(StructureSpaceOptions.model_validate_json(key), Path(base_dir))
     pool.generation_s = time.perf_counter() - start  # type: ignore[attr-defined]
     return pool
-
-
-def _describe(exc: ValidationError, prefix: str) -> str:
-    problems = []
-    for error in exc.errors():
-        location = ".".join([prefix, *(str(p) for p in error["loc"])])
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        problems.append(f"{location}: {message.removeprefix('Value error, ')}")
-    return "; ".join(problems)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from loop.candidate import Candidate
 from loop.errors import DuplicateCandidateError
-from loop.space import Candidate
 from oracles.errors import InvalidResult
 
 

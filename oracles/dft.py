@@ -35,8 +35,8 @@ from typing import Any, Literal
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from loop.errors import ConfigError, SpaceError
-from loop.space import Candidate
+from loop.candidate import Candidate
+from loop.errors import ConfigError, SpaceError, describe_validation_error
 from oracles.base import Measurement, Oracle, Result
 from oracles.calculators import CalculatorSpec, check_available
 from oracles.dft_job import JobSettings, atoms_from_dict, atoms_to_dict, min_distance
@@ -292,12 +292,7 @@ def oracle_from_config(options: Mapping[str, Any], config: Any) -> DFTRunner:
     try:
         parsed = DFTOracleOptions.model_validate(dict(options))
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            location = ".".join(["oracle", *(str(p) for p in error["loc"])])
-            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"{location}: {message}")
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError(describe_validation_error(exc, "oracle")) from None
     if not isinstance(getattr(ase.optimize, parsed.optimizer, None), type):
         raise ConfigError(f"oracle.optimizer: ASE has no optimizer {parsed.optimizer!r}")
     spec = CalculatorSpec(

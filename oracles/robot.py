@@ -54,8 +54,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loop.errors import ConfigError, DuplicateCandidateError
-from loop.space import Candidate
+from loop.candidate import Candidate
+from loop.errors import ConfigError, DuplicateCandidateError, describe_validation_error
 from oracles.base import Measurement, Oracle, Reattachable, Result
 from oracles.errors import EvaluationFailed, EvaluationTimeout, OracleSetupError
 
@@ -860,12 +860,7 @@ def oracle_from_config(options: Mapping[str, Any], config: CampaignConfig) -> Ro
     try:
         parsed = RobotOptions.model_validate(dict(options))
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"oracle.{where}: {message.removeprefix('Value error, ')}")
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError(describe_validation_error(exc, "oracle")) from None
     token = resolve_token(parsed.token_env, parsed.token_secret_block)
     properties = {o.name: o.unit for o in config.objectives} | parsed.properties
     return RobotOracle(

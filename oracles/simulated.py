@@ -26,8 +26,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from loop.candidate import Candidate
 from loop.errors import ConfigError
-from loop.space import Candidate, SearchSpace
+from loop.space import SearchSpace
 from oracles.base import Measurement, Oracle, Result
 from oracles.errors import EvaluationFailed, OracleSetupError
 from oracles.functions import GroundTruth

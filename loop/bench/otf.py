@@ -47,7 +47,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
-from loop.errors import ConfigError
+from loop.errors import ConfigError, describe_validation_error
 from loop.ledger import Ledger
 from loop.otf import OTFSettings, RoundReport, Walker, WalkerSpec
 from loop.otf_config import OTFConfig, build_otf_run, load_otf_config
@@ -267,7 +267,7 @@ def oracle_calculator(config: OTFConfig, directory: Path) -> Callable[[], BaseCa
     try:
         options = DFTOracleOptions.model_validate(dict(config.oracle))
     except ValidationError as exc:
-        raise ConfigError(f"oracle: {exc}") from None
+        raise ConfigError(describe_validation_error(exc, "oracle")) from None
     spec = CalculatorSpec(
         options.calculator, options.calculator_options, options.kpoint_density, options.ecut_ev, options.xc
     )

@@ -46,7 +46,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
-from loop.space import Candidate
+from loop.candidate import Candidate
 from oracles.errors import EvaluationFailed
 from oracles.functions import GroundTruth, branin, thin_film
 from oracles.lab.store import TERMINAL, KeyConflict, LabStore, RunRecord

@@ -17,10 +17,10 @@ from botorch.utils.datasets import SupervisedDataset
 from torch import Tensor
 
 from loop.campaign import Campaign
+from loop.candidate import Candidate
 from loop.config import load_config, parse_config
 from loop.errors import ConfigError
 from loop.ledger import Ledger
-from loop.space import Candidate
 from loop.stability import campaign_hull, hull_heights, hull_points, near_hull, phase_diagram
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft import DFTRunner

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
+from loop.candidate import Candidate
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
 from loop.ledger import Ledger, Proposal, ledger_url
-from loop.space import Candidate
 from oracles.base import Measurement, Result
 
 TABLES = ("campaigns", "runs", "candidates", "evaluations", "results", "cycles")

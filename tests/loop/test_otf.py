@@ -20,11 +20,11 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
+from loop.candidate import Candidate
 from loop.errors import ConfigError
 from loop.ledger import Ledger
 from loop.otf import Calibration, OTFRun, OTFSettings, Walker, WalkerSpec
 from loop.otf_config import load_otf_config
-from loop.space import Candidate
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft_job import atoms_to_dict
 from oracles.errors import EvaluationFailed

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
+from loop.candidate import Candidate
 from loop.errors import ConfigError, SpaceError
 from loop.pool import CandidatePool, read_table
-from loop.space import Candidate, Categorical, Continuous, Integer, SearchSpace
+from loop.space import Categorical, Continuous, Integer, SearchSpace
 
 
 @pytest.fixture

@@ -7,16 +7,9 @@ import math
 import pytest
 import torch
 
+from loop.candidate import Candidate, candidate_id
 from loop.errors import SpaceError
-from loop.space import (
-    Candidate,
-    Categorical,
-    Continuous,
-    Integer,
-    LinearConstraint,
-    SearchSpace,
-    candidate_id,
-)
+from loop.space import Categorical, Continuous, Integer, LinearConstraint, SearchSpace
 
 
 @pytest.fixture

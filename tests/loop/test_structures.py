@@ -12,10 +12,10 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from loop.candidate import Candidate
 from loop.config import parse_config
 from loop.errors import ConfigError, SpaceError
 from loop.featurize import StructureFeaturizer
-from loop.space import Candidate
 from loop.structures import (
     _BASES,
     _PARENTS,

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from loop.candidate import Candidate
 from loop.errors import DuplicateCandidateError
-from loop.space import Candidate
 from oracles.base import Measurement, Oracle, Result
 from oracles.errors import EvaluationFailed, InvalidResult, OracleError, OracleSetupError
 

@@ -16,9 +16,9 @@ from ase.calculators.emt import EMT
 from pymatgen.core import Lattice, Structure
 
 from loop.campaign import Campaign
+from loop.candidate import Candidate
 from loop.config import parse_config
 from loop.errors import ConfigError
-from loop.space import Candidate
 from loop.structures import structure_to_params
 from oracles.calculators import CalculatorSpec
 from oracles.dft import DFTRunner, oracle_from_config

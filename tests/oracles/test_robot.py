@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from loop.campaign import Campaign
+from loop.candidate import Candidate
 from loop.config import load_config, parse_config
 from loop.errors import ConfigError
 from loop.ledger import Ledger
-from loop.space import Candidate
 from oracles.errors import EvaluationFailed, EvaluationTimeout, OracleSetupError
 from oracles.lab import Faults, Lab, LabServer, LabStore
 from oracles.robot import (

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from loop.candidate import Candidate
 from loop.errors import ConfigError
-from loop.space import Candidate, Categorical, Continuous, Integer, SearchSpace
+from loop.space import Categorical, Continuous, Integer, SearchSpace
 from oracles.errors import EvaluationFailed, InvalidResult, OracleSetupError
 from oracles.functions import FUNCTIONS, branin, resolve_function, thin_film
 from oracles.simulated import DatasetLab, EmulatedLab, read_journal
