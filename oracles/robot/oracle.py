@@ -100,21 +100,6 @@ class RobotOracle(Oracle, Reattachable):
         if not properties:
             raise ConfigError("the robot oracle needs at least one property")
         self.url = url.rstrip("/")
-        self.__token = token
-        self.campaign = campaign
-        self.implemented_properties = tuple(properties)
-        self.units = dict(properties)
-        self.program = program
-        self.poll_interval_s, self.max_poll_interval_s = float(poll_interval_s), float(max_poll_interval_s)
-        self.timeout_s, self.request_timeout_s = float(timeout_s), float(request_timeout_s)
-        problem = url_problem(url)
-        if problem:
-            raise ConfigError(f"oracle.url: {problem}")
-        if not token:
-            raise OracleSetupError("the robot oracle needs a bearer token")
-        if not properties:
-            raise ConfigError("the robot oracle needs at least one property")
-        self.url = url.rstrip("/")
         self.campaign = campaign
         self.implemented_properties = tuple(properties)
         self.units = dict(properties)

@@ -72,6 +72,7 @@ class LabRuns:
         return refusal(response, what, self._http.url, self.campaign)
 
     async def post(self, candidate: Candidate, deadline: float) -> str:
+        """Submit a candidate's run (a replay gets the run its key made before); its run id."""
         request = RunRequest.model_construct(  # the lab validates; the client only sends
             campaign=self.campaign,
             candidate_id=candidate.id,
@@ -153,6 +154,7 @@ class LabRuns:
         return await asyncio.wait_for(follow(), timeout=max(0.0, deadline - time.monotonic()))
 
     async def outcome(self, candidate: Candidate, run: Mapping[str, Any], deadline: float) -> Result:
+        """The result of a final run, or the error its failure or cancellation means."""
         run_id, status = run["id"], run["status"]
         if status == "failed":
             retryable = run.get("retryable")
@@ -170,6 +172,7 @@ class LabRuns:
         return self.result(candidate, json_body(response))
 
     def result(self, candidate: Candidate, payload: Mapping[str, Any]) -> Result:
+        """A result payload (:class:`~oracles.lab.contract.RunResult`) as the oracle's result."""
         if payload.get("candidate_id") != candidate.id:
             raise EvaluationFailed(
                 f"the lab answered for candidate {payload.get('candidate_id')!r} "
@@ -195,6 +198,7 @@ class LabRuns:
     # --- cancelling and closing ---
 
     async def cancel(self, run_id: str) -> bool:
+        """Ask the lab to cancel a run; whether it accepted."""
         try:
             response = await self._http.send("POST", run_path(run_id, "cancel"), attempts=3)
         except LabUnreachable as exc:
