@@ -21,17 +21,20 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from loop.candidate import Candidate
 from loop.errors import ConfigError
-from loop.space import SearchSpace
 from oracles.base import Measurement, Oracle, Result
 from oracles.errors import EvaluationFailed, OracleSetupError
 from oracles.functions import GroundTruth
+
+if TYPE_CHECKING:  # the dataset lab is handed its table and space; it never builds them
+    import pandas as pd
+
+    from loop.space import SearchSpace
 
 
 class _Attempts:

@@ -58,7 +58,8 @@ def serve(
     """Serve the lab until interrupted; queued runs wait in --db for the next start."""
     import uvicorn
 
-    from oracles.lab.server import Faults, Lab, create_app
+    from oracles.lab.app import create_app
+    from oracles.lab.instruments import Faults, Lab
     from oracles.lab.store import LabStore
 
     if not token:

@@ -25,14 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-_ALLOWED_FROM: dict[str, tuple[str, ...]] = {
-    "running": ("queued",),
-    "succeeded": ("running",),
-    "failed": ("queued", "running"),
-    "cancelled": ("queued", "running"),
-}
+from oracles.lab.contract import ALLOWED_FROM, STATUSES, TERMINAL, RunStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -244,7 +237,7 @@ class LabStore:
         """Runs by status."""
         with self._lock:
             rows = self._conn.execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status").fetchall()
-        counts = dict.fromkeys(("queued", "running", "succeeded", "failed", "cancelled"), 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         counts.update({r["status"]: int(r["n"]) for r in rows})
         return counts
 
@@ -272,7 +265,7 @@ class LabStore:
         retryable: bool | None = None,
     ) -> bool:
         """Settle a run; ``False`` (and nothing written) if it was settled already."""
-        allowed = _ALLOWED_FROM[status]
+        allowed = ALLOWED_FROM[status]
         with self._transaction() as conn:
             changed = conn.execute(
                 "UPDATE runs SET status = ?, result = ?, error = ?, retryable = ?, finished_at = ? "

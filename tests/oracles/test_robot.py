@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,31 @@ def test_the_token_comes_from_the_named_environment_variable(monkeypatch: pytest
     with pytest.raises(OracleSetupError, match="ALLOOP_LAB_TOKEN") as caught:
         oracle_from_config(config.oracle.options, config)
     assert TOKEN not in str(caught.value)
+
+
+@dataclass(frozen=True)
+class _Objective:
+    name: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class _Context:
+    """A build context that is not a campaign configuration: the builder needs no more."""
+
+    campaign: Any
+    objectives: tuple[_Objective, ...]
+
+    def resolve(self, path: str | Path) -> Path:
+        return Path("/nowhere") / path
+
+
+def test_the_builder_reads_only_the_small_build_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOOP_LAB_TOKEN", TOKEN)
+    context = _Context(_Objective("ctx-campaign", ""), (_Objective("y", "eV"), _Objective("z", "nm")))
+    oracle = oracle_from_config({"url": "http://127.0.0.1:9", "properties": {"w": "K"}}, context)
+    assert oracle.campaign == "ctx-campaign"
+    assert oracle.units == {"y": "eV", "z": "nm", "w": "K"}
 
 
 def test_the_token_can_come_from_a_prefect_secret_block(monkeypatch: pytest.MonkeyPatch) -> None:
