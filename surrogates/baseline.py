@@ -21,6 +21,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
+from loop.frame import Frame
 from surrogates.base import SurrogateError
 
 _NAMED = {"chgnet": "chgnet.model.dynamics:CHGNetCalculator"}
@@ -61,7 +62,7 @@ class Baseline:
             stress = np.asarray(copy.get_stress(), dtype=float) if all(copy.pbc) else np.zeros(6)
         return energy, forces, stress
 
-    def residual(self, frame: Any) -> Any:
+    def residual(self, frame: Frame) -> Frame:
         """``frame`` with the baseline's prediction subtracted from its labels (cached by id)."""
         if frame.id not in self._cache:
             self._cache[frame.id] = self.predict(frame.atoms())

@@ -1,0 +1,64 @@
+"""The committee's BoTorch face: an ``EnsembleModel`` over a fixed list of structures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from ase import Atoms
+from botorch.models.ensemble import EnsembleModel
+from torch import Tensor
+
+from surrogates.base import SurrogateError
+
+if TYPE_CHECKING:
+    from surrogates.mlip.committee import MLIPCommittee
+
+
+class StructureEnsemble(EnsembleModel):
+    """A BoTorch ``EnsembleModel`` over a fixed list of structures.
+
+    Inputs are ``batch x q x 1`` structure indices into ``structures``; outputs are the
+    members' energies per atom (eV/atom), ``batch x s x q x 1``. Every BoTorch acquisition
+    works on it (its posterior is an ``EnsemblePosterior``); ``posterior(X).variance`` is the
+    committee's spread, ``mean`` the predicted energy.
+
+    Args:
+        committee: A fitted committee.
+        structures: The structures indices refer to.
+    """
+
+    def __init__(self, committee: MLIPCommittee, structures: Sequence[Atoms]) -> None:
+        super().__init__()
+        if not committee.fitted:
+            raise SurrogateError("the MLIP committee is not fitted yet")
+        self.committee = committee
+        self.structures = list(structures)
+        self._num_outputs = 1
+        self._cache: dict[int, Tensor] = {}
+
+    def member_energies(self, index: int) -> Tensor:
+        """``s``: every member's energy per atom of structure ``index`` (cached)."""
+        if index not in self._cache:
+            atoms = self.structures[index]
+            energies = self.committee.predict(atoms).energy / len(atoms)
+            self._cache[index] = torch.as_tensor(energies, dtype=torch.float64)
+        return self._cache[index]
+
+    def forward(self, X: Tensor) -> Tensor:
+        """``batch x q x 1`` indices → ``batch x s x q x 1`` energies per atom (eV/atom).
+
+        Raises:
+            SurrogateError: an index is not an integer in ``[0, len(structures))``.
+        """
+        indices = X[..., 0]
+        if (
+            not torch.equal(indices, indices.round())
+            or indices.min() < 0
+            or indices.max() >= len(self.structures)
+        ):
+            raise SurrogateError(f"inputs must be structure indices in [0, {len(self.structures)})")
+        flat = torch.stack([self.member_energies(int(i)) for i in indices.reshape(-1).tolist()])
+        values = flat.reshape(*indices.shape, -1).to(X)  # batch x q x s
+        return values.movedim(-1, -2).unsqueeze(-1)
