@@ -1,4 +1,8 @@
-"""Turn a validated configuration into the objects a campaign runs with."""
+"""Turn a validated configuration into the objects a campaign runs with.
+
+The pre-flight checks (:mod:`loop.preflight`) run here, as each part is built, so that a
+campaign whose parts cannot work together fails before its ledger is opened.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,15 @@ from loop.config import (
     PluginSection,
 )
 from loop.errors import ConfigError
-from loop.pool import CandidatePool, Pool, read_table
+from loop.pool import CandidatePool, Pool, drop_missing_objectives, read_table
+from loop.preflight import (
+    check_columns,
+    check_feasible,
+    check_function,
+    restrict_pool,
+    restrict_space,
+    safety_envelope,
+)
 from loop.space import SearchSpace
 from oracles.base import Oracle
 from oracles.functions import resolve_function
@@ -28,25 +40,51 @@ from surrogates.gp import GPSurrogate
 
 
 def build_space(config: CampaignConfig) -> tuple[SearchSpace | None, Pool | None]:
-    """The search space (for parameter spaces and tables) and the pool (for finite ones)."""
+    """The search space (for parameter spaces and tables) and the pool (for finite ones),
+    cut down to the oracle's safety envelope.
+
+    Raises:
+        ConfigError: the constraints leave no point, the envelope leaves nothing, or the pool's
+            table is empty, has no header or no row with its objectives.
+    """
     section = config.space
+    spec = config.oracle
+    envelope = safety_envelope(spec.options) if isinstance(spec, PluginSection) else {}
     if section.pool is not None:
-        pool = CandidatePool.from_csv(config.resolve(section.pool.path), section.pool.inputs)
+        path = config.resolve(section.pool.path)
+        table = drop_missing_objectives(read_table(path), [o.name for o in config.objectives], str(path))
+        pool = restrict_pool(CandidatePool.from_frame(table, section.pool.inputs), envelope)
         return pool.space, pool
     if section.generator is not None:
+        if envelope:
+            raise ConfigError(
+                "oracle.safety restricts parameter spaces and table pools, not [space.generator]"
+            )
         return None, plugin(POOL_PLUGINS, section.generator.type)(section.generator.options, config)
-    return section.build(), None
+    space = section.build()
+    check_feasible(space)
+    return restrict_space(space, envelope), None
 
 
 def build_oracle(config: CampaignConfig, space: SearchSpace | None) -> Oracle:
-    """The oracle the configuration describes."""
+    """The oracle the configuration describes, checked against the space: an emulator's
+    function by one dry call on a point of ``space``, a dataset by its columns.
+
+    Raises:
+        ConfigError: the function reads a parameter the space lacks or does not return an
+            objective; the dataset has no column for an objective.
+    """
     units = {o.name: o.unit for o in config.objectives}
     spec = config.oracle
     if isinstance(spec, PluginSection):
         return plugin(ORACLE_PLUGINS, spec.type)(spec.options, config)
     if isinstance(spec, EmulatorOracle):
+        function = resolve_function(spec.function)
+        if space is not None:
+            trial = space.sample(1, config.campaign.seed)[0]
+            check_function(function, spec.function, trial, [*units, *spec.properties])
         return EmulatedLab(
-            resolve_function(spec.function),
+            function,
             properties=units | spec.properties,
             noise_sd=spec.noise_sd,
             latency_s=spec.latency_s,
@@ -60,8 +98,13 @@ def build_oracle(config: CampaignConfig, space: SearchSpace | None) -> Oracle:
     assert isinstance(spec, DatasetOracle)
     if space is None:
         raise ConfigError("oracle.type = 'dataset' needs a table or parameter space")
+    path = config.resolve(spec.path)
+    table = read_table(path)
+    check_columns(table, list(units), str(path))
+    # A pool read from the same file has already warned about the rows it dropped.
+    warned = config.space.pool is not None and config.resolve(config.space.pool.path) == path
     return DatasetLab(
-        read_table(config.resolve(spec.path)),
+        drop_missing_objectives(table, list(units), str(path), warn=not warned),
         space,
         outputs=units,
         mode=spec.mode,

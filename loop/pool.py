@@ -7,6 +7,7 @@ dataset-backed simulated lab (:mod:`oracles.simulated`), never with the pool.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,8 @@ from torch import Tensor
 from loop.candidate import Candidate, ParamValue
 from loop.errors import ConfigError, SpaceError
 from loop.space import Categorical, Continuous, Integer, Parameter, SearchSpace
+
+log = logging.getLogger("alloop.pool")
 
 
 class Pool(Protocol):
@@ -133,11 +136,71 @@ class CandidatePool:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV table, turning a missing or unreadable file into a clear :class:`ConfigError`."""
+    """Read a CSV table of designs, one row each under a header line of column names.
+
+    Raises:
+        ConfigError: naming the file, when it is missing, unreadable, empty, has a header but
+            no rows, or has no header (its first line, taken as column names, is all numbers).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"data file {str(path)!r} does not exist")
     try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        table = pd.read_csv(path)
+        first_line = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"data file {str(path)!r} is empty: no header, no rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ConfigError(f"data file {str(path)!r} is not a readable CSV table: {exc}") from exc
+    if all(_is_number(cell) for cell in first_line):
+        raise ConfigError(
+            f"data file {str(path)!r} has no header row: its first line {first_line} is all numbers; "
+            "add a first line of column names"
+        )
+    if table.empty:
+        raise ConfigError(f"data file {str(path)!r} has a header but no data rows")
+    return table
+
+
+def drop_missing_objectives(
+    table: pd.DataFrame, objectives: Sequence[str], source: str, warn: bool = True
+) -> pd.DataFrame:
+    """``table`` without the rows whose objective is empty, NaN or not a number.
+
+    Such rows would be proposed and spend budget on a measurement that is not there. Only the
+    objective columns the table has count (a pool's table may hold inputs alone); those become
+    numeric.
+
+    Args:
+        table: One row per design or measurement.
+        objectives: The campaign's objective names.
+        source: What the table is, for the messages (its file).
+        warn: Log one warning that counts the dropped rows.
+
+    Raises:
+        ConfigError: every row lacks an objective.
+    """
+    present = [name for name in objectives if name in table.columns]
+    if not present:
+        return table
+    values = table[present].apply(pd.to_numeric, errors="coerce")
+    missing = values.isna().any(axis=1)
+    if missing.all():
+        raise ConfigError(f"data file {source!r}: every row has an empty or NaN objective {present}")
+    if missing.any() and warn:
+        log.warning(
+            "data file %r: dropped %d of %d row(s) with an empty or NaN objective %s",
+            source,
+            int(missing.sum()),
+            len(table),
+            present,
+        )
+    return table.assign(**{name: values[name] for name in present})[~missing].reset_index(drop=True)
+
+
+def _is_number(cell: Any) -> bool:
+    try:
+        float(cell)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pytest
 import torch
 
 from loop.candidate import Candidate
 from loop.errors import ConfigError, SpaceError
-from loop.pool import CandidatePool, read_table
+from loop.pool import CandidatePool, drop_missing_objectives, read_table
 from loop.space import Categorical, Continuous, Integer, SearchSpace
 
 
@@ -132,11 +134,63 @@ def test_missing_file_is_a_config_error_naming_the_path(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\xff\xfe\x00\x81\x9f binary \x00\xff", b'a,b\n"1,2\n3,4\n'],
-    ids=["empty", "binary", "unterminated-quote"],
+    [b"\xff\xfe\x00\x81\x9f binary \x00\xff", b'a,b\n"1,2\n3,4\n'],
+    ids=["binary", "unterminated-quote"],
 )
 def test_unreadable_csv_is_a_config_error(tmp_path, content):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=r"bad\.csv.*not a readable CSV"):
         read_table(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", r"bad\.csv' is empty: no header, no rows"),
+        ("\n\n", r"bad\.csv' is empty"),
+        ("a,b,y\n", r"bad\.csv' has a header but no data rows"),
+        (
+            "0.1,2,3\n0.2,3,4\n",
+            r"bad\.csv' has no header row: its first line \['0\.1', '2', '3'\] is all numbers",
+        ),
+        ("1,1,2\n2,3,4\n", r"no header row"),  # repeated numbers, which pandas would rename "1.1"
+    ],
+    ids=["empty", "blank-lines", "header-only", "headerless", "headerless-repeated"],
+)
+def test_tables_without_designs_are_named_as_such(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_table(path)
+
+
+def test_a_header_with_some_numbers_is_a_header(tmp_path):
+    path = tmp_path / "spectra.csv"
+    path.write_text("sample,400,500\nA,1.0,2.0\n")
+    assert list(read_table(path).columns) == ["sample", "400", "500"]
+
+
+def test_rows_without_an_objective_are_dropped_with_one_warning_that_counts_them(barrels, caplog):
+    barrels.loc[[1, 4], "toughness"] = float("nan")
+    barrels["toughness"] = barrels["toughness"].astype(object)
+    barrels.loc[7, "toughness"] = "n/a"
+    with caplog.at_level(logging.WARNING, logger="alloop"):
+        kept = drop_missing_objectives(barrels, ["toughness", "strength"], "barrels.csv")
+    assert len(kept) == 9 and kept["toughness"].notna().all()
+    assert kept["toughness"].dtype == float
+    assert [r.getMessage() for r in caplog.records] == [
+        "data file 'barrels.csv': dropped 3 of 12 row(s) with an empty or NaN objective ['toughness']"
+    ]
+    caplog.clear()
+    assert drop_missing_objectives(barrels, ["toughness"], "b", warn=False).equals(kept)
+    assert not caplog.records
+    assert drop_missing_objectives(barrels, ["strength"], "b") is barrels  # no objective column
+
+
+def test_a_table_with_no_objective_anywhere_is_refused(barrels):
+    barrels["toughness"] = float("nan")
+    with pytest.raises(
+        ConfigError, match=r"'b\.csv': every row has an empty or NaN objective \['toughness'\]"
+    ):
+        drop_missing_objectives(barrels, ["toughness"], "b.csv")
