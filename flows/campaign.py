@@ -6,7 +6,7 @@ Each cycle is the loop's stages as tasks — ``fit-surrogate``, ``propose-batch`
 the budget spent and an end-of-run report as artifacts. The ledger is the single source of
 truth: a run may crash anywhere, and the next run recovers evaluations left in flight,
 dispatches a batch that was proposed but not sent, and goes on; nothing is lost and nothing is
-evaluated twice. Only one run of a campaign works at a time (:mod:`flows.lock`).
+evaluated twice. Only one run of a campaign works at a time (:mod:`loop.lease`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from prefect.utilities.annotations import quote
 from flows.approval import review_batch
 from flows.artifacts import BudgetProgress, artifact_key, batch_rows, publish_batch, publish_report
 from flows.execution import ExecutionSection, LazyTaskRunner, execution_of, load_campaign
-from flows.lock import CampaignBusy, CampaignLock
 from flows.tasks import (
     OracleSpec,
     evaluate_candidate,
@@ -37,6 +36,7 @@ from flows.tasks import (
 )
 from loop.campaign import Campaign, CampaignReport, CycleReport
 from loop.config import CampaignConfig
+from loop.lease import CampaignBusy, CampaignLease
 from loop.ledger import EvaluationRecord
 
 
@@ -106,7 +106,7 @@ def campaign_flow(
     campaign = Campaign(campaign_config)
     try:
         label = f"flow run {flow_run.name or '?'} ({flow_run.id or 'no id'})"
-        lock = CampaignLock(
+        lock = CampaignLease(
             campaign.ledger,
             campaign.name,
             label,

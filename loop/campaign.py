@@ -29,6 +29,7 @@ from loop.acquisition import Acquisition, Pick
 from loop.build import build_acquisition, build_oracle, build_space, build_surrogate
 from loop.candidate import Candidate
 from loop.config import CampaignConfig, load_config
+from loop.lease import CampaignLease
 from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.pool import Pool
 from loop.report import campaign_status
@@ -106,7 +107,7 @@ class Campaign:
         self.id = self.ledger.open_campaign(
             config.campaign.name, config.model_dump(mode="json"), config.hash, config.campaign.seed
         )
-        self.run_id = self.ledger.start_run(self.id)
+        self._run_id: int | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, ledger: str | None = None) -> Campaign:
@@ -115,6 +116,14 @@ class Campaign:
             "campaign.ledger": str(Path(ledger).resolve()) if ledger and "://" not in ledger else ledger
         }
         return cls(load_config(path, {k: v for k, v in overrides.items() if v}))
+
+    @property
+    def run_id(self) -> int:
+        """This process's ``runs`` row, registered when it first writes: a resume that finds
+        nothing to do adds none."""
+        if self._run_id is None:
+            self._run_id = self.ledger.start_run(self.id)
+        return self._run_id
 
     @property
     def name(self) -> str:
@@ -126,10 +135,29 @@ class Campaign:
 
     # --- the loop ---------------------------------------------------------------------------
 
+    def lease(self, label: str | None = None) -> CampaignLease:
+        """The campaign's single-writer lease (``[execution] lock_wait_s``, ``lock_lease_s``)."""
+        execution = self.config.execution
+        return CampaignLease(
+            self.ledger, self.name, label, wait_s=execution.lock_wait_s, lease_s=execution.lock_lease_s
+        )
+
     def run(
-        self, max_cycles: int | None = None, on_cycle: Callable[[CycleReport], None] | None = None
+        self,
+        max_cycles: int | None = None,
+        on_cycle: Callable[[CycleReport], None] | None = None,
+        label: str | None = None,
     ) -> CampaignReport:
-        """Run cycles until a stopping rule fires or ``max_cycles`` cycles have run."""
+        """Run cycles until a stopping rule fires or ``max_cycles`` cycles have run, holding
+        the campaign's lease (:meth:`lease`, as ``label``) throughout.
+
+        Raises:
+            CampaignBusy: another writer holds the campaign (nothing was written).
+        """
+        with self.lease(label):
+            return self._run(max_cycles, on_cycle)
+
+    def _run(self, max_cycles: int | None, on_cycle: Callable[[CycleReport], None] | None) -> CampaignReport:
         self.recover()
         reports: list[CycleReport] = []
         stop = self.stop_reason()

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,7 +28,7 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -64,7 +65,7 @@ def run(
             progress.update(task, completed=report.experiments, best=f"cycle {report.cycle}  {best}")
 
         try:
-            report = campaign.run(max_cycles=max_cycles, on_cycle=show)
+            report = campaign.run(max_cycles=max_cycles, on_cycle=show, label="alloop run")
         except AlloopError as exc:
             raise _fail(exc) from None
         finally:

@@ -10,7 +10,8 @@ SQLAlchemy URL (PostgreSQL for concurrent writers). Tables:
 * ``evaluations`` — one per (campaign, candidate); status moves
   ``proposed → submitted → done | failed`` and never back;
 * ``results`` — one row per measured property: value, uncertainty, unit;
-* ``cycles`` — per cycle: surrogate summary, acquisition, what was chosen and why.
+* ``cycles`` — per cycle: surrogate summary, acquisition, what was chosen and why;
+* ``leases`` — who writes to a campaign now (:mod:`loop.lease`).
 
 A result is committed in the transaction that marks its evaluation done, the moment it
 arrives. The unique (campaign, candidate) key makes evaluating a candidate twice impossible,
@@ -132,6 +133,19 @@ results = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+#: One row per campaign that a writer holds (:mod:`loop.lease`).
+leases = Table(
+    "leases",
+    metadata_obj,
+    Column("campaign", String(200), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("label", String(200), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
 cycles = Table(
     "cycles",
     metadata_obj,
@@ -232,7 +246,10 @@ class Ledger:
             # Write transactions take the write lock when they start, so concurrent writers
             # queue up on busy_timeout instead of failing on a lock upgrade; reads stay deferred.
             event.listen(self.engine, "begin", _sqlite_begin)
-        metadata_obj.create_all(self.engine)
+        # In a write transaction: two processes creating a new ledger at once queue up on the
+        # write lock instead of both creating the tables (or failing on a lock upgrade).
+        with self.transaction() as conn:
+            metadata_obj.create_all(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -244,7 +261,7 @@ class Ledger:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """A write transaction: committed on exit, rolled back on error."""
         with self.engine.execution_options(write=True).begin() as conn:
             yield conn
@@ -257,7 +274,7 @@ class Ledger:
         Raises:
             CampaignError: the campaign exists with another configuration hash.
         """
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             row = conn.execute(select(campaigns).where(campaigns.c.name == name)).first()
             if row is not None:
                 if row.config_hash != config_hash:
@@ -282,7 +299,7 @@ class Ledger:
 
     def start_run(self, campaign_id: int) -> int:
         """Register the current process as a run of the campaign; returns the run id."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             row = conn.execute(select(campaigns).where(campaigns.c.id == campaign_id)).one()
             return int(
                 conn.execute(
@@ -322,7 +339,7 @@ class Ledger:
 
     def open_cycle(self, campaign_id: int, run_id: int) -> int:
         """The campaign's open cycle (left by a previous run) or a new one."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             open_cycle = conn.execute(
                 select(cycles.c.cycle).where(cycles.c.campaign_id == campaign_id, cycles.c.status == "open")
             ).scalar()
@@ -340,7 +357,7 @@ class Ledger:
             return cycle
 
     def close_cycle(self, campaign_id: int, cycle: int, stop_reason: str | None = None) -> None:
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(cycles)
                 .where(cycles.c.campaign_id == campaign_id, cycles.c.cycle == cycle)
@@ -378,7 +395,7 @@ class Ledger:
             raise DuplicateCandidateError(f"batch names a candidate twice: {ids}")
         now = _now()
         try:
-            with self._transaction() as conn:
+            with self.transaction() as conn:
                 evaluation_ids = []
                 for p in proposals:
                     known = conn.execute(
@@ -431,7 +448,7 @@ class Ledger:
 
     def set_external_id(self, evaluation_id: int, external_id: str) -> None:
         """Remember the oracle's own id of a submitted job (to re-attach after a restart)."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(evaluations).where(evaluations.c.id == evaluation_id).values(external_id=external_id)
             )
@@ -439,7 +456,7 @@ class Ledger:
     def record_result(self, evaluation_id: int, result: Result, run_id: int) -> None:
         """``submitted → done`` together with the result's rows, in one transaction."""
         now = _now()
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             self._transition(
                 evaluation_id,
                 "done",
@@ -481,7 +498,7 @@ class Ledger:
             .values(status=status, **values)
         )
         if conn is None:
-            with self._transaction() as own:
+            with self.transaction() as own:
                 changed = own.execute(statement).rowcount
         else:
             changed = conn.execute(statement).rowcount
@@ -573,8 +590,8 @@ def _sqlite_begin(conn: Connection) -> None:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # transactions are begun by the "begin" event
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL may wait for the lock
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
