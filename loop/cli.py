@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -25,11 +28,39 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True, soft_wrap=True)
+_debug = {"on": False}
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    _debug["on"] = debug
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    message = " ".join(str(exc).split("\n"))
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
+
+
+@contextmanager
+def _one_line_errors(ledger: str | None = None) -> Iterator[None]:
+    """Turn every alloop error and database error into one line on stderr and exit code 2
+    (the traceback only with ``--debug``); ``ledger`` names the database in the message."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from loop.ledger import database_reason
+
+    try:
+        yield
+    except (AlloopError, SQLAlchemyError, sqlite3.Error) as exc:
+        if _debug["on"]:
+            raise
+        if isinstance(exc, AlloopError):
+            raise _fail(exc) from None
+        where = f"ledger {ledger!r}: " if ledger else ""
+        raise _fail(LedgerError(f"{where}database error: {database_reason(exc)}")) from None
 
 
 @app.command()
@@ -43,31 +74,20 @@ def run(
     from loop.campaign import Campaign, CycleReport
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with _one_line_errors(db):
         campaign = Campaign.from_file(config, ledger=db)
-    except AlloopError as exc:
-        raise _fail(exc) from None
-    budget = campaign.config.stopping.max_experiments
-    done_before, _ = campaign.ledger.spent(campaign.id)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[best]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as progress:
-        task = progress.add_task(campaign.name, total=budget, completed=done_before, best="")
-
-        def show(report: CycleReport) -> None:
-            best = "" if report.best is None else f"best {report.best:.4g}"
-            progress.update(task, completed=report.experiments, best=f"cycle {report.cycle}  {best}")
-
+    with _one_line_errors(campaign.ledger.url), _progress(quiet) as progress:
         try:
+            done_before, _ = campaign.ledger.spent(campaign.id)
+            task = progress.add_task(
+                campaign.name, total=campaign.config.stopping.max_experiments, completed=done_before, best=""
+            )
+
+            def show(report: CycleReport) -> None:
+                best = "" if report.best is None else f"best {report.best:.4g}"
+                progress.update(task, completed=report.experiments, best=f"cycle {report.cycle}  {best}")
+
             report = campaign.run(max_cycles=max_cycles, on_cycle=show, label="alloop run")
-        except AlloopError as exc:
-            raise _fail(exc) from None
         finally:
             campaign.close()
     console.print(
@@ -78,6 +98,18 @@ def run(
     if report.best is not None:
         console.print(f"best: {report.best['values']} at {report.best['params']}", highlight=False)
     console.print(f"ledger: {campaign.ledger.url}", highlight=False)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
 
 
 @app.command()
@@ -91,11 +123,8 @@ def status(
     """Show a campaign: cycles, evaluations by status, best so far."""
     from loop.report import campaign_status
 
-    try:
-        with _open_ledger(db) as ledger:
-            summary = campaign_status(ledger, campaign)
-    except AlloopError as exc:
-        raise _fail(exc) from None
+    with _one_line_errors(db), Ledger(db, create=False) as ledger:
+        summary = campaign_status(ledger, campaign)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
@@ -133,18 +162,12 @@ def export(
 
         if output is None:
             raise _fail(AlloopError("--format extxyz needs --output FILE"))
-        try:
-            with _open_ledger(db) as ledger:
-                frames = write_extxyz(ledger, campaign, output)
-        except AlloopError as exc:
-            raise _fail(exc) from None
+        with _one_line_errors(db), Ledger(db, create=False) as ledger:
+            frames = write_extxyz(ledger, campaign, output)
         console.print(f"wrote {frames} labelled structures to {output}", highlight=False)
         return
-    try:
-        with _open_ledger(db) as ledger:
-            table = evaluations_table(ledger, campaign)
-    except AlloopError as exc:
-        raise _fail(exc) from None
+    with _one_line_errors(db), Ledger(db, create=False) as ledger:
+        table = evaluations_table(ledger, campaign)
     text = table.to_csv(index=False)
     if output is None:
         sys.stdout.write(text)
@@ -179,7 +202,7 @@ def otf(
                 highlight=False,
             )
 
-    try:
+    with _one_line_errors():
         settings = load_otf_config(config)
         # mace-torch prints a notice on import, in the training workers too: keep --json's stdout clean
         with Ledger(settings.ledger_location) as ledger, stdout_to_stderr():
@@ -189,8 +212,6 @@ def otf(
             finally:
                 run.committee.close()
                 run.oracle.close()
-    except AlloopError as exc:
-        raise _fail(exc) from None
     if as_json:
         print(json.dumps(report.as_dict(), indent=1))
         return
@@ -206,12 +227,6 @@ def otf(
         )
     if report.final_fit_frames is not None:
         console.print(f"final fit: refitted from scratch on {report.final_fit_frames} frames")
-
-
-def _open_ledger(db: str) -> Ledger:
-    if "://" not in db and not Path(db).is_file():
-        raise LedgerError(f"ledger {db!r} does not exist")
-    return Ledger(db)
 
 
 def _mount_subcommands() -> None:

@@ -21,6 +21,7 @@ whatever process asks.
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from loop.candidate import Candidate
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
@@ -236,20 +237,38 @@ class Ledger:
 
     Args:
         location: A file path (SQLite) or an SQLAlchemy URL.
+        create: Create a SQLite file that does not exist yet (else refuse it).
+
+    Raises:
+        LedgerError: the ledger cannot be used: a missing file (``create=False``) or folder, a
+            file that is not a SQLite database, a folder or file it may not write to, an
+            unreachable server. The message is one line naming the path (or URL).
     """
 
-    def __init__(self, location: str | Path) -> None:
+    def __init__(self, location: str | Path, create: bool = True) -> None:
         self.url = ledger_url(location)
+        self.path = _sqlite_path(self.url)
+        if self.path is not None:
+            _check_file(self.path, create)
         self.engine: Engine = create_engine(self.url, future=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             # Write transactions take the write lock when they start, so concurrent writers
             # queue up on busy_timeout instead of failing on a lock upgrade; reads stay deferred.
             event.listen(self.engine, "begin", _sqlite_begin)
-        # In a write transaction: two processes creating a new ledger at once queue up on the
-        # write lock instead of both creating the tables (or failing on a lock upgrade).
-        with self.transaction() as conn:
-            metadata_obj.create_all(conn)
+        try:
+            # In a write transaction: two processes creating a new ledger at once queue up on
+            # the write lock instead of both creating the tables (or failing on a lock upgrade).
+            with self.transaction() as conn:
+                metadata_obj.create_all(conn)
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            self.engine.dispose()
+            raise LedgerError(f"ledger {self.where} cannot be used: {database_reason(exc)}") from exc
+
+    @property
+    def where(self) -> str:
+        """The ledger's file (quoted) or URL, for messages."""
+        return repr(str(self.path)) if self.path is not None else self.url
 
     def close(self) -> None:
         self.engine.dispose()
@@ -581,6 +600,35 @@ class Ledger:
                 )
             ).one()
         return int(n), float(cost)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (``None`` for other databases and in-memory SQLite)."""
+    prefix = "sqlite:///"
+    return Path(url.removeprefix(prefix)) if url.startswith(prefix) and url != prefix else None
+
+
+def _check_file(path: Path, create: bool) -> None:
+    """Refuse a SQLite file that cannot be a ledger, before anything touches it."""
+    if path.exists():
+        if not path.is_file():
+            raise LedgerError(f"ledger {str(path)!r} is not a file")
+        return
+    if not create:
+        raise LedgerError(f"ledger {str(path)!r} does not exist")
+    if not path.parent.is_dir():
+        raise LedgerError(f"ledger {str(path)!r}: its folder {str(path.parent)!r} does not exist")
+
+
+def database_reason(exc: BaseException) -> str:
+    """One line saying why the database refused, with a hint for the usual causes."""
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    hints = {
+        "file is not a database": "not a SQLite database (a corrupt or foreign file?)",
+        "unable to open database file": "cannot open or create it (is its folder writable?)",
+        "readonly database": "read-only (is the file or its folder writable?)",
+    }
+    return next((f"{reason}: {hint}" for key, hint in hints.items() if key in reason), reason)
 
 
 def _sqlite_begin(conn: Connection) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from loop.cli import app
+from loop.errors import LedgerError
 
 runner = CliRunner()
 
@@ -114,3 +116,55 @@ def test_the_loop_never_imports_prefect() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def _one_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    """A folder no ledger can be created in: a read-only one, or ``/proc`` for root."""
+    if os.geteuid() == 0:  # root writes through mode bits
+        return Path("/proc")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def test_bad_ledgers_exit_2_with_one_line_naming_the_path(
+    branin_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database at all " * 200)
+    before = corrupt.read_bytes()
+    path = branin_config()
+    read_only = _read_only_folder(tmp_path) / "ledger.db"
+    missing = tmp_path / "no-such-folder" / "ledger.db"
+    cases = {
+        str(corrupt): "not a SQLite database",
+        str(read_only): "cannot open or create it",
+        str(missing): "does not exist",
+    }
+    for db, reason in cases.items():
+        result = runner.invoke(app, ["run", str(path), "--db", db, "-q"])
+        assert result.exit_code == 2, (db, result.output)
+        line = _one_line(result.output)
+        assert db in line and reason in line, line
+    for db, reason in [(str(corrupt), "not a SQLite database"), (str(missing), "does not exist")]:
+        result = runner.invoke(app, ["status", db])
+        assert result.exit_code == 2, result.output
+        line = _one_line(result.output)
+        assert db in line and reason in line, line
+    assert corrupt.read_bytes() == before, "nothing written to the corrupt file"
+    assert not read_only.exists() and not missing.parent.exists()
+    assert not (tmp_path / "ledger.db").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database at all " * 200)
+    result = runner.invoke(app, ["--debug", "status", str(corrupt)])
+    assert result.exit_code == 1 and isinstance(result.exception, LedgerError)
