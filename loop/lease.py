@@ -33,7 +33,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from loop.errors import AlloopError
-from loop.ledger import Ledger, leases
+from loop.ledger import Ledger
+from loop.schema import leases
 
 log = logging.getLogger("alloop")
 

@@ -1,17 +1,8 @@
 """The ledger: a campaign's single source of truth, in a real database.
 
 SQLite by default (a file, WAL journal, one transaction per state change), or any
-SQLAlchemy URL (PostgreSQL for concurrent writers). Tables:
-
-* ``campaigns`` — name, configuration, its hash, seed;
-* ``runs`` — one row per process that worked on a campaign: package versions, host, pid,
-  seed, config hash. Every other row points at the run that wrote it (provenance);
-* ``candidates`` — the candidates a campaign has proposed, with their parameters;
-* ``evaluations`` — one per (campaign, candidate); status moves
-  ``proposed → submitted → done | failed`` and never back;
-* ``results`` — one row per measured property: value, uncertainty, unit;
-* ``cycles`` — per cycle: surrogate summary, acquisition, what was chosen and why;
-* ``leases`` — who writes to a campaign now (:mod:`loop.lease`).
+SQLAlchemy URL (PostgreSQL for concurrent writers). The tables, their version and the
+migrations of older ledgers are in :mod:`loop.schema`.
 
 A result is committed in the transaction that marks its evaluation done, the moment it
 arrives. The unique (campaign, candidate) key makes evaluating a candidate twice impossible,
@@ -29,32 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from loop.candidate import Candidate
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
 from loop.provenance import package_versions, process_info
+from loop.schema import campaigns, candidates, cycles, evaluations, prepare, results, runs
 from oracles.base import Result
 
 Status = Literal["proposed", "submitted", "done", "failed"]
@@ -64,103 +37,6 @@ _ALLOWED_FROM: dict[Status, tuple[Status, ...]] = {
     "done": ("submitted",),
     "failed": ("proposed", "submitted"),
 }
-
-metadata_obj = MetaData()
-
-campaigns = Table(
-    "campaigns",
-    metadata_obj,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(200), nullable=False, unique=True),
-    Column("config", JSON, nullable=False),
-    Column("config_hash", String(32), nullable=False),
-    Column("seed", Integer, nullable=False),
-    Column("versions", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-runs = Table(
-    "runs",
-    metadata_obj,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("campaign_id", ForeignKey("campaigns.id"), nullable=False),
-    Column("seed", Integer, nullable=False),
-    Column("config_hash", String(32), nullable=False),
-    Column("versions", JSON, nullable=False),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-)
-
-candidates = Table(
-    "candidates",
-    metadata_obj,
-    Column("campaign_id", ForeignKey("campaigns.id"), primary_key=True),
-    Column("id", String(64), primary_key=True),
-    Column("params", JSON, nullable=False),
-    Column("run_id", ForeignKey("runs.id"), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-evaluations = Table(
-    "evaluations",
-    metadata_obj,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("campaign_id", ForeignKey("campaigns.id"), nullable=False),
-    Column("candidate_id", String(64), nullable=False),
-    Column("cycle", Integer, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("external_id", String(255)),
-    Column("cost", Float),
-    Column("error", Text),
-    Column("retryable", Boolean),
-    Column("run_id", ForeignKey("runs.id"), nullable=False),
-    Column("proposed_at", DateTime(timezone=True), nullable=False),
-    Column("submitted_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("metadata", JSON),
-    UniqueConstraint("campaign_id", "candidate_id", name="one_evaluation_per_candidate"),
-)
-
-results = Table(
-    "results",
-    metadata_obj,
-    Column("evaluation_id", ForeignKey("evaluations.id"), primary_key=True),
-    Column("property", String(100), primary_key=True),
-    Column("value", Float, nullable=False),
-    Column("uncertainty", Float),
-    Column("unit", String(50), nullable=False, default=""),
-    Column("run_id", ForeignKey("runs.id"), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-#: One row per campaign that a writer holds (:mod:`loop.lease`).
-leases = Table(
-    "leases",
-    metadata_obj,
-    Column("campaign", String(200), primary_key=True),
-    Column("holder", String(64), nullable=False),
-    Column("label", String(200), nullable=False),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("acquired_at", Float, nullable=False),
-    Column("expires_at", Float, nullable=False),
-)
-
-cycles = Table(
-    "cycles",
-    metadata_obj,
-    Column("campaign_id", ForeignKey("campaigns.id"), primary_key=True),
-    Column("cycle", Integer, primary_key=True),
-    Column("status", String(16), nullable=False),
-    Column("acquisition", String(50)),
-    Column("surrogate", JSON),
-    Column("chosen", JSON),
-    Column("stop_reason", Text),
-    Column("run_id", ForeignKey("runs.id"), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
-)
 
 
 def _now() -> datetime:
@@ -260,7 +136,10 @@ class Ledger:
             # In a write transaction: two processes creating a new ledger at once queue up on
             # the write lock instead of both creating the tables (or failing on a lock upgrade).
             with self.transaction() as conn:
-                metadata_obj.create_all(conn)
+                prepare(conn, self.where)
+        except LedgerError:
+            self.engine.dispose()
+            raise
         except (SQLAlchemyError, sqlite3.Error) as exc:
             self.engine.dispose()
             raise LedgerError(f"ledger {self.where} cannot be used: {database_reason(exc)}") from exc

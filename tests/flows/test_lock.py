@@ -17,7 +17,8 @@ from flows.campaign import campaign_flow
 from flows.execution import ExecutionSection
 from loop.campaign import CampaignReport
 from loop.config import load_config
-from loop.ledger import Ledger, leases
+from loop.ledger import Ledger
+from loop.schema import leases
 from oracles.simulated import read_journal
 from tests.flows.helpers import evaluations
 from tests.helpers import kill_mid_experiment, wait_for

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from loop.lease import CampaignBusy, CampaignLease
-from loop.ledger import Ledger, leases
+from loop.ledger import Ledger
+from loop.schema import leases
 from oracles.simulated import read_journal
 from tests.conftest import REPO
 from tests.helpers import wait_for
