@@ -157,10 +157,7 @@ def _advance(
                 "—" if report.best is None else f"{report.best:.4g}",
             )
             stop = report.stop_reason or campaign.stop_reason()
-    if stop:
-        logger.info("campaign %s stopped: %s", campaign.name, stop)
-    experiments, cost = campaign.ledger.spent(campaign.id)
-    result = CampaignReport(campaign.name, len(reports), stop, experiments, cost, campaign.best(), reports)
+    result = campaign.finish(stop, reports)
     publish_report(campaign, result)
     return result
 

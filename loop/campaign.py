@@ -32,7 +32,7 @@ from loop.config import CampaignConfig, load_config
 from loop.lease import CampaignLease
 from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.pool import Pool
-from loop.report import campaign_status
+from loop.report import best_value, campaign_status
 from loop.space import SearchSpace
 from oracles.base import Oracle, Reattachable, Result
 from oracles.errors import EvaluationFailed, OracleSetupError
@@ -50,6 +50,7 @@ class CycleReport:
     done: int
     failed: int
     best: float | None
+    """The best objective value so far, in its own sign and units."""
     experiments: int
     cost: float
     stop_reason: str | None = None
@@ -167,8 +168,13 @@ class Campaign:
             if on_cycle is not None:
                 on_cycle(report)
             stop = report.stop_reason or self.stop_reason()
+        return self.finish(stop, reports)
+
+    def finish(self, stop: str | None, reports: list[CycleReport]) -> CampaignReport:
+        """Store why the campaign stopped (``None``: a cycle limit, not a rule) and report."""
         if stop:
             log.info("campaign %s stopped: %s", self.name, stop)
+        self.ledger.set_stop_reason(self.id, stop)
         experiments, cost = self.ledger.spent(self.id)
         return CampaignReport(self.name, len(reports), stop, experiments, cost, self.best(), reports)
 
@@ -196,13 +202,12 @@ class Campaign:
         the error per failure, as :meth:`record_all` returns them)."""
         self.ledger.close_cycle(self.id, cycle, stop_reason)
         experiments, cost = self.ledger.spent(self.id)
-        best = self.best()
         return CycleReport(
             cycle=cycle,
             proposed=proposed,
             done=sum(o is None for o in outcomes),
             failed=sum(o is not None for o in outcomes),
-            best=None if best is None else best["objective"],
+            best=best_value(self.best()),
             experiments=experiments,
             cost=cost,
             stop_reason=stop_reason,

@@ -72,6 +72,7 @@ def run(
 ) -> None:
     """Run (or resume) a campaign until a stopping rule fires."""
     from loop.campaign import Campaign, CycleReport
+    from loop.report import describe_best
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with _one_line_errors(db):
@@ -96,7 +97,8 @@ def run(
         highlight=False,
     )
     if report.best is not None:
-        console.print(f"best: {report.best['values']} at {report.best['params']}", highlight=False)
+        units = {o.name: o.unit for o in campaign.config.objectives}
+        console.print(f"best: {describe_best(report.best, units)}", highlight=False)
     console.print(f"ledger: {campaign.ledger.url}", highlight=False)
 
 
@@ -121,7 +123,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a campaign: cycles, evaluations by status, best so far."""
-    from loop.report import campaign_status
+    from loop.report import campaign_status, describe_best
 
     with _one_line_errors(db), Ledger(db, create=False) as ledger:
         summary = campaign_status(ledger, campaign)
@@ -134,8 +136,8 @@ def status(
         table.add_row(state, str(count))
     table.add_row("cost", f"{summary['cost']:g}")
     best = summary["best"]
-    table.add_row("best", "—" if best is None else f"{best['values']} at {best['params']}")
-    table.add_row("stopped", summary["stop_reason"] or "—")
+    table.add_row("best", "—" if best is None else describe_best(best, summary["units"]))
+    table.add_row("stopped", summary["stop_reason"] or "no (it may go on)")
     Console().print(table)
 
 

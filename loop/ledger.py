@@ -212,6 +212,16 @@ class Ledger:
                 ).inserted_primary_key[0]
             )
 
+    def set_stop_reason(self, campaign_id: int, reason: str | None) -> None:
+        """Remember why the campaign stopped (``None``: it has not, or may go on again);
+        writes only when the reason changed."""
+        with self.transaction() as conn:
+            conn.execute(
+                update(campaigns)
+                .where(campaigns.c.id == campaign_id, campaigns.c.stop_reason.is_distinct_from(reason))
+                .values(stop_reason=reason, stopped_at=None if reason is None else _now())
+            )
+
     def campaign_names(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(select(campaigns.c.name).order_by(campaigns.c.id)).scalars())

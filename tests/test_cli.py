@@ -168,3 +168,39 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     corrupt.write_bytes(b"not a database at all " * 200)
     result = runner.invoke(app, ["--debug", "status", str(corrupt)])
     assert result.exit_code == 1 and isinstance(result.exception, LedgerError)
+
+
+def _runs(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+
+def test_stop_reason_is_stored_and_shown_and_a_no_op_resume_adds_no_run(
+    branin_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = branin_config(max_experiments=4)
+    db = tmp_path / "ledger.db"
+    first = runner.invoke(app, ["run", str(path), "-q"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(runner.invoke(app, ["status", str(db), "--json"]).output)
+    assert summary["stop_reason"] == "budget spent: 4 of 4 experiments"
+    best_y = summary["best"]["values"]["y"]
+    assert best_y > 0  # Branin is minimised: its values are positive, in their own sign
+    best_line = next(line for line in first.output.splitlines() if line.startswith("best:"))
+    assert best_line.startswith(f"best: y = {best_y:.4g} (x1 = ") and "{" not in best_line
+    assert "candidate " in best_line and "cycle " in best_line
+    table = runner.invoke(app, ["status", str(db)])
+    assert "budget spent: 4 of 4 experiments" in table.output
+    assert _runs(db) == 1
+
+    again = runner.invoke(app, ["run", str(path), "-q"])
+    assert again.exit_code == 0 and "0 cycle(s) run" in again.output
+    assert _runs(db) == 1, "a resume with nothing to do registers no run"
+
+    more = branin_config(max_experiments=6)  # the budget may grow on resume: it goes on
+    assert runner.invoke(app, ["run", str(more), "-q"]).exit_code == 0
+    assert _runs(db) == 2
+    summary = json.loads(runner.invoke(app, ["status", str(db), "--json"]).output)
+    assert summary["stop_reason"] == "budget spent: 6 of 6 experiments"

@@ -398,3 +398,11 @@ def test_near_hull_goal_needs_formation_energies_of_a_structure_pool(
         for stopping in ({}, {"near_hull_mev": 10.0}, {"near_hull_mev": 25.0, "near_hull_sigmas": 3.0})
     }
     assert len(hashes) == 1
+
+
+def test_cycle_reports_show_the_best_in_its_own_sign(branin_config: Callable[..., Path]) -> None:
+    campaign = Campaign.from_file(branin_config(max_experiments=6))
+    seen: list[float | None] = []
+    campaign.run(on_cycle=lambda report: seen.append(report.best))
+    done = campaign.ledger.evaluations(campaign.id, ["done"])
+    assert seen[-1] == min(e.values["y"] for e in done) > 0  # minimised, reported as measured
