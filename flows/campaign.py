@@ -38,6 +38,7 @@ from loop.campaign import Campaign, CampaignReport, CycleReport
 from loop.config import CampaignConfig
 from loop.lease import CampaignBusy, CampaignLease
 from loop.ledger import EvaluationRecord
+from loop.retry import RetryPolicy
 
 
 def resolve_campaign(
@@ -208,13 +209,11 @@ def _evaluate(
     # The thread runner shares the campaign's oracle (quoted: Prefect must not walk into it);
     # Dask workers build their own from the configuration.
     oracle = quote(campaign.oracle) if execution.task_runner == "thread" else OracleSpec(campaign.config)
-    evaluate = evaluate_candidate.with_options(
-        retries=execution.retries, retry_delay_seconds=execution.retry_delay_s
-    )
+    retry = RetryPolicy(execution.retries, execution.retry_delay_s, backoff=1.0)
     futures: dict[PrefectFuture[dict[str, Any]], EvaluationRecord] = {
         runner.submit(
-            evaluate.with_options(task_run_name=f"evaluate-{tag}-{e.candidate_id[:10]}"),
-            {"candidate": e.candidate, "oracle": oracle},
+            evaluate_candidate.with_options(task_run_name=f"evaluate-{tag}-{e.candidate_id[:10]}"),
+            {"candidate": e.candidate, "oracle": oracle, "retry": retry},
         ): e
         for e in batch
     }

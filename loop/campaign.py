@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from loop.lease import CampaignLease
 from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.pool import Pool
 from loop.report import best_value, campaign_status
+from loop.retry import RetryPolicy
 from loop.space import SearchSpace
 from oracles.base import Oracle, Reattachable, Result
 from oracles.errors import EvaluationFailed, OracleSetupError
@@ -104,6 +106,9 @@ class Campaign:
             surrogate if surrogate is not None else build_surrogate(config, self.space, self.pool)
         )
         self.acquisition: Acquisition = build_acquisition(config)
+        spec = config.oracle
+        #: Retries of retryable failures in :meth:`run` (``[oracle] retries``).
+        self.retry = RetryPolicy(spec.retries, spec.retry_delay_s, spec.retry_backoff)
         self.ledger = ledger if ledger is not None else Ledger(config.ledger_location)
         self.id = self.ledger.open_campaign(
             config.campaign.name, config.model_dump(mode="json"), config.hash, config.campaign.seed
@@ -192,7 +197,7 @@ class Campaign:
                     stop_reason = "the candidate pool is exhausted"
                 else:
                     batch = self.commit_proposals(cycle, proposals, surrogate)
-        outcomes = self.record_all(self.dispatch(batch)) if batch else []
+        outcomes = self.record_all(self.dispatch(batch), self.retry) if batch else []
         return self.close_cycle(cycle, len(batch), outcomes, stop_reason)
 
     def close_cycle(
@@ -333,31 +338,68 @@ class Campaign:
                 self.ledger.set_external_id(evaluation.id, external_id)
         return dict(zip(futures, batch, strict=True))
 
-    def record_all(self, futures: dict[Future[Result], EvaluationRecord]) -> list[str | None]:
+    def record_all(
+        self, futures: Mapping[Future[Result], EvaluationRecord], retry: RetryPolicy | None = None
+    ) -> list[str | None]:
         """Record each outcome the moment it arrives; ``None`` for a success, else the error.
 
-        A setup error of the oracle is recorded and then raised once every other evaluation
-        of the batch has been recorded.
+        A retryable failure is submitted to the oracle again as ``retry`` says (logged as a
+        warning with the attempt number); only the last attempt's outcome is recorded. A setup
+        error of the oracle is recorded and then raised once every other evaluation of the
+        batch has been recorded.
         """
+        retry = retry or RetryPolicy()
+        pending = dict(futures)
+        attempts = dict.fromkeys((e.id for e in futures.values()), 1)
+        due: list[tuple[float, EvaluationRecord]] = []  # (monotonic time, evaluation) to resubmit
         outcomes: list[str | None] = []
         setup_error: OracleSetupError | None = None
-        for future in as_completed(futures):
-            evaluation = futures[future]
-            try:
-                outcomes.append(self.record(evaluation, future.result()))
-            except OracleSetupError as exc:
-                setup_error = setup_error or exc
-                outcomes.append(self.record_failure(evaluation, f"setup error: {exc}", retryable=False))
-            except EvaluationFailed as exc:
-                outcomes.append(
-                    self.record_failure(evaluation, f"{type(exc).__name__}: {exc}", exc.retryable)
-                )
-            except Exception as exc:  # a broken oracle must not take the campaign down
-                summary = "".join(traceback.format_exception(exc, limit=-3)).strip()
-                outcomes.append(self.record_failure(evaluation, summary, retryable=False))
+        while pending or due:
+            for when, evaluation in [d for d in due if d[0] <= time.monotonic()]:
+                due.remove((when, evaluation))
+                pending[self._resubmit(evaluation)] = evaluation
+            timeout = max(min(d[0] for d in due) - time.monotonic(), 0.0) if due else None
+            finished, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in finished:
+                evaluation = pending.pop(future)
+                attempt = attempts[evaluation.id]
+                error = future.exception()
+                if error is not None and retry.should_retry(error, attempt):
+                    delay = retry.delay(attempt)
+                    log.warning(
+                        "evaluation of %s failed (attempt %d of %d), retrying in %g s: %s",
+                        evaluation.candidate_id,
+                        attempt,
+                        retry.retries + 1,
+                        delay,
+                        error,
+                    )
+                    attempts[evaluation.id] = attempt + 1
+                    due.append((time.monotonic() + delay, evaluation))
+                    continue
+                try:
+                    outcomes.append(self.record(evaluation, future.result()))
+                except OracleSetupError as exc:
+                    setup_error = setup_error or exc
+                    outcomes.append(self.record_failure(evaluation, f"setup error: {exc}", retryable=False))
+                except EvaluationFailed as exc:
+                    outcomes.append(
+                        self.record_failure(evaluation, f"{type(exc).__name__}: {exc}", exc.retryable)
+                    )
+                except Exception as exc:  # a broken oracle must not take the campaign down
+                    summary = "".join(traceback.format_exception(exc, limit=-3)).strip()
+                    outcomes.append(self.record_failure(evaluation, summary, retryable=False))
         if setup_error is not None:
             raise setup_error
         return outcomes
+
+    def _resubmit(self, evaluation: EvaluationRecord) -> Future[Result]:
+        """Submit an evaluation (already ``submitted`` in the ledger) to the oracle again."""
+        (future,) = self.oracle.submit([evaluation.candidate])
+        external_id = self.oracle.handle(future)
+        if external_id is not None:
+            self.ledger.set_external_id(evaluation.id, external_id)
+        return future
 
     def record(self, evaluation: EvaluationRecord, result: Result) -> None:
         """Commit one result; invalid ones (NaN, infinite, missing) are recorded as failed.
