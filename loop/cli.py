@@ -232,7 +232,6 @@ def otf(
 
 
 def _mount_subcommands() -> None:
-    from flows.cli import deploy  # imports Prefect only when the command runs
     from loop.bench.cli import app as bench_app
     from loop.bench.throughput import throughput
     from oracles.lab.cli import app as lab_app
@@ -242,7 +241,21 @@ def _mount_subcommands() -> None:
         bench_app, name="bench", help="Benchmarks: sample efficiency, decision overhead, throughput."
     )
     app.add_typer(lab_app, name="lab", help="The reference self-driving-lab server.")
-    app.command()(deploy)
+    _mount_plugins()
+
+
+def _mount_plugins() -> None:
+    """Commands that other packages register in the ``alloop.commands`` entry-point group
+    (``alloop deploy`` comes from :mod:`flows.cli`): a function becomes a command, a Typer
+    app a command group, under the entry point's name. The loop never imports them itself."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="alloop.commands"):
+        command = entry.load()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=entry.name)
+        else:
+            app.command(entry.name)(command)
 
 
 _mount_subcommands()

@@ -204,3 +204,22 @@ def test_stop_reason_is_stored_and_shown_and_a_no_op_resume_adds_no_run(
     assert _runs(db) == 2
     summary = json.loads(runner.invoke(app, ["status", str(db), "--json"]).output)
     assert summary["stop_reason"] == "budget spent: 6 of 6 experiments"
+
+
+def test_the_cli_imports_nothing_from_flows() -> None:
+    """``alloop deploy`` is registered by flows/ (entry-point group ``alloop.commands``)."""
+    import ast
+    import tomllib
+
+    import loop.cli
+
+    tree = ast.parse(Path(loop.cli.__file__).read_text())
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    ]
+    assert not [m for m in imported if m and m.split(".")[0] == "flows"]
+    pyproject = tomllib.loads((Path(loop.cli.__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["entry-points"]["alloop.commands"]["deploy"] == "flows.cli:deploy"
