@@ -104,7 +104,7 @@ def campaign_flow(
         raise ValueError(f"max_cycles must be >= 1 (or None for no limit), got {max_cycles}")
     logger = get_run_logger()
     campaign_config, execution = resolve_campaign(config, execution)
-    campaign = Campaign(campaign_config)
+    campaign = Campaign.open(campaign_config)
     try:
         label = f"flow run {flow_run.name or '?'} ({flow_run.id or 'no id'})"
         lock = CampaignLease(
@@ -167,17 +167,15 @@ def _run_cycle(
     campaign: Campaign, execution: ExecutionSection, runner: LazyTaskRunner, first_cycle: int | None
 ) -> CycleReport:
     """One cycle, as :meth:`Campaign.run_cycle` composes it, with the stages as tasks."""
-    ledger = campaign.ledger
-    cycle = ledger.open_cycle(campaign.id, campaign.run_id)
+    cycle, batch, undecided = campaign.open_batch()
     tag = f"{artifact_key(campaign.name, f'c{cycle}')}"
     _rename(
         f"{campaign.name}/cycle-{cycle}"
         if first_cycle is None
         else f"{campaign.name}/cycles-{first_cycle}-{cycle}"
     )
-    batch = [e for e in ledger.evaluations(campaign.id, ["proposed"]) if e.cycle == cycle]
     stop_reason = None
-    if not batch and not any(e.cycle == cycle for e in ledger.evaluations(campaign.id)):
+    if undecided:
         surrogate = fit_surrogate.with_options(task_run_name=f"fit-{tag}")(campaign, cycle)
         batch, stop_reason = propose_batch.with_options(task_run_name=f"propose-{tag}")(
             campaign, surrogate, cycle

@@ -142,14 +142,9 @@ def fit_surrogate(campaign: Campaign, cycle: int) -> Surrogate | None:
 def propose_batch(
     campaign: Campaign, surrogate: Surrogate | None, cycle: int
 ) -> tuple[list[EvaluationRecord], str | None]:
-    """Choose the cycle's batch and commit it to the ledger, or say why the campaign stops."""
-    stop_reason = campaign.improvement_exhausted(surrogate)
-    if stop_reason is not None:
-        return [], stop_reason
-    proposals = campaign.propose(surrogate, cycle)
-    if not proposals:
-        return [], "the candidate pool is exhausted"
-    return campaign.commit_proposals(cycle, proposals, surrogate), None
+    """Choose the cycle's batch and commit it to the ledger, or say why the campaign stops
+    (:meth:`Campaign.decide <loop.campaign.Campaign.decide>`)."""
+    return campaign.decide(surrogate, cycle)
 
 
 @task(

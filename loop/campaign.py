@@ -36,6 +36,7 @@ from loop.pool import Pool
 from loop.report import best_value, campaign_status
 from loop.retry import RetryPolicy
 from loop.space import SearchSpace
+from loop.stopping import StoppingRule, stopping_rules
 from oracles.base import Oracle, Reattachable, Result
 from oracles.errors import EvaluationFailed, OracleSetupError
 from surrogates.base import Surrogate, SurrogateError
@@ -106,14 +107,54 @@ class Campaign:
             surrogate if surrogate is not None else build_surrogate(config, self.space, self.pool)
         )
         self.acquisition: Acquisition = build_acquisition(config)
+        self.stopping: list[StoppingRule] = stopping_rules(config)
         spec = config.oracle
         #: Retries of retryable failures in :meth:`run` (``[oracle] retries``).
         self.retry = RetryPolicy(spec.retries, spec.retry_delay_s, spec.retry_backoff)
-        self.ledger = ledger if ledger is not None else Ledger(config.ledger_location)
-        self.id = self.ledger.open_campaign(
-            config.campaign.name, config.model_dump(mode="json"), config.hash, config.campaign.seed
-        )
+        self._ledger = ledger
+        self._id: int | None = None
         self._run_id: int | None = None
+
+    @classmethod
+    def open(
+        cls,
+        config: CampaignConfig,
+        ledger: Ledger | None = None,
+        oracle: Oracle | None = None,
+        surrogate: Surrogate | None = None,
+    ) -> Campaign:
+        """The campaign bound to its ledger: the ledger is opened (created if new, refused
+        with one line naming its path if it cannot be used) and the campaign's row found or
+        written. The constructor builds the pieces and writes nothing.
+
+        Raises:
+            LedgerError: the ledger cannot be used.
+            CampaignError: the campaign exists in it with another configuration.
+        """
+        campaign = cls(config, ledger, oracle, surrogate)
+        try:
+            _ = campaign.id
+        except BaseException:
+            campaign.close()
+            raise
+        return campaign
+
+    @property
+    def ledger(self) -> Ledger:
+        """The campaign's ledger (opened on first use, see :meth:`open`)."""
+        if self._ledger is None:
+            self._ledger = Ledger(self.config.ledger_location)
+        return self._ledger
+
+    @property
+    def id(self) -> int:
+        """The campaign's row in the ledger (found or written on first use, see :meth:`open`)."""
+        if self._id is None:
+            config = self.config
+            self._id = self.ledger.open_campaign(
+                config.campaign.name, config.model_dump(mode="json"), config.hash, config.campaign.seed
+            )
+        return self._id
 
     @classmethod
     def from_file(cls, path: str | Path, ledger: str | None = None) -> Campaign:
@@ -121,7 +162,7 @@ class Campaign:
         overrides = {
             "campaign.ledger": str(Path(ledger).resolve()) if ledger and "://" not in ledger else ledger
         }
-        return cls(load_config(path, {k: v for k, v in overrides.items() if v}))
+        return cls.open(load_config(path, {k: v for k, v in overrides.items() if v}))
 
     @property
     def run_id(self) -> int:
@@ -137,7 +178,8 @@ class Campaign:
 
     def close(self) -> None:
         self.oracle.close()
-        self.ledger.close()
+        if self._ledger is not None:
+            self._ledger.close()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -185,20 +227,34 @@ class Campaign:
 
     def run_cycle(self) -> CycleReport:
         """One cycle: fit, propose (unless the open cycle already has), evaluate, record."""
-        cycle = self.ledger.open_cycle(self.id, self.run_id)
-        batch = [e for e in self.ledger.evaluations(self.id, ["proposed"]) if e.cycle == cycle]
+        cycle, batch, undecided = self.open_batch()
         stop_reason = None
-        if not batch and not any(e.cycle == cycle for e in self.ledger.evaluations(self.id)):
-            surrogate = self.fit(cycle)
-            stop_reason = self.improvement_exhausted(surrogate)
-            if stop_reason is None:
-                proposals = self.propose(surrogate, cycle)
-                if not proposals:
-                    stop_reason = "the candidate pool is exhausted"
-                else:
-                    batch = self.commit_proposals(cycle, proposals, surrogate)
+        if undecided:
+            batch, stop_reason = self.decide(self.fit(cycle), cycle)
         outcomes = self.record_all(self.dispatch(batch), self.retry) if batch else []
         return self.close_cycle(cycle, len(batch), outcomes, stop_reason)
+
+    def open_batch(self) -> tuple[int, list[EvaluationRecord], bool]:
+        """The open cycle (a new one unless a dead run left one), its batch still to dispatch,
+        and whether the cycle has yet to choose its batch (nothing was proposed in it)."""
+        cycle = self.ledger.open_cycle(self.id, self.run_id)
+        known = [e for e in self.ledger.evaluations(self.id) if e.cycle == cycle]
+        return cycle, [e for e in known if e.status == "proposed"], not known
+
+    def decide(self, surrogate: Surrogate | None, cycle: int) -> tuple[list[EvaluationRecord], str | None]:
+        """The cycle's decision: stop (a rule that asks the surrogate fired, or nothing is left
+        to propose) or choose a batch and commit it to the ledger.
+
+        Returns:
+            The committed batch and ``None``, or no batch and the stop reason.
+        """
+        stop_reason = self.improvement_exhausted(surrogate)
+        if stop_reason is not None:
+            return [], stop_reason
+        proposals = self.propose(surrogate, cycle)
+        if not proposals:
+            return [], "the candidate pool is exhausted"
+        return self.commit_proposals(cycle, proposals, surrogate), None
 
     def close_cycle(
         self, cycle: int, proposed: int, outcomes: Sequence[str | None], stop_reason: str | None
@@ -442,119 +498,29 @@ class Campaign:
     # --- stopping ---------------------------------------------------------------------------
 
     def stop_reason(self) -> str | None:
-        """Why the campaign should stop now, or ``None``."""
-        stopping = self.config.stopping
-        experiments, cost = self.ledger.spent(self.id)
-        if stopping.max_experiments is not None and experiments >= stopping.max_experiments:
-            return f"budget spent: {experiments} of {stopping.max_experiments} experiments"
-        if stopping.max_cost is not None and cost >= stopping.max_cost:
-            return f"budget spent: cost {cost:g} of {stopping.max_cost:g}"
-        reached = self._target_reached()
-        if reached:
-            return reached
-        if stopping.patience is not None:
-            stale = self._cycles_without_improvement()
-            if stale >= stopping.patience:
-                return f"no improvement for {stale} cycles (patience {stopping.patience})"
-        if self.pool is not None:
-            taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
-            if taken >= set(self.pool.ids):
-                return "the candidate pool is exhausted"
-        return None
-
-    def _target_reached(self) -> str | None:
-        targets = {o.name: o for o in self.config.objectives if o.target is not None}
-        if not targets:
-            return None
-        for e in self.ledger.evaluations(self.id, ["done"]):
-            if all(
-                (e.values[n] >= o.target) if o.direction == "maximize" else (e.values[n] <= o.target)
-                for n, o in targets.items()
-                if o.target is not None
-            ):
-                return f"target reached by {e.candidate_id}: " + ", ".join(
-                    f"{n} = {e.values[n]:g}" for n in targets
-                )
-        return None
-
-    def _cycles_without_improvement(self) -> int:
-        best_by_cycle: dict[int, float] = {}
-        for e in self.ledger.evaluations(self.id, ["done"]):
-            value = self._objective(e)
-            best_by_cycle[e.cycle] = max(best_by_cycle.get(e.cycle, -math.inf), value)
-        closed = [c.cycle for c in self.ledger.cycles(self.id) if c.status == "closed"]
-        best, last_improvement = -math.inf, None
-        for cycle in sorted(closed):
-            if best_by_cycle.get(cycle, -math.inf) > best:
-                best, last_improvement = best_by_cycle[cycle], cycle
-        if last_improvement is None:
-            return 0
-        return sum(c > last_improvement for c in closed)
+        """Why the campaign should stop now (the rules that need no surrogate), or ``None``."""
+        return self._first_reason([r for r in self.stopping if not r.needs_surrogate], None)
 
     def improvement_exhausted(self, surrogate: Surrogate | None) -> str | None:
         """The stop reason of a rule that asks the fitted surrogate whether more experiments
-        can still pay off, else ``None``: the best expected improvement is below
-        ``min_expected_improvement``, or the near-hull goal (``near_hull_mev``) is met."""
+        can still pay off (``min_expected_improvement``, ``near_hull_mev``), else ``None``."""
         if surrogate is None:
             return None
-        return self._expected_improvement_below(surrogate) or self._near_hull_goal_met(surrogate)
+        return self._first_reason([r for r in self.stopping if r.needs_surrogate], surrogate)
 
-    def _free_pool_rows(self) -> list[int]:
+    def _first_reason(self, rules: Sequence[StoppingRule], surrogate: Surrogate | None) -> str | None:
+        return next((reason for rule in rules if (reason := rule.reason(self, surrogate))), None)
+
+    def free_pool_rows(self) -> list[int]:
         """Rows of the pool's candidates that the ledger does not know yet."""
         assert self.pool is not None
         taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
         return [i for i, cid in enumerate(self.pool.ids) if cid not in taken]
 
-    def _expected_improvement_below(self, surrogate: Surrogate) -> str | None:
-        threshold = self.config.stopping.min_expected_improvement
-        if threshold is None:
-            return None
-        data = self.dataset()
-        assert data is not None
-        choices = None if self.pool is None else self.pool.X[self._free_pool_rows()]
-        ei = self.acquisition.max_expected_improvement(surrogate, data.Y, choices, self.space)
-        if ei < threshold:
-            return f"expected improvement {ei:.3g} is below {threshold:g}"
-        return None
-
-    def _near_hull_goal_met(self, surrogate: Surrogate) -> str | None:
-        """The near-hull goal's stop reason once no unevaluated candidate's lower bound of
-        formation energy (the surrogate's mean minus ``near_hull_sigmas`` standard deviations)
-        lies within ``near_hull_mev`` of the hull of the done evaluations, else ``None``."""
-        from pymatgen.core import Composition
-
-        from loop.stability import could_reach_hull, hull_heights, phase_diagram
-
-        stopping = self.config.stopping
-        within_mev = stopping.near_hull_mev
-        if within_mev is None or self.pool is None:
-            return None
-        free = self._free_pool_rows()
-        if not free:
-            return None  # the pool is exhausted: that rule says so
-        name = "formation_energy_per_atom"
-        done = [
-            (str(e.params["formula"]), e.values[name])
-            for e in self.ledger.evaluations(self.id, ["done"])
-            if name in e.values
-        ]
-        formulas = [str(self.pool.candidates[i].params["formula"]) for i in free]
-        elements = sorted({el.symbol for f in formulas for el in Composition(f).elements})
-        diagram = phase_diagram(done, elements)  # with the pool's elements at 0 eV/atom
-        mean, variance = surrogate.predict(self.pool.X[free])
-        column = self.objectives.index(name)
-        lower = mean[:, column] - stopping.near_hull_sigmas * variance[:, column].sqrt()
-        if could_reach_hull(diagram, formulas, lower.tolist(), within_mev):
-            return None
-        found = sum(h * 1000.0 <= within_mev + 1e-9 for h in hull_heights(diagram, done))
-        return (
-            f"near-hull goal met: no unevaluated candidate's lower bound within {within_mev:g} meV/atom "
-            f"of the hull ({found} structures within it found)"
-        )
-
     # --- reporting --------------------------------------------------------------------------
 
-    def _objective(self, evaluation: EvaluationRecord) -> float:
+    def score(self, evaluation: EvaluationRecord) -> float:
+        """The evaluation's scalarised, signed objective (higher is better)."""
         Y = torch.tensor([[evaluation.values[p] for p in self.objectives]], dtype=torch.double)
         return float(self.acquisition.scalarize(Y)[0])
 

@@ -86,7 +86,7 @@ def test_new_ledger_created_by_many_processes_at_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_alloop_runs_of_one_campaign(branin_config: Callable[..., Path], tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
-    path = branin_config(max_experiments=6, oracle_extra=f'latency_s = 0.5\njournal = "{journal}"')
+    path = branin_config(max_experiments=6, oracle_extra=f'latency_s = 2.0\njournal = "{journal}"')
     first = alloop("run", str(path), "--quiet", cwd=tmp_path)
     try:
         wait_for(journal.exists, timeout_s=120)  # the first run holds the lease and evaluates
