@@ -134,7 +134,7 @@ def test_cli_run_during_a_flow_run_exits_naming_the_flow_run(
     flow_campaign: Callable[..., Path], tmp_path: Path
 ) -> None:
     journal = tmp_path / "journal.jsonl"
-    path = flow_campaign(max_experiments=6, oracle_extra=f'latency_s = 1.0\njournal = "{journal}"')
+    path = flow_campaign(max_experiments=6, oracle_extra=f'latency_s = 3.0\njournal = "{journal}"')
     reports: list[CampaignReport] = []
     flow = threading.Thread(target=lambda: reports.append(campaign_flow(str(path))))
     flow.start()
