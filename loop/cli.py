@@ -185,6 +185,7 @@ def otf(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per round.")] = False,
 ) -> None:
     """Run (or resume) on-the-fly MD training: MD on an MLIP committee, the oracle when unsure."""
+    from loop.lease import CampaignLease
     from loop.otf import RoundReport
     from loop.otf_config import build_otf_run, load_otf_config
     from loop.stdio import stdout_to_stderr
@@ -207,7 +208,11 @@ def otf(
     with _one_line_errors():
         settings = load_otf_config(config)
         # mace-torch prints a notice on import, in the training workers too: keep --json's stdout clean
-        with Ledger(settings.ledger_location) as ledger, stdout_to_stderr():
+        with (
+            Ledger(settings.ledger_location) as ledger,
+            CampaignLease(ledger, settings.run.name, "alloop otf"),  # before building: it settles frames
+            stdout_to_stderr(),
+        ):
             run = build_otf_run(settings, ledger, on_round=show)
             try:
                 report = run.run()
