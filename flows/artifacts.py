@@ -26,6 +26,7 @@ from prefect.artifacts import (
 
 from loop.campaign import Campaign, CampaignReport
 from loop.ledger import EvaluationRecord
+from loop.report import describe_best
 
 
 def artifact_key(campaign: str, kind: str) -> str:
@@ -147,11 +148,8 @@ def report_markdown(campaign: Campaign, report: CampaignReport, plot: str | None
     if best is None:
         lines.append("**Best so far:** nothing measured yet.")
     else:
-        values = ", ".join(f"{k} = {v:.6g}" for k, v in best["values"].items())
-        params = ", ".join(
-            f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in best["params"].items()
-        )
-        lines.append(f"**Best so far:** {values} — candidate `{best['candidate_id']}` ({params}).")
+        units = {o.name: o.unit for o in campaign.config.objectives}
+        lines.append(f"**Best so far:** {describe_best(best, units)}.")
     lines += [
         "",
         "| cycle | evaluations | done | failed | best in cycle | best so far |",

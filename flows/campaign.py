@@ -6,7 +6,7 @@ Each cycle is the loop's stages as tasks — ``fit-surrogate``, ``propose-batch`
 the budget spent and an end-of-run report as artifacts. The ledger is the single source of
 truth: a run may crash anywhere, and the next run recovers evaluations left in flight,
 dispatches a batch that was proposed but not sent, and goes on; nothing is lost and nothing is
-evaluated twice. Only one run of a campaign works at a time (:mod:`flows.lock`).
+evaluated twice. Only one run of a campaign works at a time (:mod:`loop.lease`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from prefect.utilities.annotations import quote
 from flows.approval import review_batch
 from flows.artifacts import BudgetProgress, artifact_key, batch_rows, publish_batch, publish_report
 from flows.execution import ExecutionSection, LazyTaskRunner, execution_of, load_campaign
-from flows.lock import CampaignBusy, CampaignLock
 from flows.tasks import (
     OracleSpec,
     evaluate_candidate,
@@ -37,7 +36,9 @@ from flows.tasks import (
 )
 from loop.campaign import Campaign, CampaignReport, CycleReport
 from loop.config import CampaignConfig
+from loop.lease import CampaignBusy, CampaignLease
 from loop.ledger import EvaluationRecord
+from loop.retry import RetryPolicy
 
 
 def resolve_campaign(
@@ -103,10 +104,10 @@ def campaign_flow(
         raise ValueError(f"max_cycles must be >= 1 (or None for no limit), got {max_cycles}")
     logger = get_run_logger()
     campaign_config, execution = resolve_campaign(config, execution)
-    campaign = Campaign(campaign_config)
+    campaign = Campaign.open(campaign_config)
     try:
         label = f"flow run {flow_run.name or '?'} ({flow_run.id or 'no id'})"
-        lock = CampaignLock(
+        lock = CampaignLease(
             campaign.ledger,
             campaign.name,
             label,
@@ -157,10 +158,7 @@ def _advance(
                 "—" if report.best is None else f"{report.best:.4g}",
             )
             stop = report.stop_reason or campaign.stop_reason()
-    if stop:
-        logger.info("campaign %s stopped: %s", campaign.name, stop)
-    experiments, cost = campaign.ledger.spent(campaign.id)
-    result = CampaignReport(campaign.name, len(reports), stop, experiments, cost, campaign.best(), reports)
+    result = campaign.finish(stop, reports)
     publish_report(campaign, result)
     return result
 
@@ -169,17 +167,15 @@ def _run_cycle(
     campaign: Campaign, execution: ExecutionSection, runner: LazyTaskRunner, first_cycle: int | None
 ) -> CycleReport:
     """One cycle, as :meth:`Campaign.run_cycle` composes it, with the stages as tasks."""
-    ledger = campaign.ledger
-    cycle = ledger.open_cycle(campaign.id, campaign.run_id)
+    cycle, batch, undecided = campaign.open_batch()
     tag = f"{artifact_key(campaign.name, f'c{cycle}')}"
     _rename(
         f"{campaign.name}/cycle-{cycle}"
         if first_cycle is None
         else f"{campaign.name}/cycles-{first_cycle}-{cycle}"
     )
-    batch = [e for e in ledger.evaluations(campaign.id, ["proposed"]) if e.cycle == cycle]
     stop_reason = None
-    if not batch and not any(e.cycle == cycle for e in ledger.evaluations(campaign.id)):
+    if undecided:
         surrogate = fit_surrogate.with_options(task_run_name=f"fit-{tag}")(campaign, cycle)
         batch, stop_reason = propose_batch.with_options(task_run_name=f"propose-{tag}")(
             campaign, surrogate, cycle
@@ -211,13 +207,11 @@ def _evaluate(
     # The thread runner shares the campaign's oracle (quoted: Prefect must not walk into it);
     # Dask workers build their own from the configuration.
     oracle = quote(campaign.oracle) if execution.task_runner == "thread" else OracleSpec(campaign.config)
-    evaluate = evaluate_candidate.with_options(
-        retries=execution.retries, retry_delay_seconds=execution.retry_delay_s
-    )
+    retry = RetryPolicy(execution.retries, execution.retry_delay_s, backoff=1.0)
     futures: dict[PrefectFuture[dict[str, Any]], EvaluationRecord] = {
         runner.submit(
-            evaluate.with_options(task_run_name=f"evaluate-{tag}-{e.candidate_id[:10]}"),
-            {"candidate": e.candidate, "oracle": oracle},
+            evaluate_candidate.with_options(task_run_name=f"evaluate-{tag}-{e.candidate_id[:10]}"),
+            {"candidate": e.candidate, "oracle": oracle, "retry": retry},
         ): e
         for e in batch
     }

@@ -15,7 +15,7 @@ recorded and skipped, and setup errors (:class:`~oracles.errors.OracleSetupError
 retried and stop the flow, as they stop the plain loop.
 
 Each round publishes a table of the rounds so far (key ``<run>-round``) and the flow ends with
-a markdown summary (``<run>-report``). The run holds its campaign lock (:mod:`flows.lock`,
+a markdown summary (``<run>-report``). The run holds its campaign lease (:mod:`loop.lease`,
 keyed by the run name) from before the run is built, because building it settles frames a
 dead process left in flight. The loop's own warnings (rollbacks, skipped labels) go to the
 ``alloop.otf`` logger; ``PREFECT_LOGGING_EXTRA_LOGGERS=alloop`` sends them to the Prefect UI.
@@ -41,10 +41,10 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import artifact_key
-from flows.lock import CampaignLock
 from flows.tasks import OracleFailure, evaluate_candidate, unpack_result
 from loop.candidate import Candidate
 from loop.errors import DuplicateCandidateError
+from loop.lease import CampaignLease
 from loop.ledger import Ledger
 from loop.otf import Label, OTFReport, OTFRun, Pause, RoundReport, Walker
 from loop.otf_config import build_otf_run, load_otf_config
@@ -275,7 +275,7 @@ def otf_md_flow(
     config = load_otf_config(config_path)
     with Ledger(config.ledger_location) as ledger:
         label = f"flow run {flow_run.name or '?'} ({flow_run.id or 'no id'})"
-        with CampaignLock(
+        with CampaignLease(
             ledger, config.run.name, label, wait_s=lock_wait_s, lease_s=lock_lease_s, logger=logger
         ):
             run = build_otf_run(config, ledger)

@@ -10,7 +10,8 @@ rebuild the oracle from the configuration once per process (oracles hold locks a
 which do not travel). What comes back from a worker travels as plain data.
 
 Retries: an evaluation is retried only when the oracle raised a retryable
-:class:`~oracles.errors.EvaluationFailed`; setup errors and other exceptions never are.
+:class:`~oracles.errors.EvaluationFailed`; setup errors and other exceptions never are
+(:class:`~loop.retry.RetryPolicy`, the engine-free loop's policy too).
 Time-outs are the oracle's business (:class:`~oracles.errors.EvaluationTimeout`): Prefect
 cannot interrupt blocking code running in a thread.
 """
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.futures import PrefectFuture
@@ -35,6 +37,7 @@ from loop.campaign import Campaign
 from loop.candidate import Candidate
 from loop.config import CampaignConfig
 from loop.ledger import EvaluationRecord
+from loop.retry import RetryPolicy
 from oracles.base import Measurement, Oracle, Result
 from oracles.errors import OracleError
 from surrogates.base import Surrogate
@@ -139,14 +142,9 @@ def fit_surrogate(campaign: Campaign, cycle: int) -> Surrogate | None:
 def propose_batch(
     campaign: Campaign, surrogate: Surrogate | None, cycle: int
 ) -> tuple[list[EvaluationRecord], str | None]:
-    """Choose the cycle's batch and commit it to the ledger, or say why the campaign stops."""
-    stop_reason = campaign.improvement_exhausted(surrogate)
-    if stop_reason is not None:
-        return [], stop_reason
-    proposals = campaign.propose(surrogate, cycle)
-    if not proposals:
-        return [], "the candidate pool is exhausted"
-    return campaign.commit_proposals(cycle, proposals, surrogate), None
+    """Choose the cycle's batch and commit it to the ledger, or say why the campaign stops
+    (:meth:`Campaign.decide <loop.campaign.Campaign.decide>`)."""
+    return campaign.decide(surrogate, cycle)
 
 
 @task(
@@ -155,18 +153,38 @@ def propose_batch(
     persist_result=False,
     retry_condition_fn=retryable_oracle_error,
 )
-def evaluate_candidate(candidate: Candidate, oracle: Oracle | OracleSpec) -> dict[str, Any]:
+def evaluate_candidate(
+    candidate: Candidate, oracle: Oracle | OracleSpec, retry: RetryPolicy | None = None
+) -> dict[str, Any]:
     """Measure one candidate; returns the packed :class:`Result`.
 
+    Retryable failures are tried again in the task as ``retry`` says, each logged as a
+    warning with its attempt number (Prefect's own ``retries`` log every attempt as an error).
+
     Raises:
-        OracleFailure: the oracle raised an :class:`~oracles.errors.OracleError`.
+        OracleFailure: the oracle raised an :class:`~oracles.errors.OracleError` (the last
+            attempt's).
     """
     if isinstance(oracle, OracleSpec):
         oracle = worker_oracle(oracle)
-    try:
-        return pack_result(oracle.evaluate(candidate))
-    except OracleError as exc:
-        raise OracleFailure.wrap(exc) from None
+    retry = retry or RetryPolicy()
+    attempt = 1
+    while True:
+        try:
+            return pack_result(oracle.evaluate(candidate))
+        except OracleError as exc:
+            if not retry.should_retry(exc, attempt):
+                raise OracleFailure.wrap(exc) from None
+            get_run_logger().warning(
+                "evaluation of %s failed (attempt %d of %d), retrying in %g s: %s",
+                candidate.id,
+                attempt,
+                retry.retries + 1,
+                retry.delay(attempt),
+                exc,
+            )
+            time.sleep(retry.delay(attempt))
+            attempt += 1
 
 
 def _settle(future: PrefectFuture[dict[str, Any]]) -> Result:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +27,16 @@ from loop.acquisition import Acquisition, Pick
 from loop.build import build_acquisition, build_oracle, build_space, build_surrogate
 from loop.candidate import Candidate
 from loop.config import CampaignConfig, load_config
+from loop.lease import CampaignLease
 from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.pool import Pool
-from loop.report import campaign_status
+from loop.recorder import EvaluationRecorder
+from loop.report import best_value, campaign_status
+from loop.retry import RetryPolicy
 from loop.space import SearchSpace
-from oracles.base import Oracle, Reattachable, Result
-from oracles.errors import EvaluationFailed, OracleSetupError
+from loop.stopping import StoppingRule, stopping_rules
+from oracles.base import Oracle
+from oracles.errors import OracleSetupError
 from surrogates.base import Surrogate, SurrogateError
 
 log = logging.getLogger("alloop")
@@ -49,6 +51,7 @@ class CycleReport:
     done: int
     failed: int
     best: float | None
+    """The best objective value so far, in its own sign and units."""
     experiments: int
     cost: float
     stop_reason: str | None = None
@@ -67,7 +70,7 @@ class CampaignReport:
     reports: list[CycleReport] = field(default_factory=list)
 
 
-class Campaign:
+class Campaign(EvaluationRecorder):
     """A closed-loop campaign bound to its ledger.
 
     Args:
@@ -102,11 +105,54 @@ class Campaign:
             surrogate if surrogate is not None else build_surrogate(config, self.space, self.pool)
         )
         self.acquisition: Acquisition = build_acquisition(config)
-        self.ledger = ledger if ledger is not None else Ledger(config.ledger_location)
-        self.id = self.ledger.open_campaign(
-            config.campaign.name, config.model_dump(mode="json"), config.hash, config.campaign.seed
-        )
-        self.run_id = self.ledger.start_run(self.id)
+        self.stopping: list[StoppingRule] = stopping_rules(config)
+        spec = config.oracle
+        #: Retries of retryable failures in :meth:`run` (``[oracle] retries``).
+        self.retry = RetryPolicy(spec.retries, spec.retry_delay_s, spec.retry_backoff)
+        self._ledger = ledger
+        self._id: int | None = None
+        self._run_id: int | None = None
+
+    @classmethod
+    def open(
+        cls,
+        config: CampaignConfig,
+        ledger: Ledger | None = None,
+        oracle: Oracle | None = None,
+        surrogate: Surrogate | None = None,
+    ) -> Campaign:
+        """The campaign bound to its ledger: the ledger is opened (created if new, refused
+        with one line naming its path if it cannot be used) and the campaign's row found or
+        written. The constructor builds the pieces and writes nothing.
+
+        Raises:
+            LedgerError: the ledger cannot be used.
+            CampaignError: the campaign exists in it with another configuration.
+        """
+        campaign = cls(config, ledger, oracle, surrogate)
+        try:
+            _ = campaign.id
+        except BaseException:
+            campaign.close()
+            raise
+        return campaign
+
+    @property
+    def ledger(self) -> Ledger:
+        """The campaign's ledger (opened on first use, see :meth:`open`)."""
+        if self._ledger is None:
+            self._ledger = Ledger(self.config.ledger_location)
+        return self._ledger
+
+    @property
+    def id(self) -> int:
+        """The campaign's row in the ledger (found or written on first use, see :meth:`open`)."""
+        if self._id is None:
+            config = self.config
+            self._id = self.ledger.open_campaign(
+                config.campaign.name, config.model_dump(mode="json"), config.hash, config.campaign.seed
+            )
+        return self._id
 
     @classmethod
     def from_file(cls, path: str | Path, ledger: str | None = None) -> Campaign:
@@ -114,7 +160,15 @@ class Campaign:
         overrides = {
             "campaign.ledger": str(Path(ledger).resolve()) if ledger and "://" not in ledger else ledger
         }
-        return cls(load_config(path, {k: v for k, v in overrides.items() if v}))
+        return cls.open(load_config(path, {k: v for k, v in overrides.items() if v}))
+
+    @property
+    def run_id(self) -> int:
+        """This process's ``runs`` row, registered when it first writes: a resume that finds
+        nothing to do adds none."""
+        if self._run_id is None:
+            self._run_id = self.ledger.start_run(self.id)
+        return self._run_id
 
     @property
     def name(self) -> str:
@@ -122,14 +176,34 @@ class Campaign:
 
     def close(self) -> None:
         self.oracle.close()
-        self.ledger.close()
+        if self._ledger is not None:
+            self._ledger.close()
 
     # --- the loop ---------------------------------------------------------------------------
 
+    def lease(self, label: str | None = None) -> CampaignLease:
+        """The campaign's single-writer lease (``[execution] lock_wait_s``, ``lock_lease_s``)."""
+        execution = self.config.execution
+        return CampaignLease(
+            self.ledger, self.name, label, wait_s=execution.lock_wait_s, lease_s=execution.lock_lease_s
+        )
+
     def run(
-        self, max_cycles: int | None = None, on_cycle: Callable[[CycleReport], None] | None = None
+        self,
+        max_cycles: int | None = None,
+        on_cycle: Callable[[CycleReport], None] | None = None,
+        label: str | None = None,
     ) -> CampaignReport:
-        """Run cycles until a stopping rule fires or ``max_cycles`` cycles have run."""
+        """Run cycles until a stopping rule fires or ``max_cycles`` cycles have run, holding
+        the campaign's lease (:meth:`lease`, as ``label``) throughout.
+
+        Raises:
+            CampaignBusy: another writer holds the campaign (nothing was written).
+        """
+        with self.lease(label):
+            return self._run(max_cycles, on_cycle)
+
+    def _run(self, max_cycles: int | None, on_cycle: Callable[[CycleReport], None] | None) -> CampaignReport:
         self.recover()
         reports: list[CycleReport] = []
         stop = self.stop_reason()
@@ -139,27 +213,46 @@ class Campaign:
             if on_cycle is not None:
                 on_cycle(report)
             stop = report.stop_reason or self.stop_reason()
+        return self.finish(stop, reports)
+
+    def finish(self, stop: str | None, reports: list[CycleReport]) -> CampaignReport:
+        """Store why the campaign stopped (``None``: a cycle limit, not a rule) and report."""
         if stop:
             log.info("campaign %s stopped: %s", self.name, stop)
+        self.ledger.set_stop_reason(self.id, stop)
         experiments, cost = self.ledger.spent(self.id)
         return CampaignReport(self.name, len(reports), stop, experiments, cost, self.best(), reports)
 
     def run_cycle(self) -> CycleReport:
         """One cycle: fit, propose (unless the open cycle already has), evaluate, record."""
-        cycle = self.ledger.open_cycle(self.id, self.run_id)
-        batch = [e for e in self.ledger.evaluations(self.id, ["proposed"]) if e.cycle == cycle]
+        cycle, batch, undecided = self.open_batch()
         stop_reason = None
-        if not batch and not any(e.cycle == cycle for e in self.ledger.evaluations(self.id)):
-            surrogate = self.fit(cycle)
-            stop_reason = self.improvement_exhausted(surrogate)
-            if stop_reason is None:
-                proposals = self.propose(surrogate, cycle)
-                if not proposals:
-                    stop_reason = "the candidate pool is exhausted"
-                else:
-                    batch = self.commit_proposals(cycle, proposals, surrogate)
-        outcomes = self.record_all(self.dispatch(batch)) if batch else []
+        if undecided:
+            batch, stop_reason = self.decide(self.fit(cycle), cycle)
+        outcomes = self.record_all(self.dispatch(batch), self.retry) if batch else []
         return self.close_cycle(cycle, len(batch), outcomes, stop_reason)
+
+    def open_batch(self) -> tuple[int, list[EvaluationRecord], bool]:
+        """The open cycle (a new one unless a dead run left one), its batch still to dispatch,
+        and whether the cycle has yet to choose its batch (nothing was proposed in it)."""
+        cycle = self.ledger.open_cycle(self.id, self.run_id)
+        known = [e for e in self.ledger.evaluations(self.id) if e.cycle == cycle]
+        return cycle, [e for e in known if e.status == "proposed"], not known
+
+    def decide(self, surrogate: Surrogate | None, cycle: int) -> tuple[list[EvaluationRecord], str | None]:
+        """The cycle's decision: stop (a rule that asks the surrogate fired, or nothing is left
+        to propose) or choose a batch and commit it to the ledger.
+
+        Returns:
+            The committed batch and ``None``, or no batch and the stop reason.
+        """
+        stop_reason = self.improvement_exhausted(surrogate)
+        if stop_reason is not None:
+            return [], stop_reason
+        proposals = self.propose(surrogate, cycle)
+        if not proposals:
+            return [], "the candidate pool is exhausted"
+        return self.commit_proposals(cycle, proposals, surrogate), None
 
     def close_cycle(
         self, cycle: int, proposed: int, outcomes: Sequence[str | None], stop_reason: str | None
@@ -168,13 +261,12 @@ class Campaign:
         the error per failure, as :meth:`record_all` returns them)."""
         self.ledger.close_cycle(self.id, cycle, stop_reason)
         experiments, cost = self.ledger.spent(self.id)
-        best = self.best()
         return CycleReport(
             cycle=cycle,
             proposed=proposed,
             done=sum(o is None for o in outcomes),
             failed=sum(o is not None for o in outcomes),
-            best=None if best is None else best["objective"],
+            best=best_value(self.best()),
             experiments=experiments,
             cost=cost,
             stop_reason=stop_reason,
@@ -284,202 +376,32 @@ class Campaign:
         ids = set(self.ledger.propose(self.id, self.run_id, cycle, proposals, name, summary))
         return [e for e in self.ledger.evaluations(self.id, ["proposed"]) if e.id in ids]
 
-    def dispatch(self, batch: Sequence[EvaluationRecord]) -> dict[Future[Result], EvaluationRecord]:
-        """Hand the batch to the oracle; each evaluation is marked ``submitted`` (its own
-        transaction) the moment the oracle starts it, so one still queued when the process
-        dies is dispatched again by the next run rather than written off."""
-        by_candidate = {e.candidate_id: e for e in batch}
-
-        def started(candidate: Candidate) -> None:
-            self.ledger.mark_submitted(by_candidate[candidate.id].id)
-
-        futures = self.oracle.submit([e.candidate for e in batch], on_start=started)
-        for future, evaluation in zip(futures, batch, strict=True):
-            external_id = self.oracle.handle(future)
-            if external_id is not None:
-                self.ledger.set_external_id(evaluation.id, external_id)
-        return dict(zip(futures, batch, strict=True))
-
-    def record_all(self, futures: dict[Future[Result], EvaluationRecord]) -> list[str | None]:
-        """Record each outcome the moment it arrives; ``None`` for a success, else the error.
-
-        A setup error of the oracle is recorded and then raised once every other evaluation
-        of the batch has been recorded.
-        """
-        outcomes: list[str | None] = []
-        setup_error: OracleSetupError | None = None
-        for future in as_completed(futures):
-            evaluation = futures[future]
-            try:
-                outcomes.append(self.record(evaluation, future.result()))
-            except OracleSetupError as exc:
-                setup_error = setup_error or exc
-                outcomes.append(self.record_failure(evaluation, f"setup error: {exc}", retryable=False))
-            except EvaluationFailed as exc:
-                outcomes.append(
-                    self.record_failure(evaluation, f"{type(exc).__name__}: {exc}", exc.retryable)
-                )
-            except Exception as exc:  # a broken oracle must not take the campaign down
-                summary = "".join(traceback.format_exception(exc, limit=-3)).strip()
-                outcomes.append(self.record_failure(evaluation, summary, retryable=False))
-        if setup_error is not None:
-            raise setup_error
-        return outcomes
-
-    def record(self, evaluation: EvaluationRecord, result: Result) -> None:
-        """Commit one result; invalid ones (NaN, infinite, missing) are recorded as failed.
-
-        Raises:
-            InvalidResult: through :meth:`record_all`, which records it as a failure.
-        """
-        if result.candidate_id != evaluation.candidate_id:
-            raise EvaluationFailed(
-                f"oracle answered for {result.candidate_id} when asked about {evaluation.candidate_id}",
-                retryable=False,
-            )
-        result.check(self.objectives)
-        self.ledger.record_result(evaluation.id, result, self.run_id)
-        return None
-
-    def record_failure(self, evaluation: EvaluationRecord, error: str, retryable: bool) -> str:
-        """Commit a failed evaluation with its reason; returns the reason."""
-        log.warning("evaluation of %s failed: %s", evaluation.candidate_id, error.splitlines()[-1])
-        self.ledger.record_failure(evaluation.id, error, retryable)
-        return error
-
-    def recover(self) -> None:
-        """Settle evaluations a dead process left ``submitted``: re-attach or record as failed."""
-        stranded = self.ledger.evaluations(self.id, ["submitted"])
-        if not stranded:
-            return
-        if isinstance(self.oracle, Reattachable):
-            futures = {self.oracle.reattach(e.candidate, e.external_id): e for e in stranded}
-            self.record_all(futures)
-            return
-        for evaluation in stranded:
-            self.record_failure(
-                evaluation,
-                "interrupted: the process stopped while this evaluation was in flight; "
-                "its result never arrived and it is not submitted again",
-                retryable=True,
-            )
-
     # --- stopping ---------------------------------------------------------------------------
 
     def stop_reason(self) -> str | None:
-        """Why the campaign should stop now, or ``None``."""
-        stopping = self.config.stopping
-        experiments, cost = self.ledger.spent(self.id)
-        if stopping.max_experiments is not None and experiments >= stopping.max_experiments:
-            return f"budget spent: {experiments} of {stopping.max_experiments} experiments"
-        if stopping.max_cost is not None and cost >= stopping.max_cost:
-            return f"budget spent: cost {cost:g} of {stopping.max_cost:g}"
-        reached = self._target_reached()
-        if reached:
-            return reached
-        if stopping.patience is not None:
-            stale = self._cycles_without_improvement()
-            if stale >= stopping.patience:
-                return f"no improvement for {stale} cycles (patience {stopping.patience})"
-        if self.pool is not None:
-            taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
-            if taken >= set(self.pool.ids):
-                return "the candidate pool is exhausted"
-        return None
-
-    def _target_reached(self) -> str | None:
-        targets = {o.name: o for o in self.config.objectives if o.target is not None}
-        if not targets:
-            return None
-        for e in self.ledger.evaluations(self.id, ["done"]):
-            if all(
-                (e.values[n] >= o.target) if o.direction == "maximize" else (e.values[n] <= o.target)
-                for n, o in targets.items()
-                if o.target is not None
-            ):
-                return f"target reached by {e.candidate_id}: " + ", ".join(
-                    f"{n} = {e.values[n]:g}" for n in targets
-                )
-        return None
-
-    def _cycles_without_improvement(self) -> int:
-        best_by_cycle: dict[int, float] = {}
-        for e in self.ledger.evaluations(self.id, ["done"]):
-            value = self._objective(e)
-            best_by_cycle[e.cycle] = max(best_by_cycle.get(e.cycle, -math.inf), value)
-        closed = [c.cycle for c in self.ledger.cycles(self.id) if c.status == "closed"]
-        best, last_improvement = -math.inf, None
-        for cycle in sorted(closed):
-            if best_by_cycle.get(cycle, -math.inf) > best:
-                best, last_improvement = best_by_cycle[cycle], cycle
-        if last_improvement is None:
-            return 0
-        return sum(c > last_improvement for c in closed)
+        """Why the campaign should stop now (the rules that need no surrogate), or ``None``."""
+        return self._first_reason([r for r in self.stopping if not r.needs_surrogate], None)
 
     def improvement_exhausted(self, surrogate: Surrogate | None) -> str | None:
         """The stop reason of a rule that asks the fitted surrogate whether more experiments
-        can still pay off, else ``None``: the best expected improvement is below
-        ``min_expected_improvement``, or the near-hull goal (``near_hull_mev``) is met."""
+        can still pay off (``min_expected_improvement``, ``near_hull_mev``), else ``None``."""
         if surrogate is None:
             return None
-        return self._expected_improvement_below(surrogate) or self._near_hull_goal_met(surrogate)
+        return self._first_reason([r for r in self.stopping if r.needs_surrogate], surrogate)
 
-    def _free_pool_rows(self) -> list[int]:
+    def _first_reason(self, rules: Sequence[StoppingRule], surrogate: Surrogate | None) -> str | None:
+        return next((reason for rule in rules if (reason := rule.reason(self, surrogate))), None)
+
+    def free_pool_rows(self) -> list[int]:
         """Rows of the pool's candidates that the ledger does not know yet."""
         assert self.pool is not None
         taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
         return [i for i, cid in enumerate(self.pool.ids) if cid not in taken]
 
-    def _expected_improvement_below(self, surrogate: Surrogate) -> str | None:
-        threshold = self.config.stopping.min_expected_improvement
-        if threshold is None:
-            return None
-        data = self.dataset()
-        assert data is not None
-        choices = None if self.pool is None else self.pool.X[self._free_pool_rows()]
-        ei = self.acquisition.max_expected_improvement(surrogate, data.Y, choices, self.space)
-        if ei < threshold:
-            return f"expected improvement {ei:.3g} is below {threshold:g}"
-        return None
-
-    def _near_hull_goal_met(self, surrogate: Surrogate) -> str | None:
-        """The near-hull goal's stop reason once no unevaluated candidate's lower bound of
-        formation energy (the surrogate's mean minus ``near_hull_sigmas`` standard deviations)
-        lies within ``near_hull_mev`` of the hull of the done evaluations, else ``None``."""
-        from pymatgen.core import Composition
-
-        from loop.stability import could_reach_hull, hull_heights, phase_diagram
-
-        stopping = self.config.stopping
-        within_mev = stopping.near_hull_mev
-        if within_mev is None or self.pool is None:
-            return None
-        free = self._free_pool_rows()
-        if not free:
-            return None  # the pool is exhausted: that rule says so
-        name = "formation_energy_per_atom"
-        done = [
-            (str(e.params["formula"]), e.values[name])
-            for e in self.ledger.evaluations(self.id, ["done"])
-            if name in e.values
-        ]
-        formulas = [str(self.pool.candidates[i].params["formula"]) for i in free]
-        elements = sorted({el.symbol for f in formulas for el in Composition(f).elements})
-        diagram = phase_diagram(done, elements)  # with the pool's elements at 0 eV/atom
-        mean, variance = surrogate.predict(self.pool.X[free])
-        column = self.objectives.index(name)
-        lower = mean[:, column] - stopping.near_hull_sigmas * variance[:, column].sqrt()
-        if could_reach_hull(diagram, formulas, lower.tolist(), within_mev):
-            return None
-        found = sum(h * 1000.0 <= within_mev + 1e-9 for h in hull_heights(diagram, done))
-        return (
-            f"near-hull goal met: no unevaluated candidate's lower bound within {within_mev:g} meV/atom "
-            f"of the hull ({found} structures within it found)"
-        )
-
     # --- reporting --------------------------------------------------------------------------
 
-    def _objective(self, evaluation: EvaluationRecord) -> float:
+    def score(self, evaluation: EvaluationRecord) -> float:
+        """The evaluation's scalarised, signed objective (higher is better)."""
         Y = torch.tensor([[evaluation.values[p] for p in self.objectives]], dtype=torch.double)
         return float(self.acquisition.scalarize(Y)[0])
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -24,11 +28,39 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True, soft_wrap=True)
+_debug = {"on": False}
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    _debug["on"] = debug
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    message = " ".join(str(exc).split("\n"))
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
+
+
+@contextmanager
+def _one_line_errors(ledger: str | None = None) -> Iterator[None]:
+    """Turn every alloop error and database error into one line on stderr and exit code 2
+    (the traceback only with ``--debug``); ``ledger`` names the database in the message."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from loop.ledger import database_reason
+
+    try:
+        yield
+    except (AlloopError, SQLAlchemyError, sqlite3.Error) as exc:
+        if _debug["on"]:
+            raise
+        if isinstance(exc, AlloopError):
+            raise _fail(exc) from None
+        where = f"ledger {ledger!r}: " if ledger else ""
+        raise _fail(LedgerError(f"{where}database error: {database_reason(exc)}")) from None
 
 
 @app.command()
@@ -40,33 +72,23 @@ def run(
 ) -> None:
     """Run (or resume) a campaign until a stopping rule fires."""
     from loop.campaign import Campaign, CycleReport
+    from loop.report import describe_best
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with _one_line_errors(db):
         campaign = Campaign.from_file(config, ledger=db)
-    except AlloopError as exc:
-        raise _fail(exc) from None
-    budget = campaign.config.stopping.max_experiments
-    done_before, _ = campaign.ledger.spent(campaign.id)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[best]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as progress:
-        task = progress.add_task(campaign.name, total=budget, completed=done_before, best="")
-
-        def show(report: CycleReport) -> None:
-            best = "" if report.best is None else f"best {report.best:.4g}"
-            progress.update(task, completed=report.experiments, best=f"cycle {report.cycle}  {best}")
-
+    with _one_line_errors(campaign.ledger.url), _progress(quiet) as progress:
         try:
-            report = campaign.run(max_cycles=max_cycles, on_cycle=show)
-        except AlloopError as exc:
-            raise _fail(exc) from None
+            done_before, _ = campaign.ledger.spent(campaign.id)
+            task = progress.add_task(
+                campaign.name, total=campaign.config.stopping.max_experiments, completed=done_before, best=""
+            )
+
+            def show(report: CycleReport) -> None:
+                best = "" if report.best is None else f"best {report.best:.4g}"
+                progress.update(task, completed=report.experiments, best=f"cycle {report.cycle}  {best}")
+
+            report = campaign.run(max_cycles=max_cycles, on_cycle=show, label="alloop run")
         finally:
             campaign.close()
     console.print(
@@ -75,8 +97,21 @@ def run(
         highlight=False,
     )
     if report.best is not None:
-        console.print(f"best: {report.best['values']} at {report.best['params']}", highlight=False)
+        units = {o.name: o.unit for o in campaign.config.objectives}
+        console.print(f"best: {describe_best(report.best, units)}", highlight=False)
     console.print(f"ledger: {campaign.ledger.url}", highlight=False)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
 
 
 @app.command()
@@ -88,13 +123,10 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a campaign: cycles, evaluations by status, best so far."""
-    from loop.report import campaign_status
+    from loop.report import campaign_status, describe_best
 
-    try:
-        with _open_ledger(db) as ledger:
-            summary = campaign_status(ledger, campaign)
-    except AlloopError as exc:
-        raise _fail(exc) from None
+    with _one_line_errors(db), Ledger(db, create=False) as ledger:
+        summary = campaign_status(ledger, campaign)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
@@ -104,8 +136,8 @@ def status(
         table.add_row(state, str(count))
     table.add_row("cost", f"{summary['cost']:g}")
     best = summary["best"]
-    table.add_row("best", "—" if best is None else f"{best['values']} at {best['params']}")
-    table.add_row("stopped", summary["stop_reason"] or "—")
+    table.add_row("best", "—" if best is None else describe_best(best, summary["units"]))
+    table.add_row("stopped", summary["stop_reason"] or "no (it may go on)")
     Console().print(table)
 
 
@@ -132,18 +164,12 @@ def export(
 
         if output is None:
             raise _fail(AlloopError("--format extxyz needs --output FILE"))
-        try:
-            with _open_ledger(db) as ledger:
-                frames = write_extxyz(ledger, campaign, output)
-        except AlloopError as exc:
-            raise _fail(exc) from None
+        with _one_line_errors(db), Ledger(db, create=False) as ledger:
+            frames = write_extxyz(ledger, campaign, output)
         console.print(f"wrote {frames} labelled structures to {output}", highlight=False)
         return
-    try:
-        with _open_ledger(db) as ledger:
-            table = evaluations_table(ledger, campaign)
-    except AlloopError as exc:
-        raise _fail(exc) from None
+    with _one_line_errors(db), Ledger(db, create=False) as ledger:
+        table = evaluations_table(ledger, campaign)
     text = table.to_csv(index=False)
     if output is None:
         sys.stdout.write(text)
@@ -159,6 +185,7 @@ def otf(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per round.")] = False,
 ) -> None:
     """Run (or resume) on-the-fly MD training: MD on an MLIP committee, the oracle when unsure."""
+    from loop.lease import CampaignLease
     from loop.otf import RoundReport
     from loop.otf_config import build_otf_run, load_otf_config
     from loop.stdio import stdout_to_stderr
@@ -178,18 +205,20 @@ def otf(
                 highlight=False,
             )
 
-    try:
+    with _one_line_errors():
         settings = load_otf_config(config)
         # mace-torch prints a notice on import, in the training workers too: keep --json's stdout clean
-        with Ledger(settings.ledger_location) as ledger, stdout_to_stderr():
+        with (
+            Ledger(settings.ledger_location) as ledger,
+            CampaignLease(ledger, settings.run.name, "alloop otf"),  # before building: it settles frames
+            stdout_to_stderr(),
+        ):
             run = build_otf_run(settings, ledger, on_round=show)
             try:
                 report = run.run()
             finally:
                 run.committee.close()
                 run.oracle.close()
-    except AlloopError as exc:
-        raise _fail(exc) from None
     if as_json:
         print(json.dumps(report.as_dict(), indent=1))
         return
@@ -207,14 +236,7 @@ def otf(
         console.print(f"final fit: refitted from scratch on {report.final_fit_frames} frames")
 
 
-def _open_ledger(db: str) -> Ledger:
-    if "://" not in db and not Path(db).is_file():
-        raise LedgerError(f"ledger {db!r} does not exist")
-    return Ledger(db)
-
-
 def _mount_subcommands() -> None:
-    from flows.cli import deploy  # imports Prefect only when the command runs
     from loop.bench.cli import app as bench_app
     from loop.bench.throughput import throughput
     from oracles.lab.cli import app as lab_app
@@ -224,7 +246,21 @@ def _mount_subcommands() -> None:
         bench_app, name="bench", help="Benchmarks: sample efficiency, decision overhead, throughput."
     )
     app.add_typer(lab_app, name="lab", help="The reference self-driving-lab server.")
-    app.command()(deploy)
+    _mount_plugins()
+
+
+def _mount_plugins() -> None:
+    """Commands that other packages register in the ``alloop.commands`` entry-point group
+    (``alloop deploy`` comes from :mod:`flows.cli`): a function becomes a command, a Typer
+    app a command group, under the entry point's name. The loop never imports them itself."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="alloop.commands"):
+        command = entry.load()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=entry.name)
+        else:
+            app.command(entry.name)(command)
 
 
 _mount_subcommands()

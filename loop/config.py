@@ -238,7 +238,21 @@ class StoppingSection(_Strict):
             )
 
 
-class EmulatorOracle(_Strict):
+class OracleRetries(BaseModel):
+    """``[oracle]`` keys of the engine-free loop: retries of an evaluation that failed with a
+    retryable oracle error (never other errors), after ``retry_delay_s · retry_backoff^(n-1)``
+    seconds. Not part of the campaign's identity (they may change on resume)."""
+
+    retries: int = Field(default=0, ge=0, le=100)
+    retry_delay_s: float = Field(default=0.0, ge=0)
+    retry_backoff: float = Field(default=2.0, ge=1)
+
+
+class OraclePluginSection(PluginSection, OracleRetries):
+    """A plug-in oracle's section: its own options, and the retry keys."""
+
+
+class EmulatorOracle(_Strict, OracleRetries):
     type: Literal["emulator"]
     function: str
     noise_sd: NonNegative | dict[str, NonNegative] = 0.0
@@ -252,7 +266,7 @@ class EmulatorOracle(_Strict):
     """Extra reported properties (name → unit) besides the objectives."""
 
 
-class DatasetOracle(_Strict):
+class DatasetOracle(_Strict, OracleRetries):
     type: Literal["dataset"]
     path: Path
     mode: Literal["replicate", "mean"] = "mean"
@@ -315,7 +329,7 @@ class CampaignConfig(_Strict):
     objectives: list[ObjectiveConfig] = Field(min_length=1)
     surrogate: SurrogateSection = SurrogateSection()
     acquisition: AcquisitionSection = AcquisitionSection()
-    oracle: EmulatorOracle | DatasetOracle | PluginSection
+    oracle: EmulatorOracle | DatasetOracle | OraclePluginSection
     stopping: StoppingSection
     execution: ExecutionSection = ExecutionSection()
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -340,7 +354,7 @@ class CampaignConfig(_Strict):
                 raise ValueError(
                     f"unknown oracle type {kind!r}; known: {sorted([*builtin, *ORACLE_PLUGINS])}"
                 )
-            return PluginSection.model_validate(oracle)
+            return OraclePluginSection.model_validate(oracle)
         return oracle
 
     @model_validator(mode="after")
@@ -372,7 +386,13 @@ class CampaignConfig(_Strict):
         """What defines the campaign: everything but the stopping rules (which may change
         on resume), how it is executed and where the ledger is."""
         return self.model_dump(
-            mode="json", exclude={"stopping": True, "execution": True, "campaign": {"ledger"}}
+            mode="json",
+            exclude={
+                "stopping": True,
+                "execution": True,
+                "campaign": {"ledger"},
+                "oracle": set(OracleRetries.model_fields),
+            },
         )
 
     @property

@@ -1,16 +1,8 @@
 """The ledger: a campaign's single source of truth, in a real database.
 
 SQLite by default (a file, WAL journal, one transaction per state change), or any
-SQLAlchemy URL (PostgreSQL for concurrent writers). Tables:
-
-* ``campaigns`` — name, configuration, its hash, seed;
-* ``runs`` — one row per process that worked on a campaign: package versions, host, pid,
-  seed, config hash. Every other row points at the run that wrote it (provenance);
-* ``candidates`` — the candidates a campaign has proposed, with their parameters;
-* ``evaluations`` — one per (campaign, candidate); status moves
-  ``proposed → submitted → done | failed`` and never back;
-* ``results`` — one row per measured property: value, uncertainty, unit;
-* ``cycles`` — per cycle: surrogate summary, acquisition, what was chosen and why.
+SQLAlchemy URL (PostgreSQL for concurrent writers). The tables, their version and the
+migrations of older ledgers are in :mod:`loop.schema`.
 
 A result is committed in the transaction that marks its evaluation done, the moment it
 arrives. The unique (campaign, candidate) key makes evaluating a candidate twice impossible,
@@ -20,6 +12,7 @@ whatever process asks.
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,32 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from loop.candidate import Candidate
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
 from loop.provenance import package_versions, process_info
+from loop.schema import campaigns, candidates, cycles, evaluations, prepare, results, runs
 from oracles.base import Result
 
 Status = Literal["proposed", "submitted", "done", "failed"]
@@ -62,90 +37,6 @@ _ALLOWED_FROM: dict[Status, tuple[Status, ...]] = {
     "done": ("submitted",),
     "failed": ("proposed", "submitted"),
 }
-
-metadata_obj = MetaData()
-
-campaigns = Table(
-    "campaigns",
-    metadata_obj,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(200), nullable=False, unique=True),
-    Column("config", JSON, nullable=False),
-    Column("config_hash", String(32), nullable=False),
-    Column("seed", Integer, nullable=False),
-    Column("versions", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-runs = Table(
-    "runs",
-    metadata_obj,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("campaign_id", ForeignKey("campaigns.id"), nullable=False),
-    Column("seed", Integer, nullable=False),
-    Column("config_hash", String(32), nullable=False),
-    Column("versions", JSON, nullable=False),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-)
-
-candidates = Table(
-    "candidates",
-    metadata_obj,
-    Column("campaign_id", ForeignKey("campaigns.id"), primary_key=True),
-    Column("id", String(64), primary_key=True),
-    Column("params", JSON, nullable=False),
-    Column("run_id", ForeignKey("runs.id"), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-evaluations = Table(
-    "evaluations",
-    metadata_obj,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("campaign_id", ForeignKey("campaigns.id"), nullable=False),
-    Column("candidate_id", String(64), nullable=False),
-    Column("cycle", Integer, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("external_id", String(255)),
-    Column("cost", Float),
-    Column("error", Text),
-    Column("retryable", Boolean),
-    Column("run_id", ForeignKey("runs.id"), nullable=False),
-    Column("proposed_at", DateTime(timezone=True), nullable=False),
-    Column("submitted_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("metadata", JSON),
-    UniqueConstraint("campaign_id", "candidate_id", name="one_evaluation_per_candidate"),
-)
-
-results = Table(
-    "results",
-    metadata_obj,
-    Column("evaluation_id", ForeignKey("evaluations.id"), primary_key=True),
-    Column("property", String(100), primary_key=True),
-    Column("value", Float, nullable=False),
-    Column("uncertainty", Float),
-    Column("unit", String(50), nullable=False, default=""),
-    Column("run_id", ForeignKey("runs.id"), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-cycles = Table(
-    "cycles",
-    metadata_obj,
-    Column("campaign_id", ForeignKey("campaigns.id"), primary_key=True),
-    Column("cycle", Integer, primary_key=True),
-    Column("status", String(16), nullable=False),
-    Column("acquisition", String(50)),
-    Column("surrogate", JSON),
-    Column("chosen", JSON),
-    Column("stop_reason", Text),
-    Column("run_id", ForeignKey("runs.id"), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
-)
 
 
 def _now() -> datetime:
@@ -222,17 +113,41 @@ class Ledger:
 
     Args:
         location: A file path (SQLite) or an SQLAlchemy URL.
+        create: Create a SQLite file that does not exist yet (else refuse it).
+
+    Raises:
+        LedgerError: the ledger cannot be used: a missing file (``create=False``) or folder, a
+            file that is not a SQLite database, a folder or file it may not write to, an
+            unreachable server. The message is one line naming the path (or URL).
     """
 
-    def __init__(self, location: str | Path) -> None:
+    def __init__(self, location: str | Path, create: bool = True) -> None:
         self.url = ledger_url(location)
+        self.path = _sqlite_path(self.url)
+        if self.path is not None:
+            _check_file(self.path, create)
         self.engine: Engine = create_engine(self.url, future=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             # Write transactions take the write lock when they start, so concurrent writers
             # queue up on busy_timeout instead of failing on a lock upgrade; reads stay deferred.
             event.listen(self.engine, "begin", _sqlite_begin)
-        metadata_obj.create_all(self.engine)
+        try:
+            # In a write transaction: two processes creating a new ledger at once queue up on
+            # the write lock instead of both creating the tables (or failing on a lock upgrade).
+            with self.transaction() as conn:
+                prepare(conn, self.where)
+        except LedgerError:
+            self.engine.dispose()
+            raise
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            self.engine.dispose()
+            raise LedgerError(f"ledger {self.where} cannot be used: {database_reason(exc)}") from exc
+
+    @property
+    def where(self) -> str:
+        """The ledger's file (quoted) or URL, for messages."""
+        return repr(str(self.path)) if self.path is not None else self.url
 
     def close(self) -> None:
         self.engine.dispose()
@@ -244,7 +159,7 @@ class Ledger:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """A write transaction: committed on exit, rolled back on error."""
         with self.engine.execution_options(write=True).begin() as conn:
             yield conn
@@ -257,7 +172,7 @@ class Ledger:
         Raises:
             CampaignError: the campaign exists with another configuration hash.
         """
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             row = conn.execute(select(campaigns).where(campaigns.c.name == name)).first()
             if row is not None:
                 if row.config_hash != config_hash:
@@ -282,7 +197,7 @@ class Ledger:
 
     def start_run(self, campaign_id: int) -> int:
         """Register the current process as a run of the campaign; returns the run id."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             row = conn.execute(select(campaigns).where(campaigns.c.id == campaign_id)).one()
             return int(
                 conn.execute(
@@ -295,6 +210,16 @@ class Ledger:
                         **process_info(),
                     )
                 ).inserted_primary_key[0]
+            )
+
+    def set_stop_reason(self, campaign_id: int, reason: str | None) -> None:
+        """Remember why the campaign stopped (``None``: it has not, or may go on again);
+        writes only when the reason changed."""
+        with self.transaction() as conn:
+            conn.execute(
+                update(campaigns)
+                .where(campaigns.c.id == campaign_id, campaigns.c.stop_reason.is_distinct_from(reason))
+                .values(stop_reason=reason, stopped_at=None if reason is None else _now())
             )
 
     def campaign_names(self) -> list[str]:
@@ -322,7 +247,7 @@ class Ledger:
 
     def open_cycle(self, campaign_id: int, run_id: int) -> int:
         """The campaign's open cycle (left by a previous run) or a new one."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             open_cycle = conn.execute(
                 select(cycles.c.cycle).where(cycles.c.campaign_id == campaign_id, cycles.c.status == "open")
             ).scalar()
@@ -340,7 +265,7 @@ class Ledger:
             return cycle
 
     def close_cycle(self, campaign_id: int, cycle: int, stop_reason: str | None = None) -> None:
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(cycles)
                 .where(cycles.c.campaign_id == campaign_id, cycles.c.cycle == cycle)
@@ -378,7 +303,7 @@ class Ledger:
             raise DuplicateCandidateError(f"batch names a candidate twice: {ids}")
         now = _now()
         try:
-            with self._transaction() as conn:
+            with self.transaction() as conn:
                 evaluation_ids = []
                 for p in proposals:
                     known = conn.execute(
@@ -431,7 +356,7 @@ class Ledger:
 
     def set_external_id(self, evaluation_id: int, external_id: str) -> None:
         """Remember the oracle's own id of a submitted job (to re-attach after a restart)."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 update(evaluations).where(evaluations.c.id == evaluation_id).values(external_id=external_id)
             )
@@ -439,7 +364,7 @@ class Ledger:
     def record_result(self, evaluation_id: int, result: Result, run_id: int) -> None:
         """``submitted → done`` together with the result's rows, in one transaction."""
         now = _now()
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             self._transition(
                 evaluation_id,
                 "done",
@@ -481,7 +406,7 @@ class Ledger:
             .values(status=status, **values)
         )
         if conn is None:
-            with self._transaction() as own:
+            with self.transaction() as own:
                 changed = own.execute(statement).rowcount
         else:
             changed = conn.execute(statement).rowcount
@@ -566,6 +491,35 @@ class Ledger:
         return int(n), float(cost)
 
 
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (``None`` for other databases and in-memory SQLite)."""
+    prefix = "sqlite:///"
+    return Path(url.removeprefix(prefix)) if url.startswith(prefix) and url != prefix else None
+
+
+def _check_file(path: Path, create: bool) -> None:
+    """Refuse a SQLite file that cannot be a ledger, before anything touches it."""
+    if path.exists():
+        if not path.is_file():
+            raise LedgerError(f"ledger {str(path)!r} is not a file")
+        return
+    if not create:
+        raise LedgerError(f"ledger {str(path)!r} does not exist")
+    if not path.parent.is_dir():
+        raise LedgerError(f"ledger {str(path)!r}: its folder {str(path.parent)!r} does not exist")
+
+
+def database_reason(exc: BaseException) -> str:
+    """One line saying why the database refused, with a hint for the usual causes."""
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    hints = {
+        "file is not a database": "not a SQLite database (a corrupt or foreign file?)",
+        "unable to open database file": "cannot open or create it (is its folder writable?)",
+        "readonly database": "read-only (is the file or its folder writable?)",
+    }
+    return next((f"{reason}: {hint}" for key, hint in hints.items() if key in reason), reason)
+
+
 def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
@@ -573,8 +527,8 @@ def _sqlite_begin(conn: Connection) -> None:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # transactions are begun by the "begin" event
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL may wait for the lock
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

@@ -17,6 +17,34 @@ def _signed_weights(config: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def describe_best(best: dict[str, Any], units: dict[str, str] | None = None) -> str:
+    """The best evaluation in one short line: its objective values in their own sign and
+    units, then the candidate: ``y = 0.3979 (x1 = 3.142, x2 = 2.275; candidate 1f2e3d4c5b, cycle 4)``.
+
+    Parameters too long for a line (a structure) are left out; a formula is kept.
+    """
+    units = units or {}
+    values = ", ".join(
+        f"{name} = {best['values'][name]:.4g}{' ' + units[name] if units.get(name) else ''}"
+        for name in best["objectives"]
+    )
+    short = [
+        f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+        for k, v in best["params"].items()
+        if isinstance(v, int | float | str) and len(str(v)) <= 40
+    ]
+    where = f"candidate {best['candidate_id'][:10]}, cycle {best['cycle']}"
+    return f"{values} ({'; '.join([', '.join(short), where]) if short else where})"
+
+
+def best_value(best: dict[str, Any] | None) -> float | None:
+    """The best objective value in its own sign (the scalarised score when there are several)."""
+    if best is None:
+        return None
+    objectives = best["objectives"]
+    return float(best["values"][objectives[0]]) if len(objectives) == 1 else float(best["objective"])
+
+
 def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
     """Campaign, cycles, evaluations by status and best so far, as JSON-ready data."""
     row = ledger.campaign(name)
@@ -34,6 +62,7 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
             "params": dict(top.params),
             "values": dict(top.values),
             "objective": score(top),
+            "objectives": list(weights),
             "cycle": top.cycle,
         }
     cycles = ledger.cycles(row["id"])
@@ -50,7 +79,9 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
         "cost": cost,
         "objectives": {p: ("maximize" if w > 0 else "minimize") for p, w in weights.items()},
         "best": best,
-        "stop_reason": next((c.stop_reason for c in reversed(cycles) if c.stop_reason), None),
+        "units": {o["name"]: o.get("unit", "") for o in row["config"]["objectives"]},
+        "stop_reason": row["stop_reason"],
+        "stopped_at": row["stopped_at"],
     }
 
 

@@ -15,13 +15,14 @@ import pytest
 
 from flows.campaign import campaign_flow
 from flows.execution import ExecutionSection
-from flows.lock import leases
 from loop.campaign import CampaignReport
 from loop.config import load_config
 from loop.ledger import Ledger
+from loop.schema import leases
 from oracles.simulated import read_journal
 from tests.flows.helpers import evaluations
 from tests.helpers import kill_mid_experiment, wait_for
+from tests.loop.test_lease import alloop
 
 
 class _Lines(logging.Handler):
@@ -123,7 +124,30 @@ def test_run_killed_mid_cycle_is_resumed_by_the_next(
 
 @pytest.mark.parametrize("bad", [{"lease_s": 0}, {"wait_s": -1}])
 def test_lock_refuses_bad_durations(tmp_path: Path, bad: dict[str, float]) -> None:
-    from flows.lock import CampaignLock
+    from loop.lease import CampaignLease
 
     with Ledger(tmp_path / "l.db") as ledger, pytest.raises(ValueError, match="must be"):
-        CampaignLock(ledger, "c", "me", **bad)
+        CampaignLease(ledger, "c", "me", **bad)
+
+
+def test_cli_run_during_a_flow_run_exits_naming_the_flow_run(
+    flow_campaign: Callable[..., Path], tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal.jsonl"
+    path = flow_campaign(max_experiments=6, oracle_extra=f'latency_s = 3.0\njournal = "{journal}"')
+    reports: list[CampaignReport] = []
+    flow = threading.Thread(target=lambda: reports.append(campaign_flow(str(path))))
+    flow.start()
+    try:
+        wait_for(lambda: journal.exists(), timeout_s=120)  # the flow holds the lease and evaluates
+        cli = alloop("run", str(path), "--quiet", cwd=tmp_path)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        flow.join(timeout=300)
+    assert cli.returncode == 2, err
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert len(lines) == 1 and "is being advanced by flow run" in lines[0], lines
+    assert f"pid {os.getpid()}" in lines[0]
+    assert reports[0].stop_reason is not None and reports[0].stop_reason.startswith("budget spent")
+    by_status = Counter(e.status for e in evaluations(path))
+    assert by_status == {"done": 6}, "the CLI run failed nothing of the flow's"

@@ -215,12 +215,12 @@ def test_flow_labels_retries_and_records_failures_once_and_publishes_each_round(
 
 
 def test_flow_leaves_a_run_alone_while_another_holds_its_lock(tmp_path: Path, flaky: str) -> None:
-    from flows.lock import CampaignBusy, CampaignLock
     from flows.otf import otf_md_flow
+    from loop.lease import CampaignBusy, CampaignLease
     from loop.ledger import Ledger
 
     path = write_config(tmp_path, flaky)
-    with Ledger(tmp_path / "otf.db") as ledger, CampaignLock(ledger, RUN, "another run"):
+    with Ledger(tmp_path / "otf.db") as ledger, CampaignLease(ledger, RUN, "another run"):
         with pytest.raises(CampaignBusy, match="another run"):
             otf_md_flow(str(path))
         assert ledger.campaign_names() == []

@@ -398,3 +398,45 @@ def test_near_hull_goal_needs_formation_energies_of_a_structure_pool(
         for stopping in ({}, {"near_hull_mev": 10.0}, {"near_hull_mev": 25.0, "near_hull_sigmas": 3.0})
     }
     assert len(hashes) == 1
+
+
+def test_cycle_reports_show_the_best_in_its_own_sign(branin_config: Callable[..., Path]) -> None:
+    campaign = Campaign.from_file(branin_config(max_experiments=6))
+    seen: list[float | None] = []
+    campaign.run(on_cycle=lambda report: seen.append(report.best))
+    done = campaign.ledger.evaluations(campaign.id, ["done"])
+    assert seen[-1] == min(e.values["y"] for e in done) > 0  # minimised, reported as measured
+
+
+def test_retryable_failures_are_retried_in_the_engine_free_loop(
+    branin_config: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = tmp_path / "journal.jsonl"
+    path = branin_config(
+        max_experiments=6,
+        oracle_extra=f'failure_probability = 0.5\njournal = "{journal}"\nretries = 2\nretry_delay_s = 0.01',
+    )
+    with caplog.at_level("WARNING", logger="alloop"):
+        Campaign.from_file(path).run()
+
+    events = read_journal(journal)
+    attempts = Counter(e["candidate"] for e in events if e["event"] == "started")
+    failed_attempts = Counter(e["candidate"] for e in events if e["event"] == "failed")
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        evaluations = {e.candidate_id: e for e in ledger.evaluations(ledger.campaign()["id"])}
+    assert set(attempts) == set(evaluations) and len(evaluations) == 6, "one evaluation per candidate"
+    assert max(attempts.values()) > 1, "the seed gives failures to retry"
+    for candidate, evaluation in evaluations.items():
+        if evaluation.status == "done":
+            assert failed_attempts[candidate] == attempts[candidate] - 1
+        else:  # the final failure, recorded once
+            assert attempts[candidate] == 3 and "attempt 3" in (evaluation.error or "")
+    retried = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert retried and all(r.levelname == "WARNING" and "(attempt " in r.getMessage() for r in retried)
+    assert "of 3)" in retried[0].getMessage()
+
+
+def test_retries_change_on_resume_without_changing_the_campaign(branin_config: Callable[..., Path]) -> None:
+    plain = load_config(branin_config(max_experiments=4))
+    retried = load_config(branin_config(max_experiments=4, oracle_extra="retries = 3"))
+    assert retried.oracle.retries == 3 and retried.hash == plain.hash

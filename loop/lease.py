@@ -1,14 +1,18 @@
 """One campaign, one writer: a lease on the campaign, kept in the campaign's own ledger.
 
-Two flow runs of one campaign at once (a schedule firing while a slow run is still going)
-must not both recover, propose and dispatch: the second would re-choose candidates the first
-has in flight and spend the budget twice. :class:`CampaignLock` is a lease row per campaign
-in the ledger's database, taken in one transaction and renewed by a background thread
-while held. A holder that dies frees it when its lease runs out, at once if it ran on
-this host (its process is gone), so a crashed run never blocks the campaign for long.
+Two writers of one campaign at once (``alloop run`` twice, a CLI run during a scheduled flow
+run, two flow runs) must not both recover, propose and dispatch: the second would re-choose
+candidates the first has in flight, mark its in-flight evaluations as failed, and spend the
+budget twice. :class:`CampaignLease` is a row per campaign in the ledger's ``leases`` table,
+taken in one write transaction and renewed by a background thread while held. A holder that
+dies frees it when its lease runs out, at once if it ran on this host (its process is gone),
+so a crashed run never blocks the campaign for long.
 
-The lease lives in the ledger, not in the Prefect server, because the ledger is what it
-protects: any process writing to that ledger honours it, with or without Prefect.
+The lease lives in the ledger, not in a workflow server, because the ledger is what it
+protects: every process writing to that ledger takes it, with or without Prefect::
+
+    with CampaignLease(ledger, "my-campaign", "alloop run"):
+        ...  # write
 """
 
 from __future__ import annotations
@@ -16,52 +20,51 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from loop.errors import AlloopError
 from loop.ledger import Ledger
+from loop.schema import leases
 
-log = logging.getLogger("alloop.flows")
-
-_metadata = MetaData()
-
-leases = Table(
-    "flow_leases",
-    _metadata,
-    Column("campaign", String(200), primary_key=True),
-    Column("holder", String(64), nullable=False),
-    Column("label", String(200), nullable=False),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("acquired_at", Float, nullable=False),
-    Column("expires_at", Float, nullable=False),
-)
+log = logging.getLogger("alloop")
 
 
 class CampaignBusy(AlloopError, RuntimeError):
-    """Another run holds the campaign's lock and did not release it in time."""
+    """Another writer holds the campaign's lease and did not release it in time."""
 
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a campaign's lock."""
+    """Who holds a campaign's lease: a label (``alloop run``, ``flow run <name> (<id>)``),
+    where it runs, since when (seconds since the epoch) and when its lease ends."""
 
     label: str
     host: str
     pid: int
+    since: float
     expires_in_s: float
 
     def __str__(self) -> str:
-        return (
-            f"{self.label} (pid {self.pid} on {self.host}, lease ends in {max(self.expires_in_s, 0):.0f} s)"
-        )
+        since = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"{self.label} (pid {self.pid} on {self.host}, since {since})"
+
+
+def default_label() -> str:
+    """What this process is, for the other writers' messages: ``alloop run``, ``pytest``..."""
+    words = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"]
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        words.append(sys.argv[1])
+    return " ".join(words)
 
 
 def _alive(pid: int) -> bool:
@@ -74,27 +77,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class CampaignLock:
+class CampaignLease:
     """A lease on one campaign of a ledger; a context manager.
 
     Args:
         ledger: The campaign's ledger (its database holds the lease).
         campaign: The campaign's name.
-        label: Who is asking, for the other runs' log lines (a flow run name, say).
-        wait_s: How long to wait for a busy lock before giving up.
+        label: Who is asking, for the other writers' messages (default: this program's name).
+        wait_s: How long to wait for a busy lease before giving up.
         lease_s: The lease's length; it is renewed every third of it while held.
-        poll_s: How often a waiting run looks again.
-        logger: Where the waiting, giving-up and taking-over lines go (a Prefect run logger, say).
+        poll_s: How often a waiting writer looks again.
+        logger: Where the waiting and taking-over lines go (a Prefect run logger, say).
 
     Raises:
-        CampaignBusy: on entry, when another live run still holds the lock after ``wait_s``.
+        ValueError: a duration is out of range.
+        CampaignBusy: on entry, when another live writer still holds the lease after ``wait_s``.
     """
 
     def __init__(
         self,
         ledger: Ledger,
         campaign: str,
-        label: str,
+        label: str | None = None,
         wait_s: float = 0.0,
         lease_s: float = 60.0,
         poll_s: float = 1.0,
@@ -104,14 +108,14 @@ class CampaignLock:
             raise ValueError(
                 f"lease_s and poll_s must be > 0 and wait_s >= 0; got {lease_s}, {poll_s}, {wait_s}"
             )
-        self.ledger, self.campaign, self.label = ledger, campaign, label
+        self.ledger, self.campaign = ledger, campaign
+        self.label = label if label is not None else default_label()
         self.wait_s, self.lease_s, self.poll_s = wait_s, lease_s, poll_s
         self.log = logger
         self.holder = uuid.uuid4().hex
         self.host, self.pid = socket.gethostname(), os.getpid()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        _metadata.create_all(ledger.engine)
 
     # --- one attempt ------------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class CampaignLock:
             "acquired_at": now,
             "expires_at": now + self.lease_s,
         }
-        with self.ledger.engine.begin() as conn:
+        with self.ledger.transaction() as conn:
             row = conn.execute(select(leases).where(leases.c.campaign == self.campaign)).first()
             if row is None:
                 conn.execute(insert(leases).values(campaign=self.campaign, **mine))
@@ -139,9 +143,9 @@ class CampaignLock:
                 return None
             stale = row.expires_at < now or (row.host == self.host and not _alive(row.pid))
             if not stale:
-                return Holder(row.label, row.host, row.pid, row.expires_at - now)
+                return Holder(row.label, row.host, row.pid, row.acquired_at, row.expires_at - now)
             self.log.warning(
-                "campaign %s: taking over the lock of %s (pid %d on %s), which %s",
+                "campaign %s: taking over the lease of %s (pid %d on %s), which %s",
                 self.campaign,
                 row.label,
                 row.pid,
@@ -157,22 +161,28 @@ class CampaignLock:
         """Take the lease, waiting up to ``wait_s``; then keep it renewed until :meth:`release`.
 
         Raises:
-            CampaignBusy: another live run still holds it after ``wait_s``.
+            CampaignBusy: another live writer still holds it after ``wait_s``; the message is
+                one line naming the holder (label, pid, host, since when).
         """
         deadline = time.monotonic() + self.wait_s
         holder = self.try_acquire()
-        if holder is not None:
+        if holder is not None and self.wait_s > 0:
             self.log.warning(
-                "campaign %s is being advanced by %s; %s",
+                "campaign %s is being advanced by %s; waiting up to %g s for it",
                 self.campaign,
                 holder,
-                f"waiting up to {self.wait_s:g} s for it" if self.wait_s else "not waiting",
+                self.wait_s,
             )
         while holder is not None:
             if time.monotonic() >= deadline:
+                waited = (
+                    f"gave up after waiting {self.wait_s:g} s"
+                    if self.wait_s > 0
+                    else "did not wait ([execution] lock_wait_s = 0)"
+                )
                 raise CampaignBusy(
                     f"campaign {self.campaign!r} is being advanced by {holder}; "
-                    f"this run ({self.label}) gave up after waiting {self.wait_s:g} s"
+                    f"this writer ({self.label}) {waited}"
                 )
             time.sleep(min(self.poll_s, max(deadline - time.monotonic(), 0.01)))
             holder = self.try_acquire()
@@ -186,7 +196,7 @@ class CampaignLock:
         if self._renewer is not None:
             self._renewer.join()
             self._renewer = None
-        with self.ledger.engine.begin() as conn:
+        with self.ledger.transaction() as conn:
             conn.execute(
                 delete(leases).where(leases.c.campaign == self.campaign, leases.c.holder == self.holder)
             )
@@ -194,20 +204,20 @@ class CampaignLock:
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
             try:
-                with self.ledger.engine.begin() as conn:
+                with self.ledger.transaction() as conn:
                     renewed = conn.execute(
                         update(leases)
                         .where(leases.c.campaign == self.campaign, leases.c.holder == self.holder)
                         .values(expires_at=time.time() + self.lease_s)
                     ).rowcount
             except Exception as exc:  # a transient database error: try again next time
-                self.log.warning("campaign %s: could not renew the lock: %s", self.campaign, exc)
+                self.log.warning("campaign %s: could not renew the lease: %s", self.campaign, exc)
                 continue
             if renewed != 1:
-                self.log.error("campaign %s: the lock was taken over by another run", self.campaign)
+                self.log.error("campaign %s: the lease was taken over by another writer", self.campaign)
                 return
 
-    def __enter__(self) -> CampaignLock:
+    def __enter__(self) -> CampaignLease:
         self.acquire()
         return self
 
