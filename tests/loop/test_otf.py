@@ -23,8 +23,7 @@ from ase.calculators.emt import EMT
 from loop.candidate import Candidate
 from loop.errors import ConfigError
 from loop.ledger import Ledger
-from loop.otf import Calibration, OTFRun, OTFSettings, Walker, WalkerSpec
-from loop.otf_config import load_otf_config
+from loop.otf import Calibration, OTFRun, OTFSettings, Walker, WalkerSpec, build_otf_run, load_otf_config
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft_job import atoms_to_dict
 from oracles.errors import EvaluationFailed
@@ -116,10 +115,10 @@ def test_calibrated_threshold_meets_the_target_miss_rate() -> None:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"tolerance_ev_per_a": 0}, "tolerance_ev_per_a = 0"),
-        ({"target_miss_rate": 1.5}, "target_miss_rate = 1.5"),
+        ({"tolerance_ev_per_a": 0}, "otf.tolerance_ev_per_a: Input should be greater than 0"),
+        ({"target_miss_rate": 1.5}, "otf.target_miss_rate: Input should be less than 1"),
         ({"threshold_bounds": (0.5, 0.1)}, "threshold_bounds"),
-        ({"label_every": 0}, "label_every = 0"),
+        ({"label_every": 0}, "otf.label_every: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_settings_are_refused(bad: dict[str, object], message: str) -> None:
@@ -128,7 +127,7 @@ def test_bad_settings_are_refused(bad: dict[str, object], message: str) -> None:
 
 
 def test_bad_walkers_and_starts_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="steps = 0"):
+    with pytest.raises(ConfigError, match=r"walker\.steps: Input should be greater than or equal to 1"):
         WalkerSpec("w", 0)
     with pytest.raises(ConfigError, match="temperature_k"):
         WalkerSpec("w", 10, (300.0, -5.0))
@@ -455,8 +454,6 @@ def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating
     assert 0 < at_checkpoint < 80, "killed mid-trajectory"
 
     settings = load_otf_config(config)
-    from loop.otf_config import build_otf_run
-
     with Ledger(settings.ledger_location) as ledger:
         run = build_otf_run(settings, ledger, executor=mlip_workers)
         try:
