@@ -46,8 +46,7 @@ from loop.candidate import Candidate
 from loop.errors import DuplicateCandidateError
 from loop.lease import CampaignLease
 from loop.ledger import Ledger
-from loop.otf import Label, OTFReport, OTFRun, Pause, RoundReport, Walker
-from loop.otf_config import build_otf_run, load_otf_config
+from loop.otf import Label, OTFReport, OTFRun, Pause, RoundReport, Walker, build_otf_run, load_otf_config
 from oracles.base import Oracle, Result
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]

@@ -186,8 +186,7 @@ def otf(
 ) -> None:
     """Run (or resume) on-the-fly MD training: MD on an MLIP committee, the oracle when unsure."""
     from loop.lease import CampaignLease
-    from loop.otf import RoundReport
-    from loop.otf_config import build_otf_run, load_otf_config
+    from loop.otf import RoundReport, build_otf_run, load_otf_config
     from loop.stdio import stdout_to_stderr
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -53,7 +53,8 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     problems = []
     for error in exc.errors():
         location = ".".join([*([prefix] if prefix else []), *(str(part) for part in error["loc"])])
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        unknown = error["type"] in ("extra_forbidden", "unexpected_keyword_argument")  # models, dataclasses
+        message = "unknown key" if unknown else error["msg"]
         message = message.removeprefix("Value error, ")
         problems.append(f"{location}: {message}" if location else message)
     return "; ".join(problems)

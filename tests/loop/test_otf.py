@@ -23,8 +23,7 @@ from ase.calculators.emt import EMT
 from loop.candidate import Candidate
 from loop.errors import ConfigError
 from loop.ledger import Ledger
-from loop.otf import Calibration, OTFRun, OTFSettings, Walker, WalkerSpec
-from loop.otf_config import load_otf_config
+from loop.otf import Calibration, OTFRun, OTFSettings, Walker, WalkerSpec, build_otf_run, load_otf_config
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft_job import atoms_to_dict
 from oracles.errors import EvaluationFailed
@@ -116,10 +115,10 @@ def test_calibrated_threshold_meets_the_target_miss_rate() -> None:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"tolerance_ev_per_a": 0}, "tolerance_ev_per_a = 0"),
-        ({"target_miss_rate": 1.5}, "target_miss_rate = 1.5"),
+        ({"tolerance_ev_per_a": 0}, "otf.tolerance_ev_per_a: Input should be greater than 0"),
+        ({"target_miss_rate": 1.5}, "otf.target_miss_rate: Input should be less than 1"),
         ({"threshold_bounds": (0.5, 0.1)}, "threshold_bounds"),
-        ({"label_every": 0}, "label_every = 0"),
+        ({"label_every": 0}, "otf.label_every: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_settings_are_refused(bad: dict[str, object], message: str) -> None:
@@ -128,7 +127,7 @@ def test_bad_settings_are_refused(bad: dict[str, object], message: str) -> None:
 
 
 def test_bad_walkers_and_starts_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="steps = 0"):
+    with pytest.raises(ConfigError, match=r"walker\.steps: Input should be greater than or equal to 1"):
         WalkerSpec("w", 0)
     with pytest.raises(ConfigError, match="temperature_k"):
         WalkerSpec("w", 10, (300.0, -5.0))
@@ -455,8 +454,6 @@ def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating
     assert 0 < at_checkpoint < 80, "killed mid-trajectory"
 
     settings = load_otf_config(config)
-    from loop.otf_config import build_otf_run
-
     with Ledger(settings.ledger_location) as ledger:
         run = build_otf_run(settings, ledger, executor=mlip_workers)
         try:
@@ -490,3 +487,30 @@ def test_a_run_killed_mid_trajectory_resumes_at_its_checkpoint_without_repeating
     final = json.loads(again.stdout)
     assert final["md_steps"] == report.md_steps and final["oracle_calls"] == report.oracle_calls
     assert final["final_fit_frames"] == report.dataset_size
+
+
+def test_a_walker_runs_on_any_calculator_and_reports_each_step_its_guards_let_through() -> None:
+    seen: list[int] = []
+    walker = Walker(WalkerSpec("w", 50, seed=3), start(), EMT(), OTFSettings(snapshot_every=2))
+    walker.on_step = lambda w: seen.append(w.step)
+    assert [walker.advance() for _ in range(4)] == [None] * 4
+    assert seen == [1, 2, 3, 4] and walker.snapshot.step == 4
+    walker.atoms.positions[1] = walker.atoms.positions[0] + [0.3, 0.3, 0.0]
+    tripped = walker.advance()
+    assert tripped is not None and tripped.step == 5 and "collided" in tripped.reason
+    assert "energy" in tripped.results, "the calculator's results where it tripped"
+    assert seen == [1, 2, 3, 4] and walker.step == 4, "rolled back, and the tripped step not reported"
+
+
+def test_a_bad_config_value_is_one_config_error_naming_its_key() -> None:
+    from loop.otf import parse_otf_config
+
+    base = {"run": {"name": "x"}, "walkers": [{"name": "a", "steps": 5}], "oracle": {"calculator": "emt"}}
+    with pytest.raises(ConfigError, match=r"committee\.size: Input should be greater than or equal to 2"):
+        parse_otf_config({**base, "committee": {"size": 1}})
+    with pytest.raises(ConfigError, match=r"committee\.chanels: unknown key"):
+        parse_otf_config({**base, "committee": {"chanels": 8}})
+    with pytest.raises(ConfigError, match=r"walkers\.0\.steps: .*; walkers\.0\.bogus: unknown key"):
+        parse_otf_config({**base, "walkers": [{"name": "a", "steps": 0, "bogus": 1}]})
+    with pytest.raises(ConfigError, match=r"oracle\.mode: Input should be 'single_point'"):
+        parse_otf_config({**base, "oracle": {"calculator": "emt", "mode": "relax"}})

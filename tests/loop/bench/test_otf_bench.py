@@ -17,7 +17,7 @@ from loop.bench.cli import app
 from loop.bench.otf import (
     CHECK_EVERY,
     VARIANTS,
-    _Trajectory,
+    Trajectory,
     every_kth_interval,
     radial_distribution,
     rdf_difference,
@@ -204,7 +204,7 @@ def test_a_trajectory_lists_its_records_walker_by_walker_however_the_threads_int
 
     held_out = []
     for order in ("abab", "bbaa"):
-        trajectory, walkers = _Trajectory(EMT, hold_out=True), {"a": walker("a"), "b": walker("b")}
+        trajectory, walkers = Trajectory(EMT, hold_out=True), {"a": walker("a"), "b": walker("b")}
         for name in order:
             w = walkers[name]
             w.step += 20

@@ -1,0 +1,79 @@
+"""What an on-the-fly run reports: each label, each round, the run, and its checkpointed counters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Label:
+    """The outcome of one oracle call on a paused frame."""
+
+    walker: str
+    step: int
+    candidate_id: str
+    uncertainty: float
+    error: float | None = None
+    """Force error of the committee before it learnt the frame (eV/Å, RMS over atoms)."""
+    mae: float | None = None
+    """Mean absolute force-component error of the committee on the frame (eV/Å)."""
+    failure: str | None = None
+    reused: bool = False
+    """Found in the ledger (labelled before a restart), not sent to the oracle again."""
+
+
+@dataclass
+class RoundReport:
+    """What one round of walking, labelling and retraining did."""
+
+    round: int
+    labels: list[Label]
+    threshold: float
+    dataset_size: int
+    oracle_calls: int
+    md_steps: int
+    validation_force_mae: float | None
+    seconds: float
+
+
+@dataclass
+class OTFReport:
+    """Where the run stands."""
+
+    name: str
+    md_steps: int
+    oracle_calls: int
+    failed_calls: int
+    dataset_size: int
+    threshold: float
+    rounds: int
+    retrains: int
+    rollbacks: int
+    stopped_calling: str | None
+    stopped_calling_at_step: int | None
+    final_fit_frames: int | None
+    resumed_from_steps: dict[str, int] | None
+    lost_walkers: list[str]
+    seconds: float
+
+    @property
+    def oracle_step_fraction(self) -> float:
+        return self.oracle_calls / self.md_steps if self.md_steps else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "oracle_step_fraction": self.oracle_step_fraction}
+
+
+@dataclass
+class Progress:
+    """Counters that survive a restart (part of the checkpoint)."""
+
+    round: int = 0
+    md_steps: int = 0
+    retrains: int = 0
+    calls_within_tolerance: int = 0
+    quiet_steps: int = 0
+    stopped_calling: str | None = None
+    stopped_calling_at_step: int | None = None
+    final_fit_frames: int | None = None
