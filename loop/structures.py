@@ -18,7 +18,7 @@ Two generators, used alone or together, for a chemical system (``["Cu", "Au", "P
 Unit cells start at Vegard's-law volumes (the mean of the elements' atomic volumes), so a
 relaxation starts close to its minimum. A candidate's parameters carry its whole structure
 as one compact JSON string (``structure``), so an oracle in another process rebuilds it from
-the candidate alone; :func:`structure_from_params` does that.
+the candidate alone (:mod:`loop.structure_codec`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from torch import Tensor
 from loop.candidate import Candidate
 from loop.errors import ConfigError, SpaceError, describe_validation_error
 from loop.featurize import StructureFeaturizer
+from loop.structure_codec import structure_from_params, structure_to_params
 
 ParentLattice = Literal["fcc", "bcc", "hcp"]
 _PARENTS: dict[str, np.ndarray] = {
@@ -58,44 +59,6 @@ _BASES: dict[str, np.ndarray] = {
 # a^3 / (volume per atom): atoms in the cube a^3 (fcc, bcc); 2 / (volume of the hcp cell / a^3).
 _A_CUBED_PER_ATOMIC_VOLUME = {"fcc": 4.0, "bcc": 2.0, "hcp": 2**0.5}
 _LABELING_CHUNK = 1 << 22  # entries of the largest array scored at once (8 bytes each: 32 MiB)
-_DIGITS = 6  # decimals kept in the compact structure form (Å and fractional coordinates)
-
-
-# --- the compact structure form that candidates carry -------------------------------------
-
-
-def structure_to_params(structure: Structure, prototype: str = "") -> dict[str, str | int]:
-    """Candidate parameters for a structure: formula, size, prototype and the structure.
-
-    The structure is a compact, canonical JSON string: ``lattice`` (3 x 3, Å, rows are the
-    vectors), ``species`` (n symbols) and ``frac_coords`` (n x 3), rounded to 6 decimals.
-    """
-    body = {
-        "lattice": np.round(structure.lattice.matrix, _DIGITS).tolist(),
-        "species": [site.specie.symbol for site in structure],
-        "frac_coords": np.round(np.mod(structure.frac_coords, 1.0), _DIGITS).tolist(),
-    }
-    return {
-        "formula": structure.composition.reduced_formula,
-        "n_atoms": len(structure),
-        "prototype": prototype,
-        "structure": json.dumps(body, separators=(",", ":")),
-    }
-
-
-def structure_from_params(params: Mapping[str, Any]) -> Structure:
-    """The structure a candidate's parameters describe (see :func:`structure_to_params`).
-
-    Raises:
-        SpaceError: the parameters carry no ``structure`` or it is malformed.
-    """
-    if "structure" not in params:
-        raise SpaceError(f"candidate parameters carry no 'structure'; keys: {sorted(params)}")
-    try:
-        body = json.loads(str(params["structure"]))
-        return Structure(Lattice(body["lattice"]), body["species"], body["frac_coords"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise SpaceError(f"candidate 'structure' is not a valid compact structure: {exc}") from exc
 
 
 # --- enumeration of derivative structures -------------------------------------------------

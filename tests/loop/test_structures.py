@@ -12,10 +12,10 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from loop.candidate import Candidate
 from loop.config import parse_config
 from loop.errors import ConfigError, SpaceError
 from loop.featurize import StructureFeaturizer
+from loop.structure_codec import structure_to_params
 from loop.structures import (
     _BASES,
     _PARENTS,
@@ -25,8 +25,6 @@ from loop.structures import (
     enumerate_orderings,
     pool_from_config,
     prototype,
-    structure_from_params,
-    structure_to_params,
     substitute,
 )
 
@@ -148,19 +146,6 @@ def test_substitution_on_prototypes_is_deduplicated() -> None:
     formulas = sorted(s.composition.reduced_formula for _, s in made)
     # L1_0 CuAu and AuCu are the same structure; L1_2 gives Cu3Au and CuAu3; A1 gives the elements.
     assert formulas == sorted(["Au", "Cu", "Cu3Au", "CuAu3", "CuAu"])
-
-
-def test_candidate_carries_its_structure_and_a_stable_id() -> None:
-    structure = enumerate_orderings(["Cu", "Pd"], "fcc", max_atoms=2)[0]
-    params = structure_to_params(structure, "fcc")
-    back = structure_from_params(params)
-    assert StructureMatcher().fit(structure, back)
-    assert np.allclose(back.lattice.matrix, structure.lattice.matrix, atol=1e-5)
-    assert Candidate(params).id == Candidate(structure_to_params(back, "fcc")).id
-    with pytest.raises(SpaceError, match=r"carry no 'structure'"):
-        structure_from_params({"formula": "CuPd"})
-    with pytest.raises(SpaceError, match=r"not a valid compact structure"):
-        structure_from_params({"structure": "{not json"})
 
 
 def test_pool_features_and_encoding() -> None:
