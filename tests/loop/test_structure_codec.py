@@ -11,8 +11,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from loop.candidate import Candidate
 from loop.errors import SpaceError
+from loop.orderings import enumerate_orderings
 from loop.structure_codec import structure_from_params, structure_to_params
-from loop.structures import enumerate_orderings
 
 
 def test_candidate_carries_its_structure_and_a_stable_id() -> None:

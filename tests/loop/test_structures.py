@@ -15,18 +15,10 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from loop.config import parse_config
 from loop.errors import ConfigError, SpaceError
 from loop.featurize import StructureFeaturizer
+from loop.orderings import _BASES, _PARENTS, _space_group, atomic_volume, enumerate_orderings
+from loop.prototypes import prototype, substitute
 from loop.structure_codec import structure_to_params
-from loop.structures import (
-    _BASES,
-    _PARENTS,
-    StructurePool,
-    _space_group,
-    atomic_volume,
-    enumerate_orderings,
-    pool_from_config,
-    prototype,
-    substitute,
-)
+from loop.structures import StructurePool, pool_from_config
 
 
 def test_fcc_enumeration_matches_the_known_counts_and_has_no_duplicates() -> None:
