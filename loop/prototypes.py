@@ -14,6 +14,7 @@ and only structures in one group are compared with ``StructureMatcher``
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -173,7 +174,9 @@ class DistinctStructures:
     def _space_group(self, structure: Structure) -> int:
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-        return SpacegroupAnalyzer(structure, symprec=self.symprec).get_space_group_number()
+        with warnings.catch_warnings():  # spglib's notice about its own error handling, each call
+            warnings.filterwarnings("ignore", "Set OLD_ERROR_HANDLING", DeprecationWarning)
+            return SpacegroupAnalyzer(structure, symprec=self.symprec).get_space_group_number()
 
 
 def substitute(
