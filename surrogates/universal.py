@@ -196,8 +196,13 @@ def _mace_mp(
         return mace_mp(model=str(path), device=device, default_dtype=default_dtype, **options)
 
 
+@functools.cache
+def _mace_mp_default(device: str) -> Any:
+    return _mace_mp(device)
+
+
 def _mace_mp_embedding(atoms_list: Sequence[Atoms], device: str) -> np.ndarray:
-    calculator: Any = _mace_mp(device)
+    calculator = _mace_mp_default(device)
     return np.stack(
         [calculator.get_descriptors(atoms, invariants_only=True).mean(axis=0) for atoms in atoms_list]
     )
