@@ -1,24 +1,19 @@
-"""Crystal-structure spaces: candidate structures generated with pymatgen.
+"""Crystal-structure spaces: pools of candidate structures, generated with pymatgen.
 
-Two generators, used alone or together, for a chemical system (``["Cu", "Au", "Pd"]``):
+``[space.generator] type = "structures"`` builds a pool for a chemical system
+(``["Cu", "Au", "Pd"]``) from two sources, alone or together:
 
-* **Enumeration** of the symmetrically distinct orderings of a parent crystal (``fcc``,
-  ``bcc``, or ``hcp`` with its two-atom basis) in supercells of up to ``max_atoms`` atoms, as
-  Hart and Forcade enumerate them (for multilattices too): every supercell of the primitive
-  cell is a Hermite normal form (HNF) matrix; supercells related by a rotation of the parent
-  are kept once; decorations related by a symmetry operation of the parent that keeps the
-  supercell (for hcp, screw axes and glide planes included) or by a lattice translation are
-  kept once; decorations that repeat inside a smaller cell are dropped (they are found in that
-  smaller cell). What is left has no duplicates, so no pairwise ``StructureMatcher`` pass is
-  needed (the tests check that with one, and against a brute-force ``StructureMatcher`` count).
-* **Substitution** of the chemical system's elements onto prototype structures (built-in
-  ``L1_2``, ``L1_0``, ``B2``, ``L1_1``, or structure files), de-duplicated with pymatgen's
-  ``StructureMatcher``.
+* **Substitution** of the elements onto prototype structures (:mod:`loop.prototypes`: the
+  built-in set, or structure files), de-duplicated by formula, space group and
+  ``StructureMatcher``; these come first and keep their prototype's name.
+* **Enumeration** of the distinct orderings of one or more parent crystals (``fcc``, ``bcc``,
+  ``hcp``) in supercells of up to ``max_atoms`` atoms (:mod:`loop.orderings`); an ordering
+  equal to a substituted prototype is dropped (the prototype has it, under its name).
 
-Unit cells start at Vegard's-law volumes (the mean of the elements' atomic volumes), so a
-relaxation starts close to its minimum. A candidate's parameters carry its whole structure
-as one compact JSON string (``structure``), so an oracle in another process rebuilds it from
-the candidate alone; :func:`structure_from_params` does that.
+Structures stream: :func:`candidate_batches` hands candidates over in batches, and a
+:class:`StructurePool` keeps only each candidate's compact parameters
+(:mod:`loop.structure_codec`), rebuilding structures a batch at a time when it featurises
+them, so pools of 10^5 structures fit in a few hundred MB.
 """
 
 from __future__ import annotations
@@ -26,411 +21,58 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Structure
 from torch import Tensor
 
 from loop.candidate import Candidate
 from loop.errors import ConfigError, SpaceError, describe_validation_error
 from loop.featurize import StructureFeaturizer
+from loop.orderings import ParentLattice, check_elements, iter_orderings
+from loop.prototypes import DistinctStructures, load_prototypes, substitute
+from loop.structure_codec import structure_from_params, structure_to_params
 
-ParentLattice = Literal["fcc", "bcc", "hcp"]
-_PARENTS: dict[str, np.ndarray] = {
-    # Primitive vectors as columns, in units of the lattice parameter a (cubic for fcc, bcc).
-    "fcc": 0.5 * np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]).T,
-    "bcc": 0.5 * np.array([[-1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, -1.0]]).T,
-    # a1, a2 at 120 degrees; c / a = sqrt(8 / 3), the ideal ratio of close-packed spheres.
-    "hcp": np.array([[1.0, 0.0, 0.0], [-0.5, 3**0.5 / 2, 0.0], [0.0, 0.0, (8 / 3) ** 0.5]]).T,
-}
-_BASES: dict[str, np.ndarray] = {
-    # Sites of the primitive cell, fractional (``b x 3``); hcp: Wyckoff 2c of P6_3/mmc.
-    "fcc": np.zeros((1, 3)),
-    "bcc": np.zeros((1, 3)),
-    "hcp": np.array([[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]]),
-}
-# a^3 / (volume per atom): atoms in the cube a^3 (fcc, bcc); 2 / (volume of the hcp cell / a^3).
-_A_CUBED_PER_ATOMIC_VOLUME = {"fcc": 4.0, "bcc": 2.0, "hcp": 2**0.5}
-_LABELING_CHUNK = 1 << 22  # entries of the largest array scored at once (8 bytes each: 32 MiB)
-_DIGITS = 6  # decimals kept in the compact structure form (Å and fractional coordinates)
-
-
-# --- the compact structure form that candidates carry -------------------------------------
-
-
-def structure_to_params(structure: Structure, prototype: str = "") -> dict[str, str | int]:
-    """Candidate parameters for a structure: formula, size, prototype and the structure.
-
-    The structure is a compact, canonical JSON string: ``lattice`` (3 x 3, Å, rows are the
-    vectors), ``species`` (n symbols) and ``frac_coords`` (n x 3), rounded to 6 decimals.
-    """
-    body = {
-        "lattice": np.round(structure.lattice.matrix, _DIGITS).tolist(),
-        "species": [site.specie.symbol for site in structure],
-        "frac_coords": np.round(np.mod(structure.frac_coords, 1.0), _DIGITS).tolist(),
-    }
-    return {
-        "formula": structure.composition.reduced_formula,
-        "n_atoms": len(structure),
-        "prototype": prototype,
-        "structure": json.dumps(body, separators=(",", ":")),
-    }
-
-
-def structure_from_params(params: Mapping[str, Any]) -> Structure:
-    """The structure a candidate's parameters describe (see :func:`structure_to_params`).
-
-    Raises:
-        SpaceError: the parameters carry no ``structure`` or it is malformed.
-    """
-    if "structure" not in params:
-        raise SpaceError(f"candidate parameters carry no 'structure'; keys: {sorted(params)}")
-    try:
-        body = json.loads(str(params["structure"]))
-        return Structure(Lattice(body["lattice"]), body["species"], body["frac_coords"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise SpaceError(f"candidate 'structure' is not a valid compact structure: {exc}") from exc
-
-
-# --- enumeration of derivative structures -------------------------------------------------
-
-
-def enumerate_orderings(
-    elements: Sequence[str],
-    parent: ParentLattice = "fcc",
-    max_atoms: int = 4,
-    min_atoms: int = 1,
-    min_species: int = 2,
-) -> list[Structure]:
-    """The symmetrically distinct decorations of a parent crystal by ``elements``.
-
-    Args:
-        elements: The chemical system, e.g. ``["Cu", "Au", "Pd"]``.
-        parent: The parent crystal; ``hcp`` has two sites per primitive cell, so its
-            supercells hold an even number of atoms.
-        max_atoms: Largest supercell, in atoms (parent sites).
-        min_atoms: Smallest supercell, in atoms (parent sites).
-        min_species: Keep decorations with at least this many distinct elements (2 drops the
-            pure elements, which serve as references).
-
-    Returns:
-        One structure per distinct ordering, at the Vegard's-law volume, in a reduced cell.
-    """
-    if parent not in _PARENTS:
-        raise SpaceError(f"parent lattice must be one of {sorted(_PARENTS)}, got {parent!r}")
-    if not 1 <= min_atoms <= max_atoms:
-        raise SpaceError(f"need 1 <= min_atoms <= max_atoms, got {min_atoms} and {max_atoms}")
-    _check_elements(elements)
-    vectors, basis = _PARENTS[parent], _BASES[parent]
-    per_cell = len(basis)
-    sizes = range(-(-min_atoms // per_cell), max_atoms // per_cell + 1)
-    if not sizes:
-        raise SpaceError(
-            f"{parent} has {per_cell} atoms per primitive cell: no supercell has "
-            f"{min_atoms} to {max_atoms} atoms"
-        )
-    operations = _space_group(vectors, basis)
-    rotations = np.array([r for r, _ in operations])
-    volumes = {el: atomic_volume(el) for el in elements}
-    structures: list[Structure] = []
-    for n in sizes:
-        for hnf in _distinct_supercells(n, rotations):
-            perms, translations = _permutations(hnf, operations, basis)
-            for labels in _distinct_labelings(perms, translations, len(elements)):
-                species = [elements[i] for i in labels]
-                if len(set(species)) < min_species:
-                    continue
-                structures.append(_decorated(parent, hnf, species, volumes))
-    return structures
-
-
-def atomic_volume(element: str) -> float:
-    """Volume per atom (Å³) of an element's reference crystal (ASE's reference states)."""
-    from ase.build import bulk
-
-    atoms = bulk(element)
-    return float(atoms.get_volume() / len(atoms))
-
-
-def _check_elements(elements: Sequence[str]) -> None:
-    if len(elements) < 1 or len(set(elements)) != len(elements):
-        raise SpaceError(f"elements must be distinct and at least one, got {list(elements)}")
-    for el in elements:
-        if not Element.is_valid_symbol(el):
-            raise SpaceError(f"{el!r} is not an element symbol")
-
-
-def _point_group(vectors: np.ndarray) -> np.ndarray:
-    """Rotations of the lattice as integer matrices in its own basis (``k x 3 x 3``)."""
-    metric = vectors.T @ vectors
-    entries = np.array(list(itertools.product((-1, 0, 1), repeat=9))).reshape(-1, 3, 3)
-    keep = np.abs(np.linalg.det(entries)).round() == 1
-    entries = entries[keep]
-    images = np.einsum("kji,jl,klm->kim", entries, metric, entries)
-    same = np.all(np.abs(images - metric) < 1e-8, axis=(1, 2))
-    return entries[same].astype(np.int64)
-
-
-def _space_group(vectors: np.ndarray, basis: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Symmetry operations ``x -> R x + t`` of the parent crystal, fractional, one per coset of
-    the lattice translations: the lattice rotations that, with some translation ``t``, map the
-    basis sites onto basis sites (for one site at the origin, every rotation with ``t = 0``)."""
-    operations = []
-    for r in _point_group(vectors):
-        moved = basis @ r.T
-        for target in basis:
-            t = np.mod(target - moved[0], 1.0)
-            if _site_map(moved + t, basis) is not None:
-                operations.append((r, np.where(np.abs(t - 1.0) < 1e-8, 0.0, t)))
-                break
-    return operations
-
-
-def _site_map(points: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """For fractional ``points`` (``m x 3``), the basis site each lies on and the integer
-    lattice vector from that site to it (``m`` and ``m x 3``), or ``None`` if one lies on none."""
-    shifts = points[:, None, :] - basis[None, :, :]  # m x b x 3
-    integral = np.all(np.abs(shifts - np.round(shifts)) < 1e-8, axis=2)
-    if not integral.any(axis=1).all():
-        return None
-    which = integral.argmax(axis=1)
-    return which, np.round(shifts[np.arange(len(points)), which]).astype(np.int64)
-
-
-def _hnfs(n: int) -> list[np.ndarray]:
-    """Lower-triangular Hermite normal forms of determinant ``n`` (columns = supercell)."""
-    out = []
-    for a in range(1, n + 1):
-        if n % a:
-            continue
-        for c in range(1, n // a + 1):
-            if (n // a) % c:
-                continue
-            f = n // (a * c)
-            for b, d, e in itertools.product(range(c), range(f), range(f)):
-                out.append(np.array([[a, 0, 0], [b, c, 0], [d, e, f]], dtype=np.int64))
-    return out
-
-
-def _distinct_supercells(n: int, rotations: np.ndarray) -> list[np.ndarray]:
-    """One HNF per class of supercells related by a rotation of the parent."""
-    kept: list[np.ndarray] = []
-    for hnf in _hnfs(n):
-        images = rotations @ hnf  # k x 3 x 3
-        if not any(_same_lattice(other, images) for other in kept):
-            kept.append(hnf)
-    return kept
-
-
-def _same_lattice(hnf: np.ndarray, images: np.ndarray) -> bool:
-    """Whether any of ``images`` spans the same lattice as ``hnf`` (inv(hnf) @ image integral)."""
-    coefficients = np.linalg.solve(hnf.astype(float), images.astype(float))
-    return bool(np.any(np.all(np.abs(coefficients - np.round(coefficients)) < 1e-8, axis=(1, 2))))
-
-
-def _sites(hnf: np.ndarray) -> np.ndarray:
-    """The ``n`` parent lattice points inside the supercell, as integer vectors (``n x 3``)."""
-    a, c, f = hnf[0, 0], hnf[1, 1], hnf[2, 2]
-    return np.array(list(itertools.product(range(a), range(c), range(f))), dtype=np.int64)
-
-
-def _reduce(points: np.ndarray, hnf: np.ndarray) -> np.ndarray:
-    """Integer points (``m x 3``) brought into the supercell's coset representatives."""
-    points = points.copy()
-    for axis in range(3):
-        column = hnf[:, axis]
-        q = np.floor_divide(points[:, axis], column[axis])
-        points -= q[:, None] * column[None, :]
-    return points
-
-
-def _permutations(
-    hnf: np.ndarray, operations: Sequence[tuple[np.ndarray, np.ndarray]], basis: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Site permutations of the supercell's symmetry group, and of its pure translations.
-
-    Site ``p * b + i`` is basis site ``i`` of lattice point ``p`` (:func:`_sites` order).
-
-    Returns:
-        ``g x nb`` permutations (operations keeping the supercell, times translations) and
-        ``(n - 1) x nb`` permutations of the non-trivial translations.
-    """
-    points = _sites(hnf)
-    n, b = len(points), len(basis)
-    c, f = hnf[1, 1], hnf[2, 2]
-
-    def index(lattice_points: np.ndarray, sites: np.ndarray) -> np.ndarray:
-        r = _reduce(lattice_points, hnf)
-        return ((r[:, 0] * c + r[:, 1]) * f + r[:, 2]) * b + sites
-
-    lattice_points = np.repeat(points, b, axis=0)  # the nb sites in index order
-    site_of = np.tile(np.arange(b), n)
-    perms = []
-    for r, t in operations:
-        if not _same_lattice(hnf, (r @ hnf)[None]):
-            continue
-        mapped = _site_map(basis @ r.T + t, basis)
-        assert mapped is not None, "a space-group operation maps every basis site onto one"
-        target, shift = mapped
-        rotated = lattice_points @ r.T + shift[site_of]
-        for translation in points:
-            perms.append(index(rotated + translation, target[site_of]))
-    translations = [index(lattice_points + translation, site_of) for translation in points[1:]]
-    return np.unique(np.array(perms), axis=0), np.array(translations, dtype=np.int64).reshape(-1, n * b)
-
-
-def _distinct_labelings(perms: np.ndarray, translations: np.ndarray, k: int) -> list[tuple[int, ...]]:
-    """One labeling (``k`` species on the sites) per orbit of the permutation group ``perms``,
-    without those that a pure translation keeps (they repeat in a smaller cell).
-
-    A labeling is kept when its code (the labels as base-``k`` digits) is the smallest of its
-    orbit; labelings are scored in chunks, so memory stays bounded for larger cells.
-    """
-    n = perms.shape[1]
-    weights = k ** np.arange(n - 1, -1, -1, dtype=np.int64)
-    rows = max(1, _LABELING_CHUNK // max(len(perms), translations.size))
-    everything = itertools.product(range(k), repeat=n)
-    kept: list[tuple[int, ...]] = []
-    while chunk := list(itertools.islice(everything, rows)):
-        labelings = np.array(chunk, dtype=np.int64)
-        codes = labelings @ weights
-        images = np.zeros((len(labelings), len(perms)), dtype=np.int64)
-        for s in range(n):  # images[l, g] = code of labeling l read through permutation g
-            images += labelings[:, perms[:, s]] * weights[s]
-        canonical = images.min(axis=1) == codes
-        if len(translations):
-            periodic = (labelings[:, translations] == labelings[:, None, :]).all(axis=2).any(axis=1)
-            canonical &= ~periodic
-        kept += [tuple(int(v) for v in row) for row in labelings[canonical]]
-    return kept
-
-
-def _decorated(
-    parent: str, hnf: np.ndarray, species: Sequence[str], volumes: Mapping[str, float]
-) -> Structure:
-    """The supercell ``hnf`` of ``parent`` with ``species`` on its sites (:func:`_permutations`
-    order), at the Vegard's-law volume of its composition."""
-    volume = float(np.mean([volumes[s] for s in species]))
-    a = (volume * _A_CUBED_PER_ATOMIC_VOLUME[parent]) ** (1 / 3)
-    vectors, basis = a * _PARENTS[parent], _BASES[parent]
-    cell = vectors @ hnf  # columns
-    fractional = (_sites(hnf)[:, None, :] + basis[None, :, :]).reshape(-1, 3)
-    cartesian = fractional @ vectors.T
-    structure = Structure(Lattice(cell.T), list(species), cartesian, coords_are_cartesian=True)
-    return structure.get_reduced_structure()
-
-
-# --- substitution on prototypes -----------------------------------------------------------
-
-
-def prototype(name: str) -> Structure:
-    """A built-in prototype with the dummy species ``Xa``, ``Xb`` that :func:`substitute` replaces.
-
-    Known: ``L1_2`` (Cu3Au), ``L1_0`` (CuAu), ``B2`` (CsCl), ``L1_1`` (CuPt), ``A1`` (fcc), at
-    unit lattice parameter (substitution scales them to Vegard's-law volumes).
-    """
-    fcc = _PARENTS["fcc"]
-    if name == "A1":
-        return Structure(Lattice(fcc.T), ["Xa"], [[0, 0, 0]])
-    if name == "L1_2":
-        return Structure(
-            Lattice.cubic(1.0),
-            ["Xa", "Xa", "Xa", "Xb"],
-            [[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5], [0, 0, 0]],
-        )
-    if name == "L1_0":
-        return Structure(Lattice.tetragonal(2**-0.5, 1.0), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    if name == "B2":
-        return Structure(Lattice.cubic(1.0), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    if name == "L1_1":
-        cell = np.array([[1, 0.5, 0.5], [0.5, 1, 0.5], [0.5, 0.5, 1]])
-        return Structure(Lattice(cell), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    raise SpaceError(f"unknown prototype {name!r}; built-in: ['A1', 'B2', 'L1_0', 'L1_1', 'L1_2'] or a file")
-
-
-def substitute(prototypes: Mapping[str, Structure], elements: Sequence[str]) -> list[tuple[str, Structure]]:
-    """Every assignment of distinct ``elements`` to each prototype's species, de-duplicated.
-
-    Each structure is scaled to the Vegard's-law volume of its composition; duplicates (also
-    across prototypes) are removed with ``StructureMatcher``.
-
-    Returns:
-        ``(prototype name, structure)`` pairs.
-    """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    _check_elements(elements)
-    volumes = {el: atomic_volume(el) for el in elements}
-    made: list[tuple[str, Structure]] = []
-    for name, proto in prototypes.items():
-        placeholders = sorted({site.specie.symbol for site in proto}, key=str)
-        for chosen in itertools.permutations(elements, len(placeholders)):
-            mapping = dict(zip(placeholders, chosen, strict=True))
-            structure = Structure(proto.lattice, [mapping[s.specie.symbol] for s in proto], proto.frac_coords)
-            volume = float(np.mean([volumes[s.specie.symbol] for s in structure])) * len(structure)
-            structure.scale_lattice(volume)
-            made.append((name, structure))
-    matcher = StructureMatcher()
-    kept: list[tuple[str, Structure]] = []
-    for name, structure in made:
-        formula = structure.composition.reduced_formula
-        same = (s for _, s in kept if s.composition.reduced_formula == formula)
-        if not any(matcher.fit(structure, other) for other in same):
-            kept.append((name, structure))
-    return kept
-
-
-def _load_prototypes(names: Sequence[str], base_dir: Path) -> dict[str, Structure]:
-    out = {}
-    for name in names:
-        path = base_dir / name
-        if path.is_file():
-            structure = Structure.from_file(path)
-            symbols = sorted({site.specie.symbol for site in structure})
-            mapping = {s: f"X{'abcdfghijk'[i]}" for i, s in enumerate(symbols)}
-            out[path.stem] = Structure(
-                structure.lattice, [mapping[s.specie.symbol] for s in structure], structure.frac_coords
-            )
-        else:
-            out[name] = prototype(name)
-    return out
-
-
-# --- the pool -------------------------------------------------------------------------------
+#: Candidates per batch handed to consumers (generation, featurisation).
+BATCH_SIZE = 1024
+_PARENT_NAMES: tuple[str, ...] = get_args(ParentLattice)
 
 
 class StructurePool:
     """A finite pool of crystal structures, featurised for the surrogate.
 
     Implements the :class:`loop.pool.Pool` protocol: ``ids``, ``candidates``, ``X``
-    (``N x d`` features), ``feature_names`` and :meth:`encode`.
+    (``N x d`` features), ``feature_names`` and :meth:`encode`. Structures are not kept:
+    :meth:`structure` rebuilds one from its candidate, :meth:`batches` streams them.
 
     Args:
         candidates: Candidates whose parameters carry a ``structure``
-            (see :func:`structure_to_params`).
+            (see :func:`~loop.structure_codec.structure_to_params`).
         featurizer: Turns structures into feature rows; default: a
             :class:`~loop.featurize.StructureFeaturizer` over the pool's elements.
     """
 
     def __init__(
-        self, candidates: Sequence[Candidate], featurizer: StructureFeaturizer | None = None
+        self, candidates: Iterable[Candidate], featurizer: StructureFeaturizer | None = None
     ) -> None:
-        if not candidates:
-            raise SpaceError("a structure pool needs at least one candidate")
         self.candidates: tuple[Candidate, ...] = tuple(candidates)
+        if not self.candidates:
+            raise SpaceError("a structure pool needs at least one candidate")
         self.ids: list[str] = [c.id for c in self.candidates]
         self.index: dict[str, int] = {cid: i for i, cid in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
             raise SpaceError("duplicate candidate ids in structure pool")
-        self.structures: tuple[Structure, ...] = tuple(structure_from_params(c.params) for c in candidates)
-        elements = sorted({el.symbol for s in self.structures for el in s.composition.elements})
-        self.featurizer = featurizer or StructureFeaturizer(elements)
+        if featurizer is None:
+            elements = {
+                el.symbol for c in self.candidates for el in structure_from_params(c.params).composition
+            }
+            featurizer = StructureFeaturizer(sorted(elements))
+        self.featurizer = featurizer
         self._X: Tensor | None = None
 
     @classmethod
@@ -449,11 +91,24 @@ class StructurePool:
     def __len__(self) -> int:
         return len(self.candidates)
 
+    def structure(self, i: int) -> Structure:
+        """The structure of candidate ``i``, rebuilt from its parameters."""
+        return structure_from_params(self.candidates[i].params)
+
+    def batches(self, batch_size: int = BATCH_SIZE) -> Iterator[tuple[Sequence[Candidate], Tensor]]:
+        """The candidates in order, ``batch_size`` at a time, with their ``b x d`` features."""
+        for start in range(0, len(self), batch_size):
+            chunk = self.candidates[start : start + batch_size]
+            if self._X is not None:
+                yield chunk, self._X[start : start + len(chunk)]
+            else:
+                yield chunk, self._features(c.params for c in chunk)
+
     @property
     def X(self) -> Tensor:
-        """``N x d`` features of every candidate, built once."""
+        """``N x d`` features of every candidate, built once, a batch at a time."""
         if self._X is None:
-            self._X = torch.tensor(self.featurizer.features(self.structures), dtype=torch.double)
+            self._X = torch.cat([features for _, features in self.batches()])
         return self._X
 
     @property
@@ -462,17 +117,11 @@ class StructurePool:
 
     def encode(self, params: Iterable[Mapping[str, Any]]) -> Tensor:
         """``n x d`` features of candidates given by their parameters."""
-        rows = []
-        for p in params:
-            cid = Candidate(p).id
-            if cid in self.index:
-                rows.append(self.X[self.index[cid]])
-            else:
-                features = self.featurizer.features([structure_from_params(p)])
-                rows.append(torch.tensor(features[0], dtype=torch.double))
-        if not rows:
-            return torch.empty(0, len(self.feature_names), dtype=torch.double)
-        return torch.stack(rows)
+        params = list(params)
+        known = [self.index.get(Candidate(p).id) for p in params]
+        if all(i is not None for i in known):
+            return self.X[[i for i in known if i is not None]]
+        return self._features(params)
 
     def save(self, path: str | Path) -> None:
         """Write the candidates' parameters to a JSON file (a cache of the generation)."""
@@ -483,49 +132,95 @@ class StructurePool:
         """A pool from a file written by :meth:`save`."""
         return cls([Candidate(p) for p in json.loads(Path(path).read_text())], featurizer)
 
+    def _features(self, params: Iterable[Mapping[str, Any]]) -> Tensor:
+        structures = [structure_from_params(p) for p in params]
+        return torch.tensor(self.featurizer.features(structures), dtype=torch.double)
+
 
 class StructureSpaceOptions(BaseModel):
     """``[space.generator]`` options of ``type = "structures"``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     elements: list[str] = Field(min_length=1)
-    lattice: ParentLattice | None = "fcc"
-    """Parent crystal (``fcc``, ``bcc``, ``hcp``) to enumerate orderings of; none: only
-    prototype substitution."""
+    lattice: list[ParentLattice] = ["fcc"]
+    """Parent crystals (``fcc``, ``bcc``, ``hcp``; one name or a list) to enumerate orderings
+    of; empty or none: only prototype substitution."""
     max_atoms: int = Field(default=4, ge=1, le=12)
     min_atoms: int = Field(default=1, ge=1)
     min_species: int = Field(default=2, ge=1)
     prototypes: list[str] = []
-    """Built-in prototype names or structure files (relative to the config) to substitute."""
+    """Built-in prototype names (:data:`loop.prototypes.BUILT_IN`) or structure files
+    (relative to the config) to substitute; ``["built-in"]`` is all built-in ones."""
     cache: str | None = None
     """JSON file (relative to the config) that keeps the generated candidates between runs."""
 
     @field_validator("elements")
     @classmethod
     def _elements(cls, elements: list[str]) -> list[str]:
-        _check_elements(elements)
+        check_elements(elements)
         return elements
 
+    @field_validator("lattice", mode="before")
+    @classmethod
+    def _lattices(cls, value: Any) -> list[str]:
+        names = [] if value is None else [value] if isinstance(value, str) else list(value)
+        allowed = " or ".join([", ".join(f"'{n}'" for n in _PARENT_NAMES[:-1]), f"'{_PARENT_NAMES[-1]}'"])
+        for name in names:
+            if name not in _PARENT_NAMES:
+                raise ValueError(f"Input should be {allowed}, got {name!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a parent lattice is named twice: {names}")
+        return names
 
-def generate(options: StructureSpaceOptions, base_dir: Path = Path(".")) -> StructurePool:
-    """The pool the options describe (enumerated orderings plus substituted prototypes)."""
-    made: list[tuple[str, Structure]] = []
-    if options.lattice is not None:
-        orderings = enumerate_orderings(
-            options.elements, options.lattice, options.max_atoms, options.min_atoms, options.min_species
-        )
-        made += [(options.lattice, s) for s in orderings]
+
+def iter_structures(
+    options: StructureSpaceOptions, base_dir: Path = Path(".")
+) -> Iterator[tuple[str, Structure]]:
+    """``(name, structure)`` of the pool the options describe: substituted prototypes (named
+    by prototype), then enumerated orderings (named by parent lattice) that no prototype has."""
+    from loop.prototypes import BUILT_IN
+
+    distinct = DistinctStructures()
     if options.prototypes:
-        made += substitute(_load_prototypes(options.prototypes, base_dir), options.elements)
+        names = [n for name in options.prototypes for n in (BUILT_IN if name == "built-in" else [name])]
+        yield from substitute(load_prototypes(names, base_dir), options.elements, distinct)
+    for parent in options.lattice:
+        for structure in iter_orderings(
+            options.elements, parent, options.max_atoms, options.min_atoms, options.min_species
+        ):
+            if structure not in distinct:
+                yield parent, structure
+
+
+def candidate_batches(
+    options: StructureSpaceOptions, base_dir: Path = Path("."), batch_size: int = BATCH_SIZE
+) -> Iterator[list[Candidate]]:
+    """The pool's candidates, ``batch_size`` at a time, each once (by id), in a fixed order.
+
+    Raises:
+        SpaceError: the options make no candidates at all.
+    """
+    fresh = _distinct_candidates(iter_structures(options, base_dir))
+    made = False
+    while batch := list(itertools.islice(fresh, batch_size)):
+        made = True
+        yield batch
     if not made:
         raise SpaceError("the structure generator made no candidates; set 'lattice' or 'prototypes'")
+
+
+def _distinct_candidates(structures: Iterable[tuple[str, Structure]]) -> Iterator[Candidate]:
     seen: set[str] = set()
-    candidates = []
-    for name, structure in made:
+    for name, structure in structures:
         candidate = Candidate(structure_to_params(structure, name))
         if candidate.id not in seen:
             seen.add(candidate.id)
-            candidates.append(candidate)
+            yield candidate
+
+
+def generate(options: StructureSpaceOptions, base_dir: Path = Path(".")) -> StructurePool:
+    """The pool the options describe (see :func:`iter_structures`)."""
+    candidates = itertools.chain.from_iterable(candidate_batches(options, base_dir))
     return StructurePool(candidates, StructureFeaturizer(options.elements))
 
 

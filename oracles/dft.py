@@ -243,7 +243,7 @@ def candidate_atoms(candidate: Candidate) -> Atoms:
     Raises:
         EvaluationFailed: the candidate carries no valid structure (not retryable).
     """
-    from loop.structures import structure_from_params
+    from loop.structure_codec import structure_from_params
 
     try:
         structure = structure_from_params(candidate.params)

@@ -26,6 +26,11 @@ class SurrogateError(AlloopError, RuntimeError):
     """A surrogate could not be fitted or asked (no data, not fitted yet...)."""
 
 
+class UniversalModelUnavailable(SurrogateError):
+    """A universal potential cannot be loaded here: its package is not installed, or its
+    weights are neither present nor downloadable."""
+
+
 class Surrogate(Model, ABC):
     """A BoTorch model that fits itself."""
 

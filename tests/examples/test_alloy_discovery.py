@@ -15,7 +15,7 @@ from loop.campaign import Campaign
 from loop.config import load_config
 from loop.ledger import Ledger
 from loop.stability import best_fraction, campaign_hull, hull_points, on_hull
-from loop.structures import structure_from_params
+from loop.structure_codec import structure_from_params
 from oracles.dft import DFTRunner
 from oracles.dft_job import JobSettings, execute
 

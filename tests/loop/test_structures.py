@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
 
@@ -12,23 +13,13 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from loop.candidate import Candidate
 from loop.config import parse_config
 from loop.errors import ConfigError, SpaceError
 from loop.featurize import StructureFeaturizer
-from loop.structures import (
-    _BASES,
-    _PARENTS,
-    StructurePool,
-    _space_group,
-    atomic_volume,
-    enumerate_orderings,
-    pool_from_config,
-    prototype,
-    structure_from_params,
-    structure_to_params,
-    substitute,
-)
+from loop.orderings import _BASES, _PARENTS, _space_group, atomic_volume, enumerate_orderings
+from loop.prototypes import prototype, substitute
+from loop.structure_codec import structure_to_params
+from loop.structures import StructurePool, StructureSpaceOptions, generate, pool_from_config
 
 
 def test_fcc_enumeration_matches_the_known_counts_and_has_no_duplicates() -> None:
@@ -150,19 +141,6 @@ def test_substitution_on_prototypes_is_deduplicated() -> None:
     assert formulas == sorted(["Au", "Cu", "Cu3Au", "CuAu3", "CuAu"])
 
 
-def test_candidate_carries_its_structure_and_a_stable_id() -> None:
-    structure = enumerate_orderings(["Cu", "Pd"], "fcc", max_atoms=2)[0]
-    params = structure_to_params(structure, "fcc")
-    back = structure_from_params(params)
-    assert StructureMatcher().fit(structure, back)
-    assert np.allclose(back.lattice.matrix, structure.lattice.matrix, atol=1e-5)
-    assert Candidate(params).id == Candidate(structure_to_params(back, "fcc")).id
-    with pytest.raises(SpaceError, match=r"carry no 'structure'"):
-        structure_from_params({"formula": "CuPd"})
-    with pytest.raises(SpaceError, match=r"not a valid compact structure"):
-        structure_from_params({"structure": "{not json"})
-
-
 def test_pool_features_and_encoding() -> None:
     pool = StructurePool.from_structures(enumerate_orderings(["Cu", "Au"], "fcc", max_atoms=3))
     assert len(pool) == len(pool.ids) == 8
@@ -225,3 +203,41 @@ def test_pool_from_config_builds_caches_and_names_bad_keys(tmp_path: Path) -> No
         pool_from_config({"elements": ["Cu", "Xx"]}, config)
     with pytest.raises(ConfigError, match=r"space.generator.min_atoms: must not exceed max_atoms"):
         pool_from_config({"elements": ["Cu", "Au"], "min_atoms": 4, "max_atoms": 2}, config)
+
+
+def test_the_alloy_example_pool_keeps_its_candidate_ids() -> None:
+    # The 1,078 fcc Cu-Au-Pd orderings of examples/alloy_discovery, ids as before the pool
+    # streamed: a resumed campaign finds its candidates again.
+    options = StructureSpaceOptions.model_validate(
+        {"elements": ["Cu", "Au", "Pd"], "lattice": "fcc", "max_atoms": 6}
+    )
+    ids = generate(options).ids
+    assert len(ids) == 1078
+    assert hashlib.sha256("".join(ids).encode()).hexdigest()[:16] == "ba9613a14e46ad9f"
+
+
+def test_several_parent_lattices_and_prototypes_from_config(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "campaign": {"name": "s", "ledger": "l.db"},
+            "space": {"generator": {"type": "structures", "elements": ["Cu", "Au"]}},
+            "objectives": [{"name": "formation_energy_per_atom", "direction": "minimize"}],
+            "oracle": {"type": "dft"},
+            "stopping": {"max_experiments": 3},
+        },
+        base_dir=tmp_path,
+    )
+    both = pool_from_config({"elements": ["Cu", "Au"], "lattice": ["fcc", "bcc"], "max_atoms": 3}, config)
+    assert [c.params["prototype"] for c in both.candidates] == ["fcc"] * 8 + ["bcc"] * 8
+    only = pool_from_config({"elements": ["Cu", "Au"], "lattice": None, "prototypes": ["B2", "C15"]}, config)
+    assert sorted(c.params["formula"] for c in only.candidates) == ["Cu2Au", "CuAu", "CuAu2"]
+    with pytest.raises(ConfigError, match=r"space.generator.lattice: a parent lattice is named twice"):
+        pool_from_config({"elements": ["Cu", "Au"], "lattice": ["fcc", "fcc"]}, config)
+    with pytest.raises(
+        ConfigError, match=r"space.generator.lattice: Input should be 'fcc', 'bcc' or 'hcp', got 'sc'"
+    ):
+        pool_from_config({"elements": ["Cu", "Au"], "lattice": ["fcc", "sc"]}, config)
+    with pytest.raises(ConfigError, match=r"space.generator: unknown prototype 'Q9'; built-in: \['A1'"):
+        pool_from_config({"elements": ["Cu", "Au"], "prototypes": ["Q9"]}, config)
+    with pytest.raises(ConfigError, match=r"space.generator: the structure generator made no candidates"):
+        pool_from_config({"elements": ["Cu"], "lattice": []}, config)

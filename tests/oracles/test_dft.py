@@ -19,7 +19,7 @@ from loop.campaign import Campaign
 from loop.candidate import Candidate
 from loop.config import parse_config
 from loop.errors import ConfigError
-from loop.structures import structure_to_params
+from loop.structure_codec import structure_to_params
 from oracles.calculators import CalculatorSpec
 from oracles.dft import DFTRunner, oracle_from_config
 from oracles.dft_job import JobSettings, execute
