@@ -87,7 +87,9 @@ def test_hull_planes_give_the_hull_energy_at_every_composition() -> None:
     fractions[:50, 2] = 0.0  # the Au-Cu edge
     fractions /= fractions.sum(axis=1, keepdims=True)
     expected = [
-        diagram.get_hull_energy_per_atom(Composition({el: x for el, x in zip(elements, row) if x > 0}))
+        diagram.get_hull_energy_per_atom(
+            Composition({el: x for el, x in zip(elements, row, strict=True) if x > 0})
+        )
         for row in fractions
     ]
     assert hull_energy(planes, fractions) == pytest.approx(expected, abs=1e-12)
