@@ -3,7 +3,9 @@
 Every strategy is BoTorch's own: analytic UCB/LCB and posterior standard deviation,
 ``qUpperConfidenceBound``, ``qLogExpectedImprovement``, ``qLogNoisyExpectedImprovement``,
 ``qPosteriorStandardDeviation``; Thompson sampling draws whole posterior functions (pathwise,
-when the surrogate can) and takes their arg-max; ``random`` picks uniformly.
+when the surrogate can) and takes their arg-max; ``random`` picks uniformly. Structure pools
+may rank by the predicted height above the current convex hull instead
+(``hull_probability``, ``hull_lcb``: :mod:`loop.hull_acquisition`).
 
 Finite pools are scored in memory-bounded chunks: single picks of UCB/LCB and pure
 exploration straight from the surrogate's chunked marginal predictions; batches and
@@ -46,12 +48,16 @@ from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
 from loop.errors import CampaignError
+from loop.hull_acquisition import HULL_KINDS, HullEnergy, HullTarget, hull_acquisition, hull_scores
 from loop.space import Categorical, SearchSpace
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate
 from surrogates.gp import SamplesPaths
 
-Kind = Literal["ucb", "qlogei", "qlognei", "max_variance", "thompson", "random"]
-KINDS: tuple[Kind, ...] = ("ucb", "qlogei", "qlognei", "max_variance", "thompson", "random")
+Kind = Literal[
+    "ucb", "qlogei", "qlognei", "max_variance", "thompson", "random", "hull_probability", "hull_lcb"
+]
+KINDS: tuple[Kind, ...] = ("ucb", "qlogei", "qlognei", "max_variance", "thompson", "random", *HULL_KINDS)
+_MARGINAL_KINDS = ("ucb", "max_variance", *HULL_KINDS)
 _MAX_CATEGORY_COMBINATIONS = 64
 _THOMPSON_SPACE_SAMPLES = 4096
 
@@ -80,6 +86,8 @@ class Acquisition:
         num_restarts: Restarts of the continuous optimiser.
         raw_samples: Raw samples that seed the continuous optimiser.
         max_iterations: Iterations of the continuous optimiser per start.
+        hull: Compositions and goal of the hull-aware kinds (required by them, which also
+            need one minimised objective: formation energy per atom).
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class Acquisition:
         num_restarts: int = 10,
         raw_samples: int = 256,
         max_iterations: int = 200,
+        hull: HullTarget | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown acquisition {kind!r}; choose one of {list(KINDS)}")
@@ -99,6 +108,12 @@ class Acquisition:
             raise ValueError(f"objective weights must be finite and non-zero, got {list(weights)}")
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
+        if kind in HULL_KINDS and (hull is None or len(weights) != 1 or weights[0] > 0):
+            raise ValueError(
+                f"acquisition {kind!r} needs the candidates' compositions and one minimised "
+                "objective (formation energy per atom)"
+            )
+        self.hull = hull
         self.kind, self.beta = kind, float(beta)
         self.weights = torch.tensor(list(weights), dtype=torch.double)
         self.mc_samples, self.chunk_size = mc_samples, chunk_size
@@ -132,6 +147,18 @@ class Acquisition:
         transform = self.posterior_transform
         analytic = q == 1 and X_pending is None
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]))
+        if self.kind in HULL_KINDS:
+            assert self.hull is not None
+            return hull_acquisition(
+                self.kind,  # type: ignore[arg-type]
+                model,
+                self.current_hull(X_baseline, Y_baseline),
+                within_ev=self.hull.within_ev,
+                beta=self.beta,
+                sampler=sampler,
+                X_pending=X_pending,
+                q=q,
+            )
         if self.kind == "ucb":
             if analytic:
                 return UpperConfidenceBound(model, beta=self.beta, posterior_transform=transform)
@@ -163,6 +190,11 @@ class Acquisition:
             )
         raise CampaignError(f"acquisition {self.kind!r} is not a BoTorch acquisition function")
 
+    def current_hull(self, X_baseline: Tensor | None, Y_baseline: Tensor | None) -> HullEnergy:
+        """The hull of the measured candidates (``n x d`` inputs, ``n x 1`` formation energies)."""
+        assert self.hull is not None, "only the hull-aware kinds have a hull"
+        return self.hull.hull(X_baseline, None if Y_baseline is None else Y_baseline[:, 0])
+
     # --- pools ------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -185,8 +217,10 @@ class Acquisition:
             return [Pick(choices[i], math.nan, int(i)) for i in rows]
         if self.kind == "thompson":
             return self._thompson(model, choices, q, seed)
-        if q == 1 and X_pending is None and self.kind in ("ucb", "max_variance"):
-            scores = self._marginal_scores(model, choices)
+        if self.hull is not None:
+            self.hull.fractions(choices)  # refuses inputs that carry no compositions
+        if q == 1 and X_pending is None and self.kind in _MARGINAL_KINDS:
+            scores = self._marginal_scores(model, choices, X_baseline, Y_baseline)
             best = int(torch.argmax(scores))
             return [Pick(choices[best], float(scores[best]), best)]
         torch.manual_seed(seed)
@@ -197,9 +231,24 @@ class Acquisition:
         rows = _rows_of(X, choices)
         return [Pick(choices[r], float(v), r) for r, v in zip(rows, values.reshape(-1).tolist(), strict=True)]
 
-    def _marginal_scores(self, model: Surrogate, choices: Tensor) -> Tensor:
-        """UCB (or std) of the scalarised objective from chunked marginal predictions."""
+    def _marginal_scores(
+        self, model: Surrogate, choices: Tensor, X_baseline: Tensor | None, Y_baseline: Tensor | None
+    ) -> Tensor:
+        """UCB (or std, or a hull-aware closed form) of the scalarised objective from chunked
+        marginal predictions."""
         mean, variance = model.predict(choices, chunk_size=self.chunk_size)
+        if self.kind in HULL_KINDS:
+            assert self.hull is not None
+            hull = self.current_hull(X_baseline, Y_baseline)
+            std = variance[:, 0].clamp_min(0).sqrt()
+            return hull_scores(
+                self.kind,  # type: ignore[arg-type]
+                mean[:, 0],
+                std,
+                hull(choices),
+                self.hull.within_ev,
+                self.beta,
+            )
         scalar_mean = mean @ self.weights
         scalar_std = (variance @ self.weights.square()).clamp_min(0).sqrt()
         if self.kind == "max_variance":

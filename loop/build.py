@@ -22,6 +22,8 @@ from loop.config import (
     PluginSection,
 )
 from loop.errors import ConfigError
+from loop.featurize import StructureFeaturizer
+from loop.hull_acquisition import HULL_KINDS, HullTarget
 from loop.pool import CandidatePool, Pool, drop_missing_objectives, read_table
 from loop.preflight import (
     check_columns,
@@ -133,9 +135,16 @@ def build_surrogate(config: CampaignConfig, space: SearchSpace | None, pool: Poo
 
 
 def build_acquisition(config: CampaignConfig) -> Acquisition:
-    """The acquisition strategy; objectives become signed weights."""
+    """The acquisition strategy; objectives become signed weights. The hull-aware kinds read
+    compositions from the structure featurizer's ``x_<element>`` inputs."""
     section = config.acquisition
     weights = [o.weight if o.direction == "maximize" else -o.weight for o in config.objectives]
+    hull = None
+    if section.type in HULL_KINDS:
+        assert config.space.generator is not None  # the configuration checked it
+        elements = sorted(config.space.generator.options["elements"])
+        names = StructureFeaturizer(elements).feature_names
+        hull = HullTarget.from_feature_names(elements, names, section.within_mev or 0.0)
     return Acquisition(
         section.type,
         weights,
@@ -145,6 +154,7 @@ def build_acquisition(config: CampaignConfig) -> Acquisition:
         num_restarts=section.num_restarts,
         raw_samples=section.raw_samples,
         max_iterations=section.max_iterations,
+        hull=hull,
     )
 
 

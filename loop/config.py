@@ -12,7 +12,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from loop.errors import ConfigError, SpaceError, describe_validation_error
 from loop.provenance import config_hash
@@ -179,9 +188,14 @@ class SurrogateSection(_Strict):
 
 
 class AcquisitionSection(_Strict):
-    type: Literal["ucb", "qlogei", "qlognei", "max_variance", "thompson", "random"] = "qlognei"
+    type: Literal[
+        "ucb", "qlogei", "qlognei", "max_variance", "thompson", "random", "hull_probability", "hull_lcb"
+    ] = "qlognei"
     beta: NonNegative = 1.0
     """UCB/LCB: mean ± sqrt(beta) · std (beta = 1 is one standard deviation)."""
+    within_mev: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """``hull_probability``: the probability of landing within this many meV/atom of the
+    current hull is maximised (default 0: on or below it)."""
     batch_size: int = Field(default=1, ge=1, le=1000)
     initial_designs: int = Field(default=4, ge=1)
     """Random designs before the first model fit."""
@@ -192,6 +206,40 @@ class AcquisitionSection(_Strict):
     mc_samples: int = Field(default=128, ge=1)
     max_iterations: int = Field(default=200, ge=1)
     """Iterations of the continuous optimiser per restart."""
+
+    @model_validator(mode="after")
+    def _within_for_hull(self) -> AcquisitionSection:
+        if self.within_mev is not None and self.type != "hull_probability":
+            raise ValueError("'within_mev' applies only with type = 'hull_probability'")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_within(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Campaigns written before 'within_mev' existed keep their configuration hash.
+        data = handler(self)
+        if data.get("within_mev") is None:
+            data.pop("within_mev", None)
+        return data
+
+    def check_hull(self, objectives: list[ObjectiveConfig], space: SpaceSection) -> None:
+        """Refuse a hull-aware acquisition where there is no hull: it needs formation energy
+        per atom as the one, minimised, objective and a structure pool (compositions).
+
+        Raises:
+            ValueError: naming ``acquisition.type``.
+        """
+        if self.type not in ("hull_probability", "hull_lcb"):
+            return
+        if [(o.name, o.direction) for o in objectives] != [("formation_energy_per_atom", "minimize")]:
+            raise ValueError(
+                f"acquisition.type = {self.type!r} needs one objective, 'formation_energy_per_atom', "
+                f"minimised; the objectives are {[o.name for o in objectives]}"
+            )
+        if space.generator is None or space.generator.type != "structures":
+            raise ValueError(
+                f"acquisition.type = {self.type!r} needs a structure pool "
+                "([space.generator] type = 'structures')"
+            )
 
 
 class StoppingSection(_Strict):
@@ -360,6 +408,11 @@ class CampaignConfig(_Strict):
     @model_validator(mode="after")
     def _stopping_goal(self) -> CampaignConfig:
         self.stopping.check_goal(self.objectives, self.space)
+        return self
+
+    @model_validator(mode="after")
+    def _acquisition_hull(self) -> CampaignConfig:
+        self.acquisition.check_hull(self.objectives, self.space)
         return self
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition
 
@@ -164,3 +165,37 @@ def best_fraction(points: Iterable[HullPoint], fraction: float) -> set[str]:
         raise SpaceError(f"fraction must be in (0, 1], got {fraction}")
     ordered = sorted(points, key=lambda p: p.formation_energy_per_atom)
     return {p.id for p in ordered[: max(1, round(fraction * len(ordered)))]}
+
+
+def hull_planes(diagram: PhaseDiagram, elements: Sequence[str]) -> np.ndarray:
+    """The hull as planes: ``F x k`` coefficients ``c_f`` with ``E_hull(x) = max_f c_f · x``.
+
+    The lower hull of formation energy is a convex piecewise-linear function of the ``k``
+    atomic fractions ``x`` (over ``elements``, in order), so it is the largest of its facets'
+    planes everywhere on the composition simplex, not only on each facet. That makes the hull
+    energy at any composition one matrix product, cheap enough to evaluate inside an
+    acquisition function at every candidate.
+
+    Raises:
+        SpaceError: the diagram has an element outside ``elements``.
+    """
+    extra = sorted({el.symbol for el in diagram.elements} - set(elements))
+    if extra:
+        raise SpaceError(f"the phase diagram has element(s) {extra} outside {list(elements)}")
+    if len(diagram.elements) < 2:
+        return np.zeros((1, len(elements)))
+    planes = []
+    for facet in diagram.facets:
+        vertices = [diagram.qhull_entries[i] for i in facet]
+        fractions = np.array([[v.composition.get_atomic_fraction(el) for el in elements] for v in vertices])
+        energies = np.array([diagram.get_form_energy_per_atom(v) for v in vertices])
+        # k elements but a facet of a sub-system has fewer vertices: least squares gives the plane
+        # through them; elements absent from the diagram keep coefficient 0 (their reference).
+        plane, *_ = np.linalg.lstsq(fractions, energies, rcond=None)
+        planes.append(plane)
+    return np.array(planes).reshape(-1, len(elements))
+
+
+def hull_energy(planes: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Hull formation energy (eV/atom) at each of ``n x k`` compositions (atomic fractions)."""
+    return (np.asarray(fractions, dtype=float) @ planes.T).max(axis=-1)

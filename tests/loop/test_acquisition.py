@@ -275,4 +275,13 @@ def test_select_in_space_finds_the_optimum_of_a_clear_model(mixed):
 
 
 def test_kinds_are_the_documented_ones():
-    assert set(KINDS) == {"ucb", "qlogei", "qlognei", "max_variance", "thompson", "random"}
+    assert set(KINDS) == {
+        "ucb",
+        "qlogei",
+        "qlognei",
+        "max_variance",
+        "thompson",
+        "random",
+        "hull_probability",
+        "hull_lcb",
+    }

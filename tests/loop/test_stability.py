@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pymatgen.core import Composition
 
@@ -10,7 +11,9 @@ from loop.stability import (
     best_fraction,
     could_reach_hull,
     formation_energy_per_atom,
+    hull_energy,
     hull_heights,
+    hull_planes,
     hull_points,
     near_hull,
     on_hull,
@@ -72,3 +75,29 @@ def test_candidates_that_could_still_reach_the_hull() -> None:
         hull_heights(diagram, [("CuPd", -0.1)])
     with pytest.raises(SpaceError, match="within_mev must be >= 0"):
         could_reach_hull(diagram, formulas, lower_bounds, within_mev=-1.0)
+
+
+def test_hull_planes_give_the_hull_energy_at_every_composition() -> None:
+    elements = ["Au", "Cu", "Pd"]
+    points = [("CuAu", -0.05), ("Cu3Au", -0.04), ("CuAu3", -0.01), ("CuPd", -0.08), ("CuAuPd", -0.09)]
+    diagram = phase_diagram(points, elements)
+    planes = hull_planes(diagram, elements)
+    rng = np.random.default_rng(0)
+    fractions = rng.dirichlet([1.0, 1.0, 1.0], size=200)
+    fractions[:50, 2] = 0.0  # the Au-Cu edge
+    fractions /= fractions.sum(axis=1, keepdims=True)
+    expected = [
+        diagram.get_hull_energy_per_atom(
+            Composition({el: x for el, x in zip(elements, row, strict=True) if x > 0})
+        )
+        for row in fractions
+    ]
+    assert hull_energy(planes, fractions) == pytest.approx(expected, abs=1e-12)
+    assert hull_energy(planes, [[0.5, 0.5, 0.0]]) == pytest.approx([-0.05])
+
+
+def test_hull_planes_of_the_bare_elements_are_zero() -> None:
+    planes = hull_planes(phase_diagram([], ["Au", "Cu"]), ["Au", "Cu"])
+    assert hull_energy(planes, [[0.3, 0.7], [1.0, 0.0]]) == pytest.approx([0.0, 0.0])
+    with pytest.raises(SpaceError, match=r"element\(s\) \['Pd'\] outside"):
+        hull_planes(phase_diagram([("CuPd", -0.1)]), ["Au", "Cu"])
