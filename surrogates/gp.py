@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
+from botorch.models.model import Model
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
@@ -135,10 +136,10 @@ class GPSurrogate(Surrogate, SamplesPaths):
     def posterior(self, X: Tensor, *args: Any, **kwargs: Any) -> Posterior:
         return self.fitted.posterior(X, *args, **kwargs)
 
-    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> SingleTaskGP:
+    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> Model:
         return self.fitted.condition_on_observations(X, Y, **kwargs)
 
-    def subset_output(self, idcs: list[int]) -> SingleTaskGP:
+    def subset_output(self, idcs: list[int]) -> Model:
         return self.fitted.subset_output(idcs)
 
     @torch.no_grad()
