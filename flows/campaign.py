@@ -217,4 +217,5 @@ def _evaluate(
     }
     # prefect unwraps quote() at call time, but its Task typing does not know it
     record = record_results.with_options(task_run_name=f"record-{tag}")
-    return record(campaign, quote(futures))  # type: ignore[call-overload]
+    outcomes: list[str | None] = record(campaign, quote(futures))  # type: ignore[call-overload]
+    return outcomes

@@ -425,7 +425,8 @@ class Campaign(EvaluationRecorder):
 
     def best(self) -> dict[str, Any] | None:
         """The best done evaluation by the (scalarised, signed) objective."""
-        return campaign_status(self.ledger, self.name)["best"]
+        best: dict[str, Any] | None = campaign_status(self.ledger, self.name)["best"]
+        return best
 
     def encode(self, params: Iterable[Mapping[str, Any]]) -> torch.Tensor:
         """``n x d`` model inputs for candidates given by their parameters."""

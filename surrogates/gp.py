@@ -106,16 +106,19 @@ class GPSurrogate(Surrogate, SamplesPaths):
         return self
 
     def _covar_module(self, d: int, batch_shape: torch.Size) -> torch.nn.Module:
+        covar: torch.nn.Module  # gpytorch's constructors are untyped
         if self.lengthscale_prior:
-            return get_covar_module_with_dim_scaled_prior(
+            covar = get_covar_module_with_dim_scaled_prior(
                 ard_num_dims=d, batch_shape=batch_shape, use_rbf_kernel=self.kernel == "rbf"
             )
-        base = (
-            RBFKernel(ard_num_dims=d, batch_shape=batch_shape)
-            if self.kernel == "rbf"
-            else MaternKernel(nu=2.5, ard_num_dims=d, batch_shape=batch_shape)
-        )
-        return ScaleKernel(base, batch_shape=batch_shape)
+        else:
+            base = (
+                RBFKernel(ard_num_dims=d, batch_shape=batch_shape)
+                if self.kernel == "rbf"
+                else MaternKernel(nu=2.5, ard_num_dims=d, batch_shape=batch_shape)
+            )
+            covar = ScaleKernel(base, batch_shape=batch_shape)
+        return covar
 
     # --- the BoTorch Model interface, delegated to the fitted GP ---------------------------
 

@@ -246,7 +246,8 @@ def fold_averaged_curves(top_pct: ArrayLike, seeds: Sequence[int]) -> NDArray[np
     """
     curves = _as_matrix(top_pct, "top_pct")
     folds = np.asarray(fold_indices(seeds, curves.shape[0]), dtype=np.int64)
-    return curves[folds].mean(axis=1)
+    averaged: NDArray[np.float64] = curves[folds].mean(axis=1)
+    return averaged
 
 
 def median_band(
