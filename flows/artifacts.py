@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import torch
@@ -59,11 +59,15 @@ def batch_rows(campaign: Campaign, cycle: int, batch: Sequence[EvaluationRecord]
 
 def publish_batch(campaign: Campaign, cycle: int, batch: Sequence[EvaluationRecord]) -> UUID:
     """A table artifact of the batch about to be evaluated."""
-    return create_table_artifact(
-        batch_rows(campaign, cycle, batch),
-        key=artifact_key(campaign.name, "batch"),
-        description=f"Campaign {campaign.name}, cycle {cycle}: the proposed batch "
-        "(posterior mean and std of each objective, acquisition value; empty before the first fit).",
+    # prefect's async_dispatch types the result as R | Coroutine; called from sync code it is R
+    return cast(
+        UUID,
+        create_table_artifact(
+            batch_rows(campaign, cycle, batch),
+            key=artifact_key(campaign.name, "batch"),
+            description=f"Campaign {campaign.name}, cycle {cycle}: the proposed batch "
+            "(posterior mean and std of each objective, acquisition value; empty before the first fit).",
+        ),
     )
 
 
@@ -84,10 +88,14 @@ class BudgetProgress:
 
     def __init__(self, campaign: Campaign) -> None:
         self.campaign = campaign
-        self.id = create_progress_artifact(
-            budget_fraction(campaign),
-            key=artifact_key(campaign.name, "progress"),
-            description=self._description(),
+        # prefect's async_dispatch types the result as R | Coroutine; called from sync code it is R
+        self.id = cast(
+            UUID,
+            create_progress_artifact(
+                budget_fraction(campaign),
+                key=artifact_key(campaign.name, "progress"),
+                description=self._description(),
+            ),
         )
 
     def _description(self) -> str:
@@ -194,8 +202,12 @@ def publish_report(campaign: Campaign, report: CampaignReport) -> UUID:
                 plot += f"\n\n[best-so-far plot]({path.as_uri()})"
             except OSError:
                 pass
-    return create_markdown_artifact(
-        report_markdown(campaign, report, plot),
-        key=artifact_key(campaign.name, "report"),
-        description=f"Campaign {campaign.name}: report at the end of a flow run.",
+    # prefect's async_dispatch types the result as R | Coroutine; called from sync code it is R
+    return cast(
+        UUID,
+        create_markdown_artifact(
+            report_markdown(campaign, report, plot),
+            key=artifact_key(campaign.name, "report"),
+            description=f"Campaign {campaign.name}: report at the end of a flow run.",
+        ),
     )

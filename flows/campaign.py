@@ -215,4 +215,7 @@ def _evaluate(
         ): e
         for e in batch
     }
-    return record_results.with_options(task_run_name=f"record-{tag}")(campaign, quote(futures))
+    # prefect unwraps quote() at call time, but its Task typing does not know it
+    record = record_results.with_options(task_run_name=f"record-{tag}")
+    outcomes: list[str | None] = record(campaign, quote(futures))  # type: ignore[call-overload]
+    return outcomes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
@@ -50,13 +51,17 @@ def build_deployment(
     path = Path(config).resolve()
     campaign_config, _ = load_campaign(path)
     campaign = campaign_config.campaign.name
-    return campaign_flow.to_deployment(
-        name=name or deployment_name(campaign),
-        cron=cron,
-        parameters={"config": str(path), "max_cycles": cycles_per_run},
-        description=f"Advance campaign {campaign!r} ({path}) by {cycles_per_run} cycle(s) per run.",
-        tags=["alloop", deployment_name(campaign)],
-        entrypoint_type=EntrypointType.MODULE_PATH,
+    # prefect's async_dispatch types the result as R | Coroutine; called from sync code it is R
+    return cast(
+        RunnerDeployment,
+        campaign_flow.to_deployment(
+            name=name or deployment_name(campaign),
+            cron=cron,
+            parameters={"config": str(path), "max_cycles": cycles_per_run},
+            description=f"Advance campaign {campaign!r} ({path}) by {cycles_per_run} cycle(s) per run.",
+            tags=["alloop", deployment_name(campaign)],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
     )
 
 

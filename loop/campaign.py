@@ -287,16 +287,13 @@ class Campaign(EvaluationRecorder):
         Y = torch.tensor([[e.values[p] for p in self.objectives] for e in done], dtype=torch.double)
         Yvar = None
         if self.config.surrogate.noise == "observed":
-            lacking = [
-                e.candidate_id for e in done if any(e.uncertainties.get(p) is None for p in self.objectives)
-            ]
+            sds = [[e.uncertainties.get(p) for p in self.objectives] for e in done]
+            lacking = [e.candidate_id for e, row in zip(done, sds, strict=True) if None in row]
             if lacking:
                 raise SurrogateError(
                     f"surrogate.noise = 'observed' but evaluations of {lacking[:5]} carry no uncertainty"
                 )
-            Yvar = torch.tensor(
-                [[e.uncertainties[p] ** 2 for p in self.objectives] for e in done], dtype=torch.double
-            )
+            Yvar = torch.tensor([[sd**2 for sd in row if sd is not None] for row in sds], dtype=torch.double)
         return SupervisedDataset(
             X,
             Y,
@@ -336,11 +333,32 @@ class Campaign(EvaluationRecorder):
             if not free:
                 return []
             choices = self.pool.X[free]
-            picks = acquisition.select_from_pool(surrogate, choices, q, X_base, Y_base, X_pending, seed)
-            candidates = [self.pool.candidates[free[p.index]] for p in picks]
+            # Acquisition's select_* are typed for a fitted surrogate and data; the random
+            # strategy of the first cycle uses neither.
+            picks = acquisition.select_from_pool(
+                surrogate,  # type: ignore[arg-type]
+                choices,
+                q,
+                X_base,  # type: ignore[arg-type]
+                Y_base,  # type: ignore[arg-type]
+                X_pending,
+                seed,
+            )
+            candidates = []
+            for p in picks:
+                assert p.index is not None  # pool picks carry their row
+                candidates.append(self.pool.candidates[free[p.index]])
         else:
             assert self.space is not None
-            picks = acquisition.select_in_space(surrogate, self.space, q, X_base, Y_base, X_pending, seed)
+            picks = acquisition.select_in_space(
+                surrogate,  # type: ignore[arg-type]
+                self.space,
+                q,
+                X_base,  # type: ignore[arg-type]
+                Y_base,  # type: ignore[arg-type]
+                X_pending,
+                seed,
+            )
             picks, candidates = self._new_candidates(picks, {e.candidate_id for e in known}, seed)
         return self._explain(surrogate, picks, candidates)
 
@@ -407,7 +425,8 @@ class Campaign(EvaluationRecorder):
 
     def best(self) -> dict[str, Any] | None:
         """The best done evaluation by the (scalarised, signed) objective."""
-        return campaign_status(self.ledger, self.name)["best"]
+        best: dict[str, Any] | None = campaign_status(self.ledger, self.name)["best"]
+        return best
 
     def encode(self, params: Iterable[Mapping[str, Any]]) -> torch.Tensor:
         """``n x d`` model inputs for candidates given by their parameters."""

@@ -395,7 +395,7 @@ class CampaignConfig(_Strict):
     def _oracle_kind(cls, oracle: Any) -> Any:
         if isinstance(oracle, Mapping):
             kind = oracle.get("type")
-            builtin = {"emulator": EmulatorOracle, "dataset": DatasetOracle}
+            builtin: dict[str, type[BaseModel]] = {"emulator": EmulatorOracle, "dataset": DatasetOracle}
             if kind in builtin:
                 return builtin[kind].model_validate(oracle)
             if kind not in ORACLE_PLUGINS:

@@ -69,7 +69,7 @@ def structure_from_dict(values: Mapping[str, Any]) -> Atoms:
 
 
 def _frozen(values: Any, dtype: type = float) -> np.ndarray:
-    array = np.array(values, dtype=dtype)
+    array: np.ndarray = np.array(values, dtype=dtype)
     array.setflags(write=False)
     return array
 
@@ -116,13 +116,13 @@ class Frame:
         if not all(np.isfinite(x).all() for x in labels):
             raise ValueError("a label (energy, forces or stress) is not finite")
         pbc = tuple(bool(p) for p in np.broadcast_to(self.pbc, 3))
-        for name, value in {
+        for name, normalised in {
             "numbers": numbers,
             "pbc": pbc,
             "energy": float(self.energy),
             "stress": stress,
         }.items():
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, normalised)
         object.__setattr__(self, "id", str(self.id))
 
     def __eq__(self, other: object) -> bool:
@@ -132,8 +132,11 @@ class Frame:
         return (
             (self.id, self.pbc, self.energy) == (other.id, other.pbc, other.energy)
             and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays)
-            and (self.stress is None) == (other.stress is None)
-            and (self.stress is None or np.array_equal(self.stress, other.stress))
+            and (
+                np.array_equal(self.stress, other.stress)
+                if self.stress is not None and other.stress is not None
+                else self.stress is other.stress  # equal only when both are None
+            )
         )
 
     @classmethod

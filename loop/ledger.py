@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy import Insert, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -182,34 +182,32 @@ class Ledger:
                         "may change on resume — use another campaign name or ledger"
                     )
                 return int(row.id)
-            return int(
-                conn.execute(
-                    insert(campaigns).values(
-                        name=name,
-                        config=dict(config),
-                        config_hash=config_hash,
-                        seed=seed,
-                        versions=package_versions(),
-                        created_at=_now(),
-                    )
-                ).inserted_primary_key[0]
+            return _inserted_id(
+                conn,
+                insert(campaigns).values(
+                    name=name,
+                    config=dict(config),
+                    config_hash=config_hash,
+                    seed=seed,
+                    versions=package_versions(),
+                    created_at=_now(),
+                ),
             )
 
     def start_run(self, campaign_id: int) -> int:
         """Register the current process as a run of the campaign; returns the run id."""
         with self.transaction() as conn:
             row = conn.execute(select(campaigns).where(campaigns.c.id == campaign_id)).one()
-            return int(
-                conn.execute(
-                    insert(runs).values(
-                        campaign_id=campaign_id,
-                        seed=row.seed,
-                        config_hash=row.config_hash,
-                        versions=package_versions(),
-                        started_at=_now(),
-                        **process_info(),
-                    )
-                ).inserted_primary_key[0]
+            return _inserted_id(
+                conn,
+                insert(runs).values(
+                    campaign_id=campaign_id,
+                    seed=row.seed,
+                    config_hash=row.config_hash,
+                    versions=package_versions(),
+                    started_at=_now(),
+                    **process_info(),
+                ),
             )
 
     def set_stop_reason(self, campaign_id: int, reason: str | None) -> None:
@@ -322,17 +320,16 @@ class Ledger:
                             )
                         )
                     evaluation_ids.append(
-                        int(
-                            conn.execute(
-                                insert(evaluations).values(
-                                    campaign_id=campaign_id,
-                                    candidate_id=p.candidate.id,
-                                    cycle=cycle,
-                                    status="proposed",
-                                    run_id=run_id,
-                                    proposed_at=now,
-                                )
-                            ).inserted_primary_key[0]
+                        _inserted_id(
+                            conn,
+                            insert(evaluations).values(
+                                campaign_id=campaign_id,
+                                candidate_id=p.candidate.id,
+                                cycle=cycle,
+                                status="proposed",
+                                run_id=run_id,
+                                proposed_at=now,
+                            ),
                         )
                     )
                 conn.execute(
@@ -472,7 +469,7 @@ class Ledger:
                 .where(evaluations.c.campaign_id == campaign_id)
                 .group_by(evaluations.c.status)
             ).all()
-        counts = dict.fromkeys(STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         counts.update({status: int(n) for status, n in rows})
         return counts
 
@@ -489,6 +486,14 @@ class Ledger:
                 )
             ).one()
         return int(n), float(cost)
+
+
+def _inserted_id(conn: Connection, statement: Insert) -> int:
+    """Run a one-row INSERT; returns the new row's primary key."""
+    key = conn.execute(statement).inserted_primary_key
+    if key is None:  # only after an executemany, which the ledger never runs
+        raise LedgerError("the database returned no primary key for an insert")
+    return int(key[0])
 
 
 def _sqlite_path(url: str) -> Path | None:

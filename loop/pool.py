@@ -8,6 +8,7 @@ dataset-backed simulated lab (:mod:`oracles.simulated`), never with the pool.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,8 +66,7 @@ class CandidatePool:
         self.ids: list[str] = [c.id for c in self.candidates]
         self.index: dict[str, int] = {cid: i for i, cid in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
-            seen: set[str] = set()
-            repeated = sorted({c for c in self.ids if c in seen or seen.add(c)})
+            repeated = sorted(cid for cid, n in Counter(self.ids).items() if n > 1)
             raise SpaceError(f"duplicate candidate ids in pool: {repeated[:5]}")
         self._X: Tensor | None = None
 

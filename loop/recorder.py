@@ -31,12 +31,24 @@ class EvaluationRecorder:
     ``retry``.
     """
 
-    ledger: Ledger
-    id: int
-    run_id: int
     oracle: Oracle
     objectives: list[str]
     retry: RetryPolicy
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger the outcomes are committed to."""
+        raise NotImplementedError
+
+    @property
+    def id(self) -> int:
+        """The campaign's row in the ledger."""
+        raise NotImplementedError
+
+    @property
+    def run_id(self) -> int:
+        """This process's run of the campaign."""
+        raise NotImplementedError
 
     def dispatch(self, batch: Sequence[EvaluationRecord]) -> dict[Future[Result], EvaluationRecord]:
         """Hand the batch to the oracle; each evaluation is marked ``submitted`` (its own
@@ -94,7 +106,8 @@ class EvaluationRecorder:
                     due.append((time.monotonic() + delay, evaluation))
                     continue
                 try:
-                    outcomes.append(self.record(evaluation, future.result()))
+                    self.record(evaluation, future.result())
+                    outcomes.append(None)
                 except OracleSetupError as exc:
                     setup_error = setup_error or exc
                     outcomes.append(self.record_failure(evaluation, f"setup error: {exc}", retryable=False))
@@ -130,7 +143,6 @@ class EvaluationRecorder:
             )
         result.check(self.objectives)
         self.ledger.record_result(evaluation.id, result, self.run_id)
-        return None
 
     def record_failure(self, evaluation: EvaluationRecord, error: str, retryable: bool) -> str:
         """Commit a failed evaluation with its reason; returns the reason."""

@@ -342,7 +342,7 @@ class SearchSpace:
         params = []
         for p in self.parameters:
             kind = type(p).__name__.lower()
-            body = {"name": p.name, "type": kind, "unit": p.unit}
+            body: dict[str, Any] = {"name": p.name, "type": kind, "unit": p.unit}
             if isinstance(p, Categorical):
                 body["choices"] = list(p.choices)
             else:

@@ -187,7 +187,8 @@ class DFTRunner(Oracle):
         (folder / "job.json").write_text(json.dumps(job))
         from oracles.dft_job import run_job
 
-        process = self._context.Process(target=run_job, args=(str(folder),), daemon=True)
+        # typeshed's get_context answers BaseContext (no Process) for a union of start methods
+        process = self._context.Process(target=run_job, args=(str(folder),), daemon=True)  # type: ignore[attr-defined]
         start = time.perf_counter()
         process.start()
         process.join(self.wall_time_s)

@@ -90,12 +90,11 @@ class DatasetLab(Oracle):
         self.units = dict(outputs)
         self.mode, self.noise_sd, self.seed = mode, float(noise_sd), seed
         self._attempts = _Attempts()
-        self._rows: dict[str, np.ndarray] = {}
         values = table[list(outputs)].to_numpy(dtype=float)
+        replicates: dict[str, list[np.ndarray]] = {}
         for i, row in enumerate(table[space.names].to_dict("records")):
-            cid = space.candidate(row).id
-            self._rows.setdefault(cid, []).append(values[i])  # type: ignore[arg-type]
-        self._rows = {cid: np.asarray(rows) for cid, rows in self._rows.items()}
+            replicates.setdefault(space.candidate(row).id, []).append(values[i])
+        self._rows: dict[str, np.ndarray] = {cid: np.asarray(rows) for cid, rows in replicates.items()}
 
     @property
     def candidate_ids(self) -> list[str]:

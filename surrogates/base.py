@@ -9,7 +9,7 @@ finite pools are scored.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from botorch.models.model import Model
@@ -20,6 +20,16 @@ from loop.errors import AlloopError
 
 #: Candidates per chunk when a pool is scored: 4096 x n doubles stays small.
 DEFAULT_CHUNK_SIZE = 4096
+
+
+class _Moments(Protocol):
+    """A posterior with marginal moments."""
+
+    @property
+    def mean(self) -> Tensor: ...
+
+    @property
+    def variance(self) -> Tensor: ...
 
 
 class SurrogateError(AlloopError, RuntimeError):
@@ -56,7 +66,9 @@ class Surrogate(Model, ABC):
         """
         means, variances = [], []
         for start in range(0, X.shape[0], chunk_size):
-            posterior = self.posterior(X[start : start + chunk_size])
+            # botorch's Posterior base declares no moments; the posteriors of surrogates
+            # (GPyTorchPosterior, EnsemblePosterior) all have them
+            posterior = cast(_Moments, self.posterior(X[start : start + chunk_size]))
             means.append(posterior.mean)
             variances.append(posterior.variance.clamp_min(0.0))
         return torch.cat(means), torch.cat(variances)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
+from botorch.models.model import Model
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
@@ -105,16 +106,19 @@ class GPSurrogate(Surrogate, SamplesPaths):
         return self
 
     def _covar_module(self, d: int, batch_shape: torch.Size) -> torch.nn.Module:
+        covar: torch.nn.Module  # gpytorch's constructors are untyped
         if self.lengthscale_prior:
-            return get_covar_module_with_dim_scaled_prior(
+            covar = get_covar_module_with_dim_scaled_prior(
                 ard_num_dims=d, batch_shape=batch_shape, use_rbf_kernel=self.kernel == "rbf"
             )
-        base = (
-            RBFKernel(ard_num_dims=d, batch_shape=batch_shape)
-            if self.kernel == "rbf"
-            else MaternKernel(nu=2.5, ard_num_dims=d, batch_shape=batch_shape)
-        )
-        return ScaleKernel(base, batch_shape=batch_shape)
+        else:
+            base = (
+                RBFKernel(ard_num_dims=d, batch_shape=batch_shape)
+                if self.kernel == "rbf"
+                else MaternKernel(nu=2.5, ard_num_dims=d, batch_shape=batch_shape)
+            )
+            covar = ScaleKernel(base, batch_shape=batch_shape)
+        return covar
 
     # --- the BoTorch Model interface, delegated to the fitted GP ---------------------------
 
@@ -135,10 +139,10 @@ class GPSurrogate(Surrogate, SamplesPaths):
     def posterior(self, X: Tensor, *args: Any, **kwargs: Any) -> Posterior:
         return self.fitted.posterior(X, *args, **kwargs)
 
-    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> SingleTaskGP:
+    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> Model:
         return self.fitted.condition_on_observations(X, Y, **kwargs)
 
-    def subset_output(self, idcs: list[int]) -> SingleTaskGP:
+    def subset_output(self, idcs: list[int]) -> Model:
         return self.fitted.subset_output(idcs)
 
     @torch.no_grad()

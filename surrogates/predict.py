@@ -35,11 +35,13 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, replace
+from typing import cast
 
 import gpytorch
 import torch
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
+from gpytorch.models.exact_prediction_strategies import DefaultPredictionStrategy
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 from torch.nn import Module
@@ -304,12 +306,15 @@ def _love_cache(model: SingleTaskGP, rank: int) -> _TrainingCache:
         gpytorch.settings.max_root_decomposition_size(rank),
         gpytorch.settings.skip_posterior_variances(False),
     ):
-        model.prediction_strategy = None  # a fresh cache under these settings...
+        # A fresh cache under these settings, that later exact posteriors must not reuse. gpytorch does
+        # not declare ExactGP.prediction_strategy, so torch's Module types it as Tensor | Module.
+        model.prediction_strategy = None  # type: ignore[assignment]
         try:
             model(train_X[..., :1, :])
-            covar_cache = model.prediction_strategy.covar_cache  # b x n x k, C C^T ≈ (K + S)^-1
+            strategy = cast(DefaultPredictionStrategy, model.prediction_strategy)
+            covar_cache = strategy.covar_cache  # b x n x k, C C^T ≈ (K + S)^-1
         finally:
-            model.prediction_strategy = None  # ...that later exact posteriors must not reuse
+            model.prediction_strategy = None  # type: ignore[assignment]
     root = covar_cache.to_dense().transpose(-1, -2)
     return _TrainingCache(model.covar_module, train_X, alpha, root, lower_triangular=False)
 

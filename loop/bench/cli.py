@@ -6,13 +6,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from loop.bench import metrics
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 app = typer.Typer(
     help="Benchmark active-learning campaigns on pooled data sets.",
@@ -167,6 +171,7 @@ def pool_command(
         on_campaign=progress(acquisition),
     )
     summary = dict(ours.summary)
+    curves: list[tuple[str, NDArray[np.float64], NDArray[np.float64] | None, NDArray[np.float64] | None]]
     curves = [(f"ours ({acquisition})", ours.median, ours.low, ours.high)]
     n_random = campaigns if random_campaigns is None else random_campaigns
     if n_random:
@@ -344,12 +349,17 @@ def otf_command(
         _print_otf_seeds(result["summary"], config)
         return
     table = Table(title=f"on-the-fly training: {config}")
-    columns = ("variant", "oracle calls", "oracle/steps", "force RMSE eV/Å", "in the run")
+    columns: tuple[str, ...] = ("variant", "oracle calls", "oracle/steps", "force RMSE eV/Å", "in the run")
     columns += ("energy MAE eV/atom",)
     for column in (*columns, "miss rate", "RDF diff", "wall s"):
         table.add_column(column, justify="right")
     for name, v in result["variants"].items():
-        keys = ("oracle_calls", "oracle_step_fraction", "force_rmse_ev_per_a", "in_run_force_rmse_ev_per_a")
+        keys: tuple[str, ...] = (
+            "oracle_calls",
+            "oracle_step_fraction",
+            "force_rmse_ev_per_a",
+            "in_run_force_rmse_ev_per_a",
+        )
         keys += ("energy_mae_ev_per_atom", "miss_rate", "rdf_difference", "wall_s")
         table.add_row(name, *(_fmt(v.get(k)) for k in keys))
     Console().print(table)
@@ -360,7 +370,12 @@ def otf_command(
 def _print_otf_seeds(summary: dict[str, Any], config: Path) -> None:
     """Means (± standard deviation) over the runs of `alloop bench otf --seeds N`."""
     table = Table(title=f"on-the-fly training: {config}, {summary['runs']} seeds (mean ± sd)")
-    keys = ("oracle_calls", "force_rmse_ev_per_a", "in_run_force_rmse_ev_per_a", "energy_mae_ev_per_atom")
+    keys: tuple[str, ...] = (
+        "oracle_calls",
+        "force_rmse_ev_per_a",
+        "in_run_force_rmse_ev_per_a",
+        "energy_mae_ev_per_atom",
+    )
     keys += ("miss_rate", "rdf_difference")
     for column in ("variant", *keys):
         table.add_column(column, justify="right")

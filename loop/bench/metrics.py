@@ -246,7 +246,8 @@ def fold_averaged_curves(top_pct: ArrayLike, seeds: Sequence[int]) -> NDArray[np
     """
     curves = _as_matrix(top_pct, "top_pct")
     folds = np.asarray(fold_indices(seeds, curves.shape[0]), dtype=np.int64)
-    return curves[folds].mean(axis=1)
+    averaged: NDArray[np.float64] = curves[folds].mean(axis=1)
+    return averaged
 
 
 def median_band(
@@ -289,7 +290,7 @@ def round_to_grid(curve: ArrayLike) -> NDArray[np.float64]:
     Returns:
         ``n_experiments``-dim rounded curve.
     """
-    return grid_levels(curve) * GRID_STEP
+    return grid_levels(curve).astype(np.float64) * GRID_STEP
 
 
 def enhancement_factor(median: ArrayLike, pool_size: int) -> NDArray[np.float64]:
@@ -363,7 +364,7 @@ def experiments_to_reach(curve: ArrayLike, level: float) -> int | None:
 
 
 def summarize(
-    topcount: ArrayLike | Sequence[ArrayLike],
+    topcount: NDArray[Any] | Sequence[ArrayLike],
     pool_size: int,
     seeds: Sequence[int],
     good_count: int | None = None,
@@ -473,7 +474,7 @@ def _first_from(levels: NDArray[np.int64], level: int, start: int) -> int | None
 
 
 def _as_count_matrix(
-    topcount: ArrayLike | Sequence[ArrayLike], good_count: int, pool_size: int
+    topcount: NDArray[Any] | Sequence[ArrayLike], good_count: int, pool_size: int
 ) -> NDArray[np.int64]:
     """Top-count input as an ``n_campaigns x n_experiments`` matrix.
 
@@ -481,7 +482,7 @@ def _as_count_matrix(
     pool found all good designs (the reference protocol runs until the pool is exhausted), else to the longest
     row, which fails for an unfinished short row.
     """
-    rows = [np.asarray(r) for r in (topcount if not isinstance(topcount, np.ndarray) else list(topcount))]
+    rows = [np.asarray(r) for r in topcount]
     if isinstance(topcount, np.ndarray) and topcount.ndim != 2:
         raise ValueError(
             f"topcount must be an n_campaigns x n_experiments matrix, got shape {topcount.shape}"

@@ -89,7 +89,8 @@ def run_prefect_overhead(
 
     @flow(name="prefect-overhead-tasks", persist_result=False)
     def submit_tasks() -> None:
-        with ThreadPoolTaskRunner(max_workers=1) as runner:
+        task_runner: ThreadPoolTaskRunner[dict[str, Any]] = ThreadPoolTaskRunner(max_workers=1)
+        with task_runner as runner:
             futures = [
                 runner.submit(evaluate_candidate, {"candidate": c, "oracle": quote(work["oracle"])})
                 for c in work["batch"]

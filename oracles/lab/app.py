@@ -331,8 +331,8 @@ def create_app(
         # the offending input is echoed back, made JSON-safe (NaN and infinities as text)
         return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
-    app.add_middleware(FaultInjection, lab=lab)  # type: ignore[arg-type]
-    app.add_middleware(Guard, token=token, max_body_bytes=max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(FaultInjection, lab=lab)
+    app.add_middleware(Guard, token=token, max_body_bytes=max_body_bytes)
     return app
 
 

@@ -57,17 +57,26 @@ class Program:
         """A pydantic model of the parameters: bounds, integer-ness, choices, no extras."""
         fields: dict[str, Any] = {}
         for p in self.parameters:
-            described = {"description": p.unit and f"unit: {p.unit}"} if p.unit else {}
+            description = f"unit: {p.unit}" if p.unit else None
             if p.type == "string":
-                fields[p.name] = (Literal[tuple(p.choices)], Field(..., **described))  # type: ignore[misc]
+                fields[p.name] = (Literal[tuple(p.choices)], Field(..., description=description))
             elif p.type == "integer":
-                fields[p.name] = (int, Field(..., ge=p.minimum, le=p.maximum, **described))
+                fields[p.name] = (
+                    int,
+                    Field(..., ge=p.minimum, le=p.maximum, description=description),
+                )
             else:
                 fields[p.name] = (
                     float,
-                    Field(..., ge=p.minimum, le=p.maximum, allow_inf_nan=False, **described),
+                    Field(
+                        ...,
+                        ge=p.minimum,
+                        le=p.maximum,
+                        allow_inf_nan=False,
+                        description=description,
+                    ),
                 )
-        return create_model(  # type: ignore[call-overload, no-any-return]
+        return create_model(
             f"{self.name}_parameters",
             __config__=ConfigDict(extra="forbid", strict=False),
             **fields,

@@ -4,6 +4,7 @@ the campaign file, and never logged."""
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 from oracles.errors import OracleSetupError
 
@@ -21,7 +22,9 @@ def resolve_token(token_env: str = DEFAULT_TOKEN_ENV, token_secret_block: str | 
         try:
             from prefect.blocks.system import Secret
 
-            value = Secret.load(token_secret_block).get()
+            # prefect's async_dispatch types load() as Self | Coroutine; called from sync code it is Self
+            secret = cast("Secret[Any]", Secret.load(token_secret_block))
+            value = secret.get()
         except Exception as exc:
             raise OracleSetupError(
                 f"cannot load the lab token from Prefect Secret block {token_secret_block!r}: "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
@@ -21,7 +21,8 @@ class CommitteeCalculator(Calculator):
     predictions.
     """
 
-    implemented_properties: ClassVar[list[str]] = [
+    # ASE's Calculator declares it as an instance attribute, so no ClassVar here
+    implemented_properties: list[str] = [  # noqa: RUF012
         "energy",
         "free_energy",
         "forces",
@@ -42,6 +43,8 @@ class CommitteeCalculator(Calculator):
         system_changes: Sequence[str] = tuple(all_changes),
     ) -> None:
         super().calculate(atoms, properties, system_changes)
+        if self.atoms is None:
+            raise ValueError("the committee calculator was asked without atoms")
         prediction = self.committee.predict(self.atoms)
         energy = float(prediction.energy.mean())
         self.results = {
