@@ -216,7 +216,7 @@ class AcquisitionSection(_Strict):
     @model_serializer(mode="wrap")
     def _omit_unset_within(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # Campaigns written before 'within_mev' existed keep their configuration hash.
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         if data.get("within_mev") is None:
             data.pop("within_mev", None)
         return data

@@ -182,7 +182,8 @@ class AnalyticHullAcquisition(AnalyticAcquisitionFunction):
         super().__init__(model=model)
         self.kind, self.hull, self.within_ev, self.beta = kind, hull, within_ev, beta
 
-    @t_batch_mode_transform(expected_q=1)
+    # botorch types the decorated method as taking the base class, which no subclass's method is.
+    @t_batch_mode_transform(expected_q=1)  # type: ignore[arg-type]
     def forward(self, X: Tensor) -> Tensor:
         """``batch_shape x 1 x d`` candidates → ``batch_shape`` values."""
         mean, sigma = self._mean_and_sigma(X)

@@ -51,7 +51,7 @@ _BUILDERS: dict[str, Callable[[], Structure]] = {
     "B1": lambda: _from_spacegroup(
         "Fm-3m", Lattice.cubic(1), [("Xa", (0, 0, 0)), ("Xb", (1 / 2, 1 / 2, 1 / 2))]
     ),
-    "B2": lambda: Structure(Lattice.cubic(1.0), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "B2": lambda: Structure(Lattice.cubic(1.0), ["Xa", "Xb"], [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]),
     "B3": lambda: _from_spacegroup(
         "F-43m", Lattice.cubic(1), [("Xa", (0, 0, 0)), ("Xb", (1 / 4, 1 / 4, 1 / 4))]
     ),
@@ -87,12 +87,18 @@ _BUILDERS: dict[str, Callable[[], Structure]] = {
         Lattice.tetragonal(1, 2),
         [("Xb", (0, 0, 0)), ("Xa", (0, 0, 1 / 2)), ("Xa", (0, 1 / 2, 1 / 4))],
     ),
-    "L1_0": lambda: Structure(Lattice.tetragonal(2**-0.5, 1.0), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "L1_0": lambda: Structure(
+        Lattice.tetragonal(2**-0.5, 1.0), ["Xa", "Xb"], [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]
+    ),
     "L1_1": lambda: Structure(
-        Lattice([[1, 0.5, 0.5], [0.5, 1, 0.5], [0.5, 0.5, 1]]), ["Xa", "Xb"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        Lattice([[1, 0.5, 0.5], [0.5, 1, 0.5], [0.5, 0.5, 1]]),
+        ["Xa", "Xb"],
+        [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]],
     ),
     "L1_2": lambda: Structure(
-        Lattice.cubic(1.0), ["Xa", "Xa", "Xa", "Xb"], [[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5], [0, 0, 0]]
+        Lattice.cubic(1.0),
+        ["Xa", "Xa", "Xa", "Xb"],
+        [[0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5], [0.0, 0.0, 0.0]],
     ),
     # Heusler Cu2MnAl: Xa on 8c, Xb and Xc on 4a and 4b.
     "L2_1": lambda: _from_spacegroup(

@@ -191,7 +191,7 @@ class OTFRun:
                     walker.called(tripped.step)
                     return Pause(name, tripped.step, "uncertain", tripped.atoms, there)
                 continue
-            prediction: CommitteePrediction = walker.atoms.calc.results["committee"]  # type: ignore[union-attr]
+            prediction: CommitteePrediction = walker.atoms.calc.results["committee"]
             walker.consider(prediction, self.settings.min_steps_between_calls)
             with self._lock:
                 self.progress.md_steps += 1

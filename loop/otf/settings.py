@@ -23,7 +23,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, dataclass_transform
 
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -40,6 +40,7 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 """A finite float above 0."""
 
 
+@dataclass_transform(frozen_default=True)  # type checkers see the sections as frozen dataclasses
 def section(prefix: str) -> Callable[[type[T]], type[T]]:
     """Make ``cls`` a frozen pydantic dataclass that forbids unknown keys, and whose construction
     in Python raises one :class:`ConfigError` naming the key (``<prefix>.<key>: ...``).
@@ -60,7 +61,7 @@ def section(prefix: str) -> Callable[[type[T]], type[T]]:
                 raise ConfigError(describe_validation_error(exc, prefix)) from None
 
         validated.__init__ = construct
-        return validated  # type: ignore[no-any-return]
+        return validated
 
     return decorate
 
@@ -296,7 +297,7 @@ def parse_otf_config(
     """
     try:
         layout = validate_section(_OTFFile, data)
-        own = {f.name for f in dataclasses.fields(CommitteeSection)}  # type: ignore[arg-type]
+        own = {f.name for f in dataclasses.fields(CommitteeSection)}
         committee = CommitteeSection(**{k: v for k, v in layout.committee.items() if k in own})
         try:
             mace = _MACE_KEYS.validate_python({k: v for k, v in layout.committee.items() if k not in own})

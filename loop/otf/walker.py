@@ -202,7 +202,7 @@ class Walker:
 
     def refresh(self) -> None:
         """Forget cached results (the calculator's model changed)."""
-        self.atoms.calc.reset()  # type: ignore[union-attr]
+        self.atoms.calc.reset()
 
     def consider(self, prediction: CommitteePrediction, min_gap: int) -> None:
         """Keep the current frame if the committee is less sure of it than of any since the last call.

@@ -266,7 +266,12 @@ def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     if not runs:
         raise ValueError("no runs to summarize")
-    keys = ("oracle_calls", "oracle_step_fraction", "force_rmse_ev_per_a", "energy_mae_ev_per_atom")
+    keys: tuple[str, ...] = (
+        "oracle_calls",
+        "oracle_step_fraction",
+        "force_rmse_ev_per_a",
+        "energy_mae_ev_per_atom",
+    )
     keys += ("in_run_force_rmse_ev_per_a", "miss_rate", "rdf_difference", "wall_s")
     variants: dict[str, dict[str, Any]] = {}
     for name in VARIANTS:
@@ -310,7 +315,9 @@ def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     def beats(name: str, in_run: bool) -> bool | None:
         c = comparisons.get(name)
-        difference = None if c is None else c[f"{'in_run_' if in_run else ''}mean_rmse_difference_ev_per_a"]
+        if c is None:
+            return None
+        difference = c[f"{'in_run_' if in_run else ''}mean_rmse_difference_ev_per_a"]
         return None if difference is None else bool(difference < 0 and c["never_more_calls"])
 
     return {

@@ -92,12 +92,12 @@ class Trajectory:
             held_out = Frame.from_atoms(frame, atoms.get_potential_energy(), atoms.get_forces(), id=key)
             records.held_out.append(held_out)
         if key in self.reference:
-            records.in_run.append(frame_errors(atoms.calc.committee, self.reference[key]))  # type: ignore[union-attr]
+            records.in_run.append(frame_errors(atoms.calc.committee, self.reference[key]))
         if self.check and step % CHECK_EVERY == 0:
             checked = frame.copy()
             checked.calc = self.calculator()
             predicted, true = atoms.get_forces(), checked.get_forces()
-            u = atoms.calc.results["committee"].uncertainty  # type: ignore[union-attr]
+            u = atoms.calc.results["committee"].uncertainty
             largest = float(np.linalg.norm(predicted - true, axis=1).max())
             records.checks.append(
                 MissCheck(walker.spec.name, step, force_error(predicted, true), float(u), largest)
