@@ -29,7 +29,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
@@ -177,11 +177,15 @@ def round_rows(reports: Sequence[RoundReport]) -> list[dict[str, Any]]:
 
 def publish_round(name: str, reports: Sequence[RoundReport]) -> UUID:
     """The table of this flow run's rounds so far (the latest version holds them all)."""
-    return create_table_artifact(
-        round_rows(reports),
-        key=artifact_key(name, "round"),
-        description=f"On-the-fly run {name}, round {reports[-1].round}: every round of this flow run "
-        "(validation force MAE: the committee on each round's new frames before it learnt them).",
+    # prefect's async_dispatch types the result as R | Coroutine; called from sync code it is R
+    return cast(
+        UUID,
+        create_table_artifact(
+            round_rows(reports),
+            key=artifact_key(name, "round"),
+            description=f"On-the-fly run {name}, round {reports[-1].round}: every round of this flow run "
+            "(validation force MAE: the committee on each round's new frames before it learnt them).",
+        ),
     )
 
 
@@ -225,10 +229,14 @@ def publish_summary(run: OTFRun, report: OTFReport, reports: Sequence[RoundRepor
         f"{e.params.get('walker')} step {e.params.get('step')}: {_first_line(e.error)[:200]}"
         for e in run.ledger.evaluations(run.id, ["failed"])
     ]
-    return create_markdown_artifact(
-        summary_markdown(report, reports, failures),
-        key=artifact_key(run.name, "report"),
-        description=f"On-the-fly run {run.name}: summary at the end of a flow run.",
+    # prefect's async_dispatch types the result as R | Coroutine; called from sync code it is R
+    return cast(
+        UUID,
+        create_markdown_artifact(
+            summary_markdown(report, reports, failures),
+            key=artifact_key(run.name, "report"),
+            description=f"On-the-fly run {run.name}: summary at the end of a flow run.",
+        ),
     )
 
 
@@ -302,7 +310,10 @@ def _walk(run: OTFRun, retries: int, retry_delay_s: float, logger: Logger) -> OT
                 failed.step,
                 _first_line(failed.failure),
             )
-        report = retrain.with_options(task_run_name=f"retrain-{tag()}")(quote(run), quote(labels), started)
+        # quote() wraps the arguments so prefect passes them through unhashed; its stubs do not know it
+        report = retrain.with_options(task_run_name=f"retrain-{tag()}")(  # type: ignore[call-overload]
+            quote(run), quote(labels), started
+        )
         reports.append(report)
         publish_round(run.name, reports)
         mae = report.validation_force_mae
@@ -320,10 +331,9 @@ def _walk(run: OTFRun, retries: int, retry_delay_s: float, logger: Logger) -> OT
 
     if run.resumed_from is not None:
         logger.info("%s: resumed from its checkpoint at steps %s", run.name, run.resumed_from)
-    with (
-        ThreadPoolTaskRunner(max_workers=max(1, run.oracle.capacity)) as oracle_runner,
-        ThreadPoolTaskRunner(max_workers=len(run.walkers)) as walker_runner,
-    ):
+    oracle_pool: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=max(1, run.oracle.capacity))
+    walker_pool: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=len(run.walkers))
+    with oracle_pool as oracle_runner, walker_pool as walker_runner:
         run.oracle = TaskOracle(run.oracle, oracle_runner, retries, retry_delay_s, tag)
         if not run.committee.fitted:
             started = time.perf_counter()

@@ -150,7 +150,7 @@ class Acquisition:
         if self.kind in HULL_KINDS:
             assert self.hull is not None
             return hull_acquisition(
-                self.kind,  # type: ignore[arg-type]
+                self.kind,
                 model,
                 self.current_hull(X_baseline, Y_baseline),
                 within_ev=self.hull.within_ev,
@@ -213,8 +213,8 @@ class Acquisition:
         if q == 0:
             return []
         if self.kind == "random":
-            rows = np.random.default_rng(seed).choice(choices.shape[0], size=q, replace=False)
-            return [Pick(choices[i], math.nan, int(i)) for i in rows]
+            drawn = np.random.default_rng(seed).choice(choices.shape[0], size=q, replace=False)
+            return [Pick(choices[i], math.nan, int(i)) for i in drawn]
         if self.kind == "thompson":
             return self._thompson(model, choices, q, seed)
         if self.hull is not None:
@@ -242,7 +242,7 @@ class Acquisition:
             hull = self.current_hull(X_baseline, Y_baseline)
             std = variance[:, 0].clamp_min(0).sqrt()
             return hull_scores(
-                self.kind,  # type: ignore[arg-type]
+                self.kind,
                 mean[:, 0],
                 std,
                 hull(choices),
@@ -304,8 +304,8 @@ class Acquisition:
             best: Pick | None = None
             for fixed in _category_combinations(space, seed) or [{}]:
                 starts = raw.clone()
-                for column, value in fixed.items():
-                    starts[:, column] = value
+                for column, level in fixed.items():
+                    starts[:, column] = level
                 with torch.no_grad():
                     start_values = acqf(starts.unsqueeze(-2))
                 initial, _ = initialize_q_batch(starts.unsqueeze(-2), start_values, n=self.num_restarts)
@@ -320,6 +320,7 @@ class Acquisition:
                     equality_constraints=equality or None,
                     options={"maxiter": self.max_iterations},
                 )
+                assert value is not None  # the acquisition values come back with the best candidates
                 if best is None or float(value) > best.value:
                     best = Pick(X.detach()[0], float(value))
             assert best is not None

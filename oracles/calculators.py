@@ -19,7 +19,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,9 +123,11 @@ def make_calculator(spec: CalculatorSpec, directory: str | Path) -> BaseCalculat
     return calculator
 
 
-def _construct(cls: type, kwargs: dict[str, Any], name: str) -> BaseCalculator:
+def _construct(cls: Callable[..., Any], kwargs: dict[str, Any], name: str) -> BaseCalculator:
+    # a class or a factory: GPAW's is a function that returns its new or its legacy calculator
     try:
-        return cls(**kwargs)
+        calculator: BaseCalculator = cls(**kwargs)
+        return calculator
     except TypeError as exc:
         raise OracleSetupError(
             f"calculator {name!r} rejects its keyword arguments {sorted(kwargs)}: {exc}"
