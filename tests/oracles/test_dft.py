@@ -80,19 +80,20 @@ def test_relaxation_with_cell_returns_energy_forces_stress_structure_and_traject
     assert result.candidate_id == candidate.id
     assert set(result.measurements) == {"energy_per_atom", "formation_energy_per_atom"}
     assert result.measurements["formation_energy_per_atom"].unit == "eV/atom"
-    meta = result.metadata
-    forces = np.array(meta["forces_ev_per_a"])
-    assert forces.shape == (2, 3) and np.abs(forces).max() < 0.01
-    assert len(meta["stress_ev_per_a3"]) == 6 and np.abs(meta["stress_ev_per_a3"]).max() < 0.01
-    relaxed = np.array(meta["structure"]["cell"])
-    assert not np.allclose(relaxed, np.array(meta["initial_structure"]["cell"]))  # the cell moved
+    meta, frame = result.metadata, result.frame
+    assert frame is not None and frame.id == candidate.id
+    assert frame.forces.shape == (2, 3) and np.abs(frame.forces).max() < 0.01
+    assert frame.stress is not None and frame.stress.shape == (6,) and np.abs(frame.stress).max() < 0.01
+    assert not frame.forces.flags.writeable and not frame.stress.flags.writeable
+    assert not {"structure", "energy_ev", "forces_ev_per_a", "stress_ev_per_a3"} & set(meta)
+    assert not np.allclose(frame.cell, np.array(meta["initial_structure"]["cell"]))  # the cell moved
     folder = Path(meta["workdir"])
     assert folder.parent == tmp_path / "runs" and folder.name == candidate.id
     assert {"job.json", "result.json", "relax.traj"} <= {p.name for p in folder.iterdir()}
     assert meta["n_steps"] > 0
     # Formation energy is against the elements computed with the same settings, cached once.
     refs = json.loads(next((tmp_path / "runs").glob("references-*.json")).read_text())
-    expected = (meta["energy_ev"] - refs["Cu"] - refs["Au"]) / 2
+    expected = (frame.energy - refs["Cu"] - refs["Au"]) / 2
     assert result.measurements["formation_energy_per_atom"].value == pytest.approx(expected)
 
 
@@ -100,7 +101,8 @@ def test_single_point_leaves_the_structure_alone(tmp_path: Path) -> None:
     oracle = runner(tmp_path, mode="single_point")
     result = oracle.evaluate(l10_cuau())
     assert result.metadata["n_steps"] == 0
-    assert result.metadata["structure"]["positions"] == result.metadata["initial_structure"]["positions"]
+    assert result.frame is not None
+    assert result.frame.positions.tolist() == result.metadata["initial_structure"]["positions"]
 
 
 def test_pure_element_has_zero_formation_energy(tmp_path: Path) -> None:
@@ -241,7 +243,8 @@ def test_gpaw_relaxes_fcc_aluminium_to_the_experimental_lattice_constant(tmp_pat
     )
     structure = Structure.from_ase_atoms(bulk("Al", "fcc", a=4.2))
     result = oracle.evaluate(Candidate(structure_to_params(structure)))
-    volume = abs(np.linalg.det(np.array(result.metadata["structure"]["cell"])))
+    assert result.frame is not None
+    volume = abs(np.linalg.det(result.frame.cell))
     a = (4 * volume) ** (1 / 3)
     assert a == pytest.approx(4.05, rel=0.02)
     assert result.measurements["formation_energy_per_atom"].value == pytest.approx(0.0, abs=2e-3)
