@@ -20,10 +20,11 @@ from loop.candidate import Candidate
 from loop.config import parse_config
 from loop.errors import ConfigError
 from loop.structure_codec import structure_to_params
+from oracles.base import Result
 from oracles.calculators import CalculatorSpec
 from oracles.dft import DFTRunner, oracle_from_config
 from oracles.dft_job import JobSettings, execute
-from oracles.errors import EvaluationFailed, EvaluationTimeout, OracleSetupError
+from oracles.errors import EvaluationFailed, EvaluationTimeout, InvalidResult, OracleSetupError
 
 
 class SlowEMT(EMT):
@@ -49,6 +50,15 @@ class NaNEMT(EMT):
     def calculate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         super().calculate(*args, **kwargs)
         self.results["energy"] = float("nan")
+
+
+class NaNStressEMT(EMT):
+    """EMT whose stress comes out NaN (energy and forces are fine)."""
+
+    def calculate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().calculate(*args, **kwargs)
+        if "stress" in self.results:
+            self.results["stress"] = np.full(6, np.nan)
 
 
 def here(cls: type) -> str:
@@ -95,6 +105,8 @@ def test_relaxation_with_cell_returns_energy_forces_stress_structure_and_traject
     refs = json.loads(next((tmp_path / "runs").glob("references-*.json")).read_text())
     expected = (frame.energy - refs["Cu"] - refs["Au"]) / 2
     assert result.measurements["formation_energy_per_atom"].value == pytest.approx(expected)
+    # The typed result travels as JSON (to and from workers) and comes back equal.
+    assert Result.from_dict(json.loads(json.dumps(result.as_dict(), allow_nan=False))) == result
 
 
 def test_single_point_leaves_the_structure_alone(tmp_path: Path) -> None:
@@ -175,6 +187,13 @@ def test_non_finite_energy_is_an_exploded_geometry() -> None:
     outcome = execute(bulk("Cu"), JobSettings(CalculatorSpec(here(NaNEMT)), mode="single_point"))
     assert outcome["status"] == "exploded"
     assert "not finite" in outcome["message"]
+
+
+def test_non_finite_stress_is_an_invalid_result(tmp_path: Path) -> None:
+    oracle = runner(tmp_path, calculator=CalculatorSpec(here(NaNStressEMT)), mode="single_point")
+    with pytest.raises(InvalidResult, match=r"a label \(energy, forces or stress\) is not finite") as info:
+        oracle.evaluate(l10_cuau())
+    assert info.value.retryable is False
 
 
 def test_missing_code_and_bad_parameters_are_setup_errors(tmp_path: Path) -> None:
