@@ -41,7 +41,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from flows.artifacts import artifact_key
-from flows.tasks import OracleFailure, evaluate_candidate, unpack_result
+from flows.tasks import OracleFailure, evaluate_candidate
 from loop.candidate import Candidate
 from loop.errors import DuplicateCandidateError
 from loop.lease import CampaignLease
@@ -120,7 +120,7 @@ def _settled(future: PrefectFuture[dict[str, Any]]) -> Future[Result]:
 
     def settle(done: PrefectFuture[dict[str, Any]]) -> None:
         try:
-            outcome.set_result(unpack_result(done.result()))
+            outcome.set_result(Result.from_dict(done.result()))
         except OracleFailure as failure:
             outcome.set_exception(failure.original())
         except BaseException as exc:  # whatever the task raised reaches label(), as in the plain loop

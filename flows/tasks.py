@@ -38,7 +38,7 @@ from loop.candidate import Candidate
 from loop.config import CampaignConfig
 from loop.ledger import EvaluationRecord
 from loop.retry import RetryPolicy
-from oracles.base import Measurement, Oracle, Result
+from oracles.base import Oracle, Result
 from oracles.errors import OracleError
 from surrogates.base import Surrogate
 
@@ -81,26 +81,6 @@ class OracleFailure(Exception):
 
     def __str__(self) -> str:
         return f"{self.kind.rpartition(':')[2]}: {self.message}"
-
-
-def pack_result(result: Result) -> dict[str, Any]:
-    """A :class:`Result` as plain, picklable data."""
-    return {
-        "candidate_id": result.candidate_id,
-        "measurements": {n: (m.value, m.uncertainty, m.unit) for n, m in result.measurements.items()},
-        "cost": result.cost,
-        "metadata": dict(result.metadata),
-    }
-
-
-def unpack_result(data: Mapping[str, Any]) -> Result:
-    """The :class:`Result` that :func:`pack_result` packed."""
-    return Result(
-        data["candidate_id"],
-        {n: Measurement(*m) for n, m in data["measurements"].items()},
-        cost=data["cost"],
-        metadata=data["metadata"],
-    )
 
 
 _worker_oracles: dict[str, Oracle] = {}
@@ -156,7 +136,7 @@ def propose_batch(
 def evaluate_candidate(
     candidate: Candidate, oracle: Oracle | OracleSpec, retry: RetryPolicy | None = None
 ) -> dict[str, Any]:
-    """Measure one candidate; returns the packed :class:`Result`.
+    """Measure one candidate; returns the :class:`Result` as plain data (:meth:`Result.as_dict`).
 
     Retryable failures are tried again in the task as ``retry`` says, each logged as a
     warning with its attempt number (Prefect's own ``retries`` log every attempt as an error).
@@ -171,7 +151,7 @@ def evaluate_candidate(
     attempt = 1
     while True:
         try:
-            return pack_result(oracle.evaluate(candidate))
+            return oracle.evaluate(candidate).as_dict()
         except OracleError as exc:
             if not retry.should_retry(exc, attempt):
                 raise OracleFailure.wrap(exc) from None
@@ -189,7 +169,7 @@ def evaluate_candidate(
 
 def _settle(future: PrefectFuture[dict[str, Any]]) -> Result:
     try:
-        return unpack_result(future.result())
+        return Result.from_dict(future.result())
     except OracleFailure as failure:
         raise failure.original() from None
 

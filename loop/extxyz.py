@@ -1,9 +1,9 @@
 """Export labelled structures as extended XYZ, the format MLIP codes read directly.
 
-Each done evaluation whose metadata carries a final structure (the DFT runner's) becomes one
-labelled frame (:class:`loop.frame.Frame`): the relaxed cell and positions, ``energy`` (eV),
-``forces`` (eV/Å) and ``stress`` (eV/Å³) frozen on with ASE's ``SinglePointCalculator``, and in
-``info`` the candidate id, formula and the measured properties (``formation_energy_per_atom``...).
+Each done evaluation with a labelled frame (:class:`loop.frame.Frame`, the DFT runner's) becomes
+one structure: the relaxed cell and positions, ``energy`` (eV), ``forces`` (eV/Å) and ``stress``
+(eV/Å³) frozen on with ASE's ``SinglePointCalculator``, and in ``info`` the candidate id, formula
+and the measured properties (``formation_energy_per_atom``...).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from ase import Atoms
 
 from loop.errors import LedgerError
-from loop.frame import Frame
 from loop.ledger import Ledger
 
 
@@ -22,11 +21,12 @@ def labelled_structures(ledger: Ledger, campaign_name: str | None = None) -> lis
     campaign = ledger.campaign(campaign_name)
     frames = []
     for record in ledger.evaluations(int(campaign["id"]), ["done"]):
-        meta = record.metadata
-        if not meta.get("structure") or "energy_ev" not in meta:
+        if record.frame is None:
             continue
-        atoms = Frame.from_dict({**meta, "id": record.candidate_id}).atoms()
-        atoms.info.update({"candidate_id": record.candidate_id, "formula": meta.get("formula", "")})
+        atoms = record.frame.atoms()
+        atoms.info.update(
+            {"candidate_id": record.candidate_id, "formula": atoms.get_chemical_formula(mode="metal")}
+        )
         atoms.info.update({name: float(value) for name, value in record.values.items()})
         frames.append(atoms)
     return frames

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from loop.candidate import Candidate
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
+from loop.frame import Frame
 from loop.provenance import package_versions, process_info
 from loop.schema import campaigns, candidates, cycles, evaluations, prepare, results, runs
 from oracles.base import Result
@@ -67,7 +68,9 @@ class EvaluationRecord:
     values: Mapping[str, float] = field(default_factory=dict)
     uncertainties: Mapping[str, float | None] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    """What the oracle reported besides the values (relaxed structure, forces, raw data...)."""
+    """What the oracle reported besides the values (provenance, raw-data references...)."""
+    frame: Frame | None = None
+    """The labelled structure of the result (relaxed structure, energy, forces, stress), if any."""
 
     @property
     def candidate(self) -> Candidate:
@@ -369,6 +372,7 @@ class Ledger:
                 finished_at=now,
                 cost=result.cost,
                 metadata=dict(result.metadata),
+                frame=None if result.frame is None else result.frame.as_dict(),
             )
             conn.execute(
                 insert(results),
@@ -458,6 +462,7 @@ class Ledger:
                 values=values.get(r.id, {}),
                 uncertainties=uncertainties.get(r.id, {}),
                 metadata=r.metadata or {},
+                frame=None if r.frame is None else Frame.from_dict(r.frame),
             )
             for r in rows
         ]

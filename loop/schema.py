@@ -9,13 +9,16 @@ Tables (:mod:`loop.ledger` reads and writes them):
 * ``candidates`` — the candidates a campaign has proposed, with their parameters;
 * ``evaluations`` — one per (campaign, candidate); status moves
   ``proposed → submitted → done | failed`` and never back;
-* ``results`` — one row per measured property: value, uncertainty, unit;
+* ``results`` — one row per measured property: value, uncertainty, unit; the labelled
+  structure of a result (its :class:`~loop.frame.Frame`: energy, forces, stress) is in
+  ``evaluations.frame``, as :meth:`Frame.as_dict <loop.frame.Frame.as_dict>` gives it;
 * ``cycles`` — per cycle: surrogate summary, acquisition, what was chosen and why;
 * ``leases`` — who writes to a campaign now (:mod:`loop.lease`).
 
 Versions: 1 is the schema before the ``schema`` table (alloop up to commit 2317036); 2 adds
 ``schema``, ``leases`` (replacing ``flow_leases``) and ``campaigns.stop_reason`` /
-``stopped_at``. :func:`prepare` creates a new ledger or migrates an old one, in the caller's
+``stopped_at``; 3 adds ``evaluations.frame``, moving the labelled structures out of the
+metadata. :func:`prepare` creates a new ledger or migrates an old one, in the caller's
 transaction, keeping every row.
 """
 
@@ -41,13 +44,15 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection
 
 from loop.errors import LedgerError
+from loop.frame import Frame
 
 #: The version of the tables below; bump it with a migration in :data:`MIGRATIONS`.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata_obj = MetaData()
 
@@ -105,6 +110,7 @@ evaluations = Table(
     Column("submitted_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     Column("metadata", JSON),
+    Column("frame", JSON(none_as_null=True)),
     UniqueConstraint("campaign_id", "candidate_id", name="one_evaluation_per_candidate"),
 )
 
@@ -169,13 +175,38 @@ def _v1_to_v2(conn: Connection) -> None:
     conn.execute(text("DROP TABLE IF EXISTS flow_leases"))  # leases are renewed each minute
 
 
+def _v2_to_v3(conn: Connection) -> None:
+    """Add ``evaluations.frame`` and move each labelled structure (``structure``, ``energy_ev``,
+    ``forces_ev_per_a``, ``stress_ev_per_a3``: what the DFT runner wrote) out of the metadata
+    into it. A row whose keys do not make a valid frame keeps its metadata as it was."""
+    _add_column(conn, evaluations.c.frame)
+    keys = ("structure", "energy_ev", "forces_ev_per_a", "stress_ev_per_a3")
+    rows = conn.execute(
+        select(evaluations.c.id, evaluations.c.candidate_id, evaluations.c.metadata).where(
+            evaluations.c.metadata.is_not(None)
+        )
+    ).all()
+    for row in rows:
+        metadata = row.metadata
+        if not isinstance(metadata, dict) or not {"structure", "forces_ev_per_a"} <= set(metadata):
+            continue
+        try:
+            frame = Frame.from_dict({**metadata, "id": row.candidate_id})
+        except (ValueError, TypeError, KeyError):
+            continue
+        rest = {key: value for key, value in metadata.items() if key not in keys}
+        conn.execute(
+            update(evaluations).where(evaluations.c.id == row.id).values(metadata=rest, frame=frame.as_dict())
+        )
+
+
 def _add_column(conn: Connection, column: Column[Any]) -> None:
     kind = column.type.compile(dialect=conn.dialect)
     conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}"))
 
 
 #: ``MIGRATIONS[n]`` takes the tables from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def version(conn: Connection) -> int | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from loop.candidate import Candidate
 from loop.errors import DuplicateCandidateError
+from loop.frame import Frame
 from oracles.errors import InvalidResult
 
 
@@ -31,26 +32,92 @@ class Measurement:
     uncertainty: float | None = None
     unit: str = ""
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: ``value``, ``uncertainty`` (or ``None``) and ``unit``."""
+        return {"value": self.value, "uncertainty": self.uncertainty, "unit": self.unit}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Measurement:
+        """The inverse of :meth:`as_dict` (``uncertainty`` and ``unit`` may be left out).
+
+        Raises:
+            InvalidResult: ``value`` is missing.
+        """
+        if "value" not in values:
+            raise InvalidResult(f"a measurement needs a value; got keys {sorted(values)}")
+        return cls(values["value"], values.get("uncertainty"), values.get("unit", ""))
+
 
 @dataclass(frozen=True)
 class Result:
     """What an oracle returns for one candidate.
+
+    Scalar properties are :class:`Measurement` s; array-valued ones travel in ``frame``, as ASE's
+    results dict carries them beside the structure they belong to, never in ``metadata``.
 
     Args:
         candidate_id: The id of the candidate measured.
         measurements: Property name → :class:`Measurement`.
         cost: What the evaluation cost, in the campaign's cost unit.
         metadata: Free-form provenance (instrument, raw-data reference...), JSON-serialisable.
+        frame: The labelled structure an atomistic oracle computed, or ``None``: the final
+            (relaxed) structure with its total ``energy`` (eV), ``forces`` (``n x 3``, eV/Å)
+            and ``stress`` (``6``, Voigt ``xx yy zz yz xz xy``, eV/Å³, or ``None``), as
+            read-only arrays; its id is the candidate's. A :class:`~loop.frame.Frame` refuses
+            labels that are not finite.
+
+    Raises:
+        ValueError: ``frame`` belongs to another candidate.
     """
 
     candidate_id: str
     measurements: Mapping[str, Measurement]
     cost: float = 1.0
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    frame: Frame | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "measurements", MappingProxyType(dict(self.measurements)))
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+        if self.frame is not None and self.frame.id != self.candidate_id:
+            raise ValueError(f"result for {self.candidate_id} carries the frame of {self.frame.id}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: ``candidate_id``, ``measurements`` (name → :meth:`Measurement.as_dict`),
+        ``cost``, ``metadata`` and ``frame`` (:meth:`Frame.as_dict <loop.frame.Frame.as_dict>` or
+        ``None``)."""
+        return {
+            "candidate_id": self.candidate_id,
+            "measurements": {name: m.as_dict() for name, m in self.measurements.items()},
+            "cost": self.cost,
+            "metadata": dict(self.metadata),
+            "frame": None if self.frame is None else self.frame.as_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Result:
+        """The inverse of :meth:`as_dict` (``cost``, ``metadata`` and ``frame`` may be left out).
+
+        Raises:
+            InvalidResult: a key is missing, or the frame is malformed or not finite (NaN forces).
+        """
+        missing = [key for key in ("candidate_id", "measurements") if key not in values]
+        if missing:
+            raise InvalidResult(f"a result needs candidate_id and measurements; missing {', '.join(missing)}")
+        candidate_id = str(values["candidate_id"])
+        frame = values.get("frame")
+        try:
+            return cls(
+                candidate_id,
+                {name: Measurement.from_dict(m) for name, m in values["measurements"].items()},
+                cost=values.get("cost", 1.0),
+                metadata=values.get("metadata") or {},
+                frame=None if frame is None else Frame.from_dict({"id": candidate_id, **frame}),
+            )
+        except InvalidResult:
+            raise
+        except ValueError as exc:
+            raise InvalidResult(f"result for {candidate_id}: {exc}") from None
 
     def check(self, required: Sequence[str]) -> None:
         """Refuse results that must not reach a model.

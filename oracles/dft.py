@@ -15,9 +15,9 @@ started. Outcomes map onto :mod:`oracles.errors`:
 
 Results carry ``energy_per_atom`` and ``formation_energy_per_atom`` (eV/atom) against the
 elements in their reference crystals, computed once per calculator settings with the same
-calculator and settings, and cached in ``<workdir>/references-<settings>.json``. The
-metadata holds the final structure, forces (eV/Å), stress (eV/Å³), steps and the job folder,
-which :mod:`loop.extxyz` exports.
+calculator and settings, and cached in ``<workdir>/references-<settings>.json``. Their
+``frame`` is the final structure with its energy (eV), forces (eV/Å) and stress (eV/Å³), which
+:mod:`loop.extxyz` exports; the metadata holds provenance (steps, the job folder, settings).
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loop.candidate import Candidate
 from loop.errors import ConfigError, SpaceError, describe_validation_error
+from loop.frame import Frame, structure_as_dict, structure_from_dict
 from oracles.base import Measurement, Oracle, Result
 from oracles.calculators import CalculatorSpec, check_available
-from oracles.dft_job import JobSettings, atoms_from_dict, atoms_to_dict, min_distance
-from oracles.errors import EvaluationFailed, EvaluationTimeout, OracleSetupError
+from oracles.dft_job import JobSettings, min_distance
+from oracles.errors import EvaluationFailed, EvaluationTimeout, InvalidResult, OracleSetupError
 
 FAILURES = ("scf_not_converged", "relaxation_not_converged", "exploded", "calculator_error", "timeout")
 
@@ -102,17 +103,18 @@ class DFTRunner(Oracle):
         self.check_geometry(atoms, candidate.id)
         references = self.references(sorted(set(atoms.get_chemical_symbols())))
         outcome, folder = self.run(atoms, candidate.id)
-        energy = float(outcome["energy"])
-        n = len(atoms)
-        final = atoms_from_dict(outcome["atoms"])
+        final = structure_from_dict(outcome["atoms"])
+        try:
+            frame = Frame.from_atoms(
+                final, outcome["energy"], outcome["forces"], outcome["stress"], id=candidate.id
+            )
+        except ValueError as exc:
+            raise InvalidResult(f"job {candidate.id} (folder {folder}): {exc}") from None
+        energy, n = frame.energy, len(atoms)
         formation = (energy - sum(references[s] for s in final.get_chemical_symbols())) / n
         metadata = {
             "formula": final.get_chemical_formula(mode="metal"),
-            "energy_ev": energy,
-            "forces_ev_per_a": outcome["forces"],
-            "stress_ev_per_a3": outcome["stress"],
-            "structure": outcome["atoms"],
-            "initial_structure": atoms_to_dict(atoms),
+            "initial_structure": structure_as_dict(atoms),
             "n_steps": outcome["n_steps"],
             "workdir": str(folder),
             "trajectory": outcome.get("trajectory"),
@@ -128,6 +130,7 @@ class DFTRunner(Oracle):
                 "formation_energy_per_atom": Measurement(formation, None, "eV/atom"),
             },
             metadata=metadata,
+            frame=frame,
         )
 
     # --- pieces ---------------------------------------------------------------------------------
@@ -183,7 +186,7 @@ class DFTRunner(Oracle):
             EvaluationFailed: the job failed (SCF, relaxation, exploded, calculator error).
         """
         folder = self._new_folder(name)
-        job = {"atoms": atoms_to_dict(atoms), "settings": self.settings.as_dict()}
+        job = {"atoms": structure_as_dict(atoms), "settings": self.settings.as_dict()}
         (folder / "job.json").write_text(json.dumps(job))
         from oracles.dft_job import run_job
 

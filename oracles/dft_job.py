@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms
 
+from loop.frame import structure_as_dict, structure_from_dict
 from oracles.calculators import CalculatorSpec, make_calculator
 from oracles.errors import OracleSetupError
 
@@ -86,21 +87,6 @@ class JobSettings:
         return cls(**body)
 
 
-def atoms_to_dict(atoms: Atoms) -> dict[str, Any]:
-    """A JSON-able structure: ``cell`` (3 x 3, Å), ``symbols``, ``positions`` (n x 3, Å), ``pbc``."""
-    return {
-        "cell": atoms.cell.array.tolist(),
-        "symbols": atoms.get_chemical_symbols(),
-        "positions": atoms.positions.tolist(),
-        "pbc": [bool(p) for p in atoms.pbc],
-    }
-
-
-def atoms_from_dict(d: Mapping[str, Any]) -> Atoms:
-    """The inverse of :func:`atoms_to_dict`."""
-    return Atoms(symbols=d["symbols"], positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
-
-
 def min_distance(atoms: Atoms) -> tuple[float, int, int]:
     """The shortest interatomic distance (Å, periodic images included) and its two atoms."""
     from ase.neighborlist import neighbor_list
@@ -151,7 +137,7 @@ def execute(atoms: Atoms, settings: JobSettings, directory: str | Path = ".") ->
         "energy": energy,
         "forces": forces.tolist(),
         "stress": stress,
-        "atoms": atoms_to_dict(atoms),
+        "atoms": structure_as_dict(atoms),
         "n_steps": n_steps,
         "converged": converged,
         "trajectory": trajectory,
@@ -172,7 +158,8 @@ def run_job(directory: str) -> None:
     start = time.perf_counter()
     try:
         job = json.loads(Path("job.json").read_text())
-        outcome = execute(atoms_from_dict(job["atoms"]), JobSettings.from_dict(job["settings"]), directory)
+        settings = JobSettings.from_dict(job["settings"])
+        outcome = execute(structure_from_dict(job["atoms"]), settings, directory)
     except Exception as exc:
         outcome = _classify(exc)
     outcome["wall_s"] = time.perf_counter() - start

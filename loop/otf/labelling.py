@@ -3,52 +3,43 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
 
 import numpy as np
 
 from loop.candidate import Candidate
+from loop.frame import Frame
 from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.otf.reports import Label
 from loop.otf.walker import Pause
 from oracles.base import Oracle, Result
 from oracles.errors import EvaluationFailed
-from surrogates.mlip import Frame, force_error
+from surrogates.mlip import force_error
 
 log = logging.getLogger("alloop.otf")
-
-
-def _frame_from_metadata(candidate_id: str, metadata: Mapping[str, Any]) -> Frame:
-    from oracles.dft_job import atoms_from_dict
-
-    atoms = atoms_from_dict(metadata["structure"])
-    stress = metadata.get("stress_ev_per_a3")
-    return Frame.from_atoms(
-        atoms,
-        float(metadata["energy_ev"]),
-        np.asarray(metadata["forces_ev_per_a"], dtype=float),
-        None if stress is None else np.asarray(stress, dtype=float),
-        id=candidate_id,
-    )
 
 
 def frame_from_result(result: Result) -> Frame:
     """The labelled frame of an oracle result.
 
     Raises:
-        ValueError: the result's metadata lacks the structure or its labels, or they are not finite.
+        ValueError: the result carries no frame (an oracle that labels no structures).
     """
-    try:
-        return _frame_from_metadata(result.candidate_id, result.metadata)
-    except KeyError as exc:
-        raise ValueError(f"oracle result for {result.candidate_id} lacks {exc} in its metadata") from None
+    if result.frame is None:
+        raise ValueError(f"oracle result for {result.candidate_id} carries no labelled frame")
+    return result.frame
 
 
 def frame_of(record: EvaluationRecord) -> Frame:
-    """The labelled frame of a done evaluation in the ledger."""
-    return _frame_from_metadata(record.candidate_id, record.metadata)
+    """The labelled frame of a done evaluation in the ledger.
+
+    Raises:
+        ValueError: the evaluation holds no frame.
+    """
+    if record.frame is None:
+        raise ValueError(f"evaluation of {record.candidate_id} holds no labelled frame")
+    return record.frame
 
 
 def compare(pause: Pause, candidate_id: str, frame: Frame, reused: bool = False) -> Label:
@@ -90,8 +81,7 @@ class Labeller:
 
         Args:
             pauses: Frames to label (``atoms`` set).
-            oracle: Labels them; its results' metadata carry ``structure``, ``energy_ev``,
-                ``forces_ev_per_a`` and optionally ``stress_ev_per_a3``.
+            oracle: Labels them; its results carry a ``frame`` (energy, forces, optionally stress).
             budget: Most new oracle calls (``None``: no limit); frames beyond it are left out
                 (walkers that paused together near the limit): the budget is a hard cap.
         """
@@ -144,7 +134,7 @@ class Labeller:
         try:
             result = future.result()
             frame = frame_from_result(result)
-        except (EvaluationFailed, ValueError, KeyError) as exc:
+        except (EvaluationFailed, ValueError) as exc:
             retryable = bool(getattr(exc, "retryable", False))
             self.ledger.record_failure(evaluation_id, f"{type(exc).__name__}: {exc}", retryable)
             log.warning(

@@ -63,8 +63,8 @@ class OTFRun:
         start: The starting structure of every walker.
         walkers: The walkers.
         committee: The MLIP committee (fitted or not; a checkpoint overrides its weights).
-        oracle: Labels frames; its results' metadata carry ``energy_ev``,
-            ``forces_ev_per_a`` and optionally ``stress_ev_per_a3`` (the DFT runner's).
+        oracle: Labels frames; its results carry a ``frame`` with energy, forces and optionally
+            stress (the DFT runner's).
         ledger: Where every oracle call is recorded.
         workdir: Checkpoints go to ``<workdir>/checkpoint``.
         settings: Thresholds, guards and the stopping rule.

@@ -35,11 +35,14 @@ def test_extxyz_round_trip(tmp_path: Path) -> None:
     with Ledger(tmp_path / "ledger.db") as ledger:
         assert write_extxyz(ledger, "export", path) == 4
         with ledger.engine.connect() as conn:
-            stored = {r.candidate_id: r.metadata for r in conn.execute(select(evaluations))}
+            rows = {r.candidate_id: r for r in conn.execute(select(evaluations))}
         frames = read(str(path), index=":")
         assert len(frames) == 4
         for atoms in frames:
-            meta = stored[atoms.info["candidate_id"]]
+            row = rows[atoms.info["candidate_id"]]
+            meta = row.frame  # the labelled structure, typed; nothing of it is left in the metadata
+            assert not {"structure", "energy_ev", "forces_ev_per_a"} & set(row.metadata)
+            assert atoms.info["formula"] == row.metadata["formula"]
             assert atoms.get_potential_energy() == pytest.approx(meta["energy_ev"], abs=1e-10)
             assert np.allclose(atoms.get_forces(), meta["forces_ev_per_a"], atol=1e-8)  # 8 decimals
             assert np.allclose(atoms.get_stress(), meta["stress_ev_per_a3"], atol=1e-10)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
 from sqlalchemy import event
 
 from loop.candidate import Candidate
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
+from loop.frame import Frame
 from loop.ledger import Ledger, Proposal, ledger_url
 from oracles.base import Measurement, Result
 
@@ -255,6 +259,25 @@ def test_full_lifecycle_and_result_rows(started, db):
     assert proposed and submitted and finished
     assert proposed <= submitted <= finished
     assert metadata == '{"attempt": 1}'
+
+
+def test_a_results_frame_is_stored_typed_and_read_back(started, db):
+    ledger, cid, run = started
+    e1, e2 = ledger.propose(cid, run, 0, proposals(0.1, 0.2), "ucb", None)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = EMT()
+    c1 = candidate(0.1).id
+    frame = Frame.from_atoms(
+        atoms, atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(), id=c1
+    )
+    for eid, measured in ((e1, replace(result(c1), frame=frame)), (e2, result(candidate(0.2).id))):
+        ledger.mark_submitted(eid)
+        ledger.record_result(eid, measured, run)
+    with_frame, without = ledger.evaluations(cid)
+    assert with_frame.frame == frame and not with_frame.frame.forces.flags.writeable
+    assert with_frame.metadata == {"attempt": 1} and without.frame is None
+    assert rows(db, "SELECT frame IS NULL FROM evaluations ORDER BY id") == [(0,), (1,)]
 
 
 def test_every_row_carries_its_run_and_timestamps(started, db):

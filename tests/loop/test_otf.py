@@ -22,10 +22,10 @@ from ase.calculators.emt import EMT
 
 from loop.candidate import Candidate
 from loop.errors import ConfigError
+from loop.frame import Frame
 from loop.ledger import Ledger
 from loop.otf import Calibration, OTFRun, OTFSettings, Walker, WalkerSpec, build_otf_run, load_otf_config
 from oracles.base import Measurement, Oracle, Result
-from oracles.dft_job import atoms_to_dict
 from oracles.errors import EvaluationFailed
 from surrogates.mlip import CommitteePrediction, MACESettings, MLIPCommittee
 from tests.helpers import wait_for
@@ -56,13 +56,8 @@ class FlakyEMT(Oracle):
         atoms = structure_from_params(candidate.params).to_ase_atoms()
         atoms.calc = EMT()
         energy = atoms.get_potential_energy()
-        metadata = {
-            "structure": atoms_to_dict(atoms),
-            "energy_ev": energy,
-            "forces_ev_per_a": atoms.get_forces().tolist(),
-            "stress_ev_per_a3": atoms.get_stress().tolist(),
-        }
-        return Result(candidate.id, {"energy_per_atom": Measurement(energy / len(atoms))}, metadata=metadata)
+        frame = Frame.from_atoms(atoms, energy, atoms.get_forces(), atoms.get_stress(), id=candidate.id)
+        return Result(candidate.id, {"energy_per_atom": Measurement(energy / len(atoms))}, frame=frame)
 
 
 @pytest.fixture

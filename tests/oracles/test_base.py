@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 
 import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
 
 from loop.candidate import Candidate
 from loop.errors import DuplicateCandidateError
+from loop.frame import Frame
 from oracles.base import Measurement, Oracle, Result
 from oracles.errors import EvaluationFailed, InvalidResult, OracleError, OracleSetupError
 
@@ -80,6 +84,72 @@ def test_error_retryability_defaults():
 def test_check_refuses_non_numbers():
     with pytest.raises(InvalidResult, match="y"):
         good(measurements={"y": Measurement(None)}).check(["y"])  # type: ignore[arg-type]
+
+
+# --- typed results and their round trips ------------------------------------------------------
+
+
+def labelled(candidate_id: str = "abc", seed: int = 3) -> Frame:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.05, seed=seed)
+    atoms.calc = EMT()
+    return Frame.from_atoms(
+        atoms, atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(), id=candidate_id
+    )
+
+
+def test_measurement_round_trips_through_json():
+    for m in (Measurement(1.5, 0.1, "eV"), Measurement(-2.0), Measurement(3, None, "%")):
+        assert Measurement.from_dict(json.loads(json.dumps(m.as_dict()))) == m
+    assert Measurement.from_dict({"value": 2.0}) == Measurement(2.0, None, "")
+    with pytest.raises(InvalidResult, match=r"measurement needs a value; got keys \['unit'\]"):
+        Measurement.from_dict({"unit": "eV"})
+
+
+@pytest.mark.parametrize("frame", [None, labelled()], ids=["scalars only", "with a frame"])
+def test_result_round_trips_through_json(frame):
+    r = good(cost=0.5, metadata={"instrument": "xrd-1", "steps": [1, 2]}, frame=frame)
+    back = Result.from_dict(json.loads(json.dumps(r.as_dict(), allow_nan=False)))
+    assert back == r and back.as_dict() == r.as_dict()
+    assert back != good(cost=0.5, metadata={"instrument": "xrd-1", "steps": [1, 2]}, frame=labelled("abc", 4))
+    assert Result.from_dict({"candidate_id": "abc", "measurements": {}}) == Result("abc", {})
+
+
+def test_a_results_frame_is_typed_and_read_only():
+    r = good(frame=labelled())
+    assert r.frame is not None
+    assert r.frame.forces.shape == (4, 3) and r.frame.stress is not None and r.frame.stress.shape == (6,)
+    for array in (r.frame.forces, r.frame.stress, r.frame.positions, r.frame.cell):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 0.0
+    back = Result.from_dict(r.as_dict())
+    assert back.frame is not None and not back.frame.forces.flags.writeable
+    r.check(["y"])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_forces_are_refused_as_an_invalid_result(bad):
+    values = good(frame=labelled()).as_dict()
+    values["frame"]["forces_ev_per_a"][1][2] = bad
+    with pytest.raises(InvalidResult, match=r"result for abc: a label .* is not finite") as info:
+        Result.from_dict(values)
+    assert info.value.retryable is False
+
+
+def test_from_dict_names_what_is_missing_or_wrong():
+    with pytest.raises(InvalidResult, match="missing measurements"):
+        Result.from_dict({"candidate_id": "abc"})
+    frame = good(frame=labelled()).as_dict()["frame"]
+    without_forces = {k: v for k, v in frame.items() if k != "forces_ev_per_a"}
+    with pytest.raises(InvalidResult, match="missing forces_ev_per_a"):
+        Result.from_dict({"candidate_id": "abc", "measurements": {}, "frame": without_forces})
+    with pytest.raises(InvalidResult, match="result for abc carries the frame of other"):
+        Result.from_dict({"candidate_id": "abc", "measurements": {}, "frame": {**frame, "id": "other"}})
+
+
+def test_a_frame_of_another_candidate_is_refused():
+    with pytest.raises(ValueError, match="result for abc carries the frame of xyz"):
+        good(frame=labelled("xyz"))
 
 
 # --- submit -----------------------------------------------------------------------------------

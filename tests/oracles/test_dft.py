@@ -20,10 +20,11 @@ from loop.candidate import Candidate
 from loop.config import parse_config
 from loop.errors import ConfigError
 from loop.structure_codec import structure_to_params
+from oracles.base import Result
 from oracles.calculators import CalculatorSpec
 from oracles.dft import DFTRunner, oracle_from_config
 from oracles.dft_job import JobSettings, execute
-from oracles.errors import EvaluationFailed, EvaluationTimeout, OracleSetupError
+from oracles.errors import EvaluationFailed, EvaluationTimeout, InvalidResult, OracleSetupError
 
 
 class SlowEMT(EMT):
@@ -49,6 +50,15 @@ class NaNEMT(EMT):
     def calculate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         super().calculate(*args, **kwargs)
         self.results["energy"] = float("nan")
+
+
+class NaNStressEMT(EMT):
+    """EMT whose stress comes out NaN (energy and forces are fine)."""
+
+    def calculate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().calculate(*args, **kwargs)
+        if "stress" in self.results:
+            self.results["stress"] = np.full(6, np.nan)
 
 
 def here(cls: type) -> str:
@@ -80,27 +90,31 @@ def test_relaxation_with_cell_returns_energy_forces_stress_structure_and_traject
     assert result.candidate_id == candidate.id
     assert set(result.measurements) == {"energy_per_atom", "formation_energy_per_atom"}
     assert result.measurements["formation_energy_per_atom"].unit == "eV/atom"
-    meta = result.metadata
-    forces = np.array(meta["forces_ev_per_a"])
-    assert forces.shape == (2, 3) and np.abs(forces).max() < 0.01
-    assert len(meta["stress_ev_per_a3"]) == 6 and np.abs(meta["stress_ev_per_a3"]).max() < 0.01
-    relaxed = np.array(meta["structure"]["cell"])
-    assert not np.allclose(relaxed, np.array(meta["initial_structure"]["cell"]))  # the cell moved
+    meta, frame = result.metadata, result.frame
+    assert frame is not None and frame.id == candidate.id
+    assert frame.forces.shape == (2, 3) and np.abs(frame.forces).max() < 0.01
+    assert frame.stress is not None and frame.stress.shape == (6,) and np.abs(frame.stress).max() < 0.01
+    assert not frame.forces.flags.writeable and not frame.stress.flags.writeable
+    assert not {"structure", "energy_ev", "forces_ev_per_a", "stress_ev_per_a3"} & set(meta)
+    assert not np.allclose(frame.cell, np.array(meta["initial_structure"]["cell"]))  # the cell moved
     folder = Path(meta["workdir"])
     assert folder.parent == tmp_path / "runs" and folder.name == candidate.id
     assert {"job.json", "result.json", "relax.traj"} <= {p.name for p in folder.iterdir()}
     assert meta["n_steps"] > 0
     # Formation energy is against the elements computed with the same settings, cached once.
     refs = json.loads(next((tmp_path / "runs").glob("references-*.json")).read_text())
-    expected = (meta["energy_ev"] - refs["Cu"] - refs["Au"]) / 2
+    expected = (frame.energy - refs["Cu"] - refs["Au"]) / 2
     assert result.measurements["formation_energy_per_atom"].value == pytest.approx(expected)
+    # The typed result travels as JSON (to and from workers) and comes back equal.
+    assert Result.from_dict(json.loads(json.dumps(result.as_dict(), allow_nan=False))) == result
 
 
 def test_single_point_leaves_the_structure_alone(tmp_path: Path) -> None:
     oracle = runner(tmp_path, mode="single_point")
     result = oracle.evaluate(l10_cuau())
     assert result.metadata["n_steps"] == 0
-    assert result.metadata["structure"]["positions"] == result.metadata["initial_structure"]["positions"]
+    assert result.frame is not None
+    assert result.frame.positions.tolist() == result.metadata["initial_structure"]["positions"]
 
 
 def test_pure_element_has_zero_formation_energy(tmp_path: Path) -> None:
@@ -175,6 +189,13 @@ def test_non_finite_energy_is_an_exploded_geometry() -> None:
     assert "not finite" in outcome["message"]
 
 
+def test_non_finite_stress_is_an_invalid_result(tmp_path: Path) -> None:
+    oracle = runner(tmp_path, calculator=CalculatorSpec(here(NaNStressEMT)), mode="single_point")
+    with pytest.raises(InvalidResult, match=r"a label \(energy, forces or stress\) is not finite") as info:
+        oracle.evaluate(l10_cuau())
+    assert info.value.retryable is False
+
+
 def test_missing_code_and_bad_parameters_are_setup_errors(tmp_path: Path) -> None:
     with pytest.raises(OracleSetupError, match=r"cannot import module 'no_such_dft_code'"):
         runner(tmp_path, calculator=CalculatorSpec("no_such_dft_code:Calculator"))
@@ -241,7 +262,8 @@ def test_gpaw_relaxes_fcc_aluminium_to_the_experimental_lattice_constant(tmp_pat
     )
     structure = Structure.from_ase_atoms(bulk("Al", "fcc", a=4.2))
     result = oracle.evaluate(Candidate(structure_to_params(structure)))
-    volume = abs(np.linalg.det(np.array(result.metadata["structure"]["cell"])))
+    assert result.frame is not None
+    volume = abs(np.linalg.det(result.frame.cell))
     a = (4 * volume) ** (1 / 3)
     assert a == pytest.approx(4.05, rel=0.02)
     assert result.measurements["formation_energy_per_atom"].value == pytest.approx(0.0, abs=2e-3)
