@@ -2,8 +2,9 @@
 
 A :class:`Frame` is immutable and needs neither torch nor a calculator, so oracles, the ledger,
 the extxyz export and the MACE committee can pass it around. It round-trips through
-:meth:`Frame.as_dict` / :meth:`Frame.from_dict`, whose keys are those of a DFT result's ledger
-metadata (``structure``, ``energy_ev``, ``forces_ev_per_a``, ``stress_ev_per_a3``), and through
+:meth:`Frame.as_dict` / :meth:`Frame.from_dict` (``structure``, ``energy_ev``, ``forces_ev_per_a``,
+``stress_ev_per_a3``; what a result's ``frame`` holds and the ledger's ``evaluations.frame`` column
+stores), and through
 ASE ``Atoms`` with the labels frozen on by a ``SinglePointCalculator`` (:meth:`Frame.atoms` /
 :meth:`Frame.from_labelled_atoms`), which is what extxyz files carry.
 """
@@ -185,7 +186,7 @@ class Frame:
         return atoms
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able, with the keys of a DFT result's ledger metadata (and ``id``)."""
+        """JSON-able: ``id``, ``structure``, ``energy_ev``, ``forces_ev_per_a``, ``stress_ev_per_a3``."""
         atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
         return {
             "id": self.id,
@@ -197,8 +198,8 @@ class Frame:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Frame:
-        """The inverse of :meth:`as_dict`. Other keys (a result's metadata has more) are
-        ignored; without ``id`` the id is a hash of positions and cell.
+        """The inverse of :meth:`as_dict`. Other keys are ignored; without ``id`` the id is a
+        hash of positions and cell.
 
         Raises:
             ValueError: a key is missing, or a label is not finite or does not fit the structure.
