@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,11 +37,10 @@ _GONE = ("08", "57P01", "57P02", "57P03")
 
 
 def masked(url: str) -> str:
-    """``url`` with its password (if any) as ``***``, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
+    """``url`` as written, but with its password (if any, ``user:password@`` or a
+    ``password=`` query parameter) as ``***``, for messages and logs."""
+    url = re.sub(r"^([\w+.-]+://[^:/@?]*:)[^@/?]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 def create_engine(url: str) -> Engine:

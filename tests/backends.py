@@ -63,12 +63,21 @@ def unavailable() -> str | None:
     return None
 
 
+def _as_server_user(cmd: list[str]) -> list[str]:
+    """``cmd`` as the ``postgres`` user when we are root (initdb and postgres refuse root)."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
 @dataclass
 class PostgresServer:
-    """A running server: its socket folder, and databases made on request."""
+    """A server of our own in ``root`` (a new temporary folder): its data, log and socket."""
 
-    socket_dir: Path
+    root: Path
     _names: Iterator[int] = field(default_factory=itertools.count)
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "socket"
 
     def url(self, database: str = "postgres", driver: str = "psycopg") -> str:
         """An SQLAlchemy URL for ``database`` over the unix socket."""
@@ -87,53 +96,55 @@ class PostgresServer:
         self.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        bindir = _bindir()
+        assert bindir is not None
+        command = [str(bindir / "pg_ctl"), "-D", str(self.root / "data"), "-w", *args]
+        return subprocess.run(_as_server_user(command), capture_output=True, text=True)
 
-def _as_server_user(cmd: list[str]) -> list[str]:
-    """``cmd`` as the ``postgres`` user when we are root (initdb and postgres refuse root)."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+    def start(self) -> None:
+        options = (
+            f"-c listen_addresses='' -k {self.socket_dir} -c fsync=off -c max_connections=200 -c timezone=UTC"
+        )
+        started = self._pg_ctl("-l", str(self.root / "log"), "-o", options, "start")
+        if started.returncode != 0:
+            log = (self.root / "log").read_text() if (self.root / "log").exists() else ""
+            pytest.fail(f"PostgreSQL did not start: {started.stderr.strip()} {log[-2000:]}")
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "fast", "stop")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for this session (this xdist worker); skips where none can run."""
+@contextmanager
+def running_server() -> Iterator[PostgresServer]:
+    """A new PostgreSQL server, started, stopped and deleted at the end; skips where none can
+    run (:func:`unavailable`)."""
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
     bindir = _bindir()
     assert bindir is not None
-    root = Path(tempfile.mkdtemp(prefix="alloop-pg-"))  # short: a socket path has ~100 characters
-    data, socket_dir = root / "data", root / "socket"
-    socket_dir.mkdir()
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="alloop-pg-")))  # short: socket paths are
+    server.socket_dir.mkdir()  # limited to ~100 characters
     if os.geteuid() == 0:
         postgres = pwd.getpwnam("postgres")
-        for path in (root, socket_dir):
+        for path in (server.root, server.socket_dir):
             os.chown(path, postgres.pw_uid, postgres.pw_gid)
-    subprocess.run(
-        _as_server_user(
-            [str(bindir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "--no-sync", "-E", "UTF8"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-c listen_addresses='' -k {socket_dir} -c fsync=off -c max_connections=200 -c timezone=UTC"
-    started = subprocess.run(
-        _as_server_user(
-            [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"]
-        ),
-        capture_output=True,
-        text=True,
-    )
-    if started.returncode != 0:
-        log = (root / "log").read_text() if (root / "log").exists() else ""
-        pytest.fail(f"PostgreSQL did not start: {started.stderr.strip()} {log[-2000:]}")
+    initdb = [str(bindir / "initdb"), "-D", str(server.root / "data"), "-U", USER, "--auth=trust"]
+    subprocess.run(_as_server_user([*initdb, "--no-sync", "-E", "UTF8"]), check=True, capture_output=True)
+    server.start()
     try:
-        yield PostgresServer(socket_dir)
+        yield server
     finally:
-        subprocess.run(
-            _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for this session (this xdist worker); skips where none can run."""
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -156,12 +167,13 @@ def query(location: Path | str, sql: str) -> list[tuple[Any, ...]]:
     engine = sqlalchemy.create_engine(ledger_url(location))
     try:
         with engine.connect() as conn:
-            return [tuple(_alike(value) for value in row) for row in conn.execute(text(sql))]
+            return [tuple(alike(value) for value in row) for row in conn.execute(text(sql))]
     finally:
         engine.dispose()
 
 
-def _alike(value: Any) -> Any:
+def alike(value: Any) -> Any:
+    """``value`` as :func:`query` gives it: JSON text parsed, a timestamp as UTC text."""
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)

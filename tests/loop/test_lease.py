@@ -1,4 +1,5 @@
-"""One campaign, one writer: the lease in the ledger, taken by every ``alloop run``."""
+"""One campaign, one writer: the lease in the ledger, taken by every ``alloop run``; on SQLite
+and on PostgreSQL (``[sqlite]``, ``[postgresql]``)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def alloop(*args: str, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def test_a_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as ledger, CampaignLease(ledger, "c", "first writer"):
+def test_a_second_holder_is_refused_naming_the_first(ledger_location: Path | str) -> None:
+    with Ledger(ledger_location) as ledger, CampaignLease(ledger, "c", "first writer"):
         with pytest.raises(CampaignBusy) as refused:
             CampaignLease(ledger, "c", "second writer").acquire()
         message = str(refused.value)
@@ -45,8 +46,8 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
         CampaignLease(ledger, "other campaign", "second writer").acquire()  # per campaign
 
 
-def test_a_waiting_holder_takes_over_once_released(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as ledger:
+def test_a_waiting_holder_takes_over_once_released(ledger_location: Path | str) -> None:
+    with Ledger(ledger_location) as ledger:
         first = CampaignLease(ledger, "c", "first")
         first.acquire()
         waiting = CampaignLease(ledger, "c", "second", wait_s=30, poll_s=0.05)
@@ -57,9 +58,9 @@ def test_a_waiting_holder_takes_over_once_released(tmp_path: Path) -> None:
             assert conn.execute(select(leases)).first() is None, "released on exit"
 
 
-def test_the_lease_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+def test_the_lease_of_a_dead_process_is_taken_over(ledger_location: Path | str) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
-    with Ledger(tmp_path / "l.db") as ledger:
+    with Ledger(ledger_location) as ledger:
         stale = CampaignLease(ledger, "c", "crashed")
         stale.pid = int(dead.stdout)
         assert stale.try_acquire() is None
@@ -67,16 +68,17 @@ def test_the_lease_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
             assert conn.execute(select(leases.c.label)).scalar() == "next"
 
 
-def test_new_ledger_created_by_many_processes_at_once(tmp_path: Path) -> None:
+def test_new_ledger_created_by_many_processes_at_once(ledger_location: Path | str) -> None:
     code = (
         "import sys; from loop.ledger import Ledger; from loop.lease import CampaignLease\n"
         "with Ledger(sys.argv[1]) as ledger: CampaignLease(ledger, 'c', 'p', wait_s=60, poll_s=0.01)"
         ".__enter__().release()"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    db = tmp_path / "new.db"
     processes = [
-        subprocess.Popen([sys.executable, "-c", code, str(db)], env=env, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(ledger_location)], env=env, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(6)
     ]
     errors = [p.communicate(timeout=120)[1] for p in processes]
@@ -84,9 +86,13 @@ def test_new_ledger_created_by_many_processes_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_alloop_runs_of_one_campaign(branin_config: Callable[..., Path], tmp_path: Path) -> None:
+def test_two_alloop_runs_of_one_campaign(
+    branin_config: Callable[..., Path], tmp_path: Path, ledger_location: Path | str
+) -> None:
     journal = tmp_path / "journal.jsonl"
-    path = branin_config(max_experiments=6, oracle_extra=f'latency_s = 2.0\njournal = "{journal}"')
+    path = branin_config(
+        max_experiments=6, ledger=ledger_location, oracle_extra=f'latency_s = 2.0\njournal = "{journal}"'
+    )
     first = alloop("run", str(path), "--quiet", cwd=tmp_path)
     try:
         wait_for(journal.exists, timeout_s=120)  # the first run holds the lease and evaluates
@@ -103,7 +109,7 @@ def test_two_alloop_runs_of_one_campaign(branin_config: Callable[..., Path], tmp
             first.kill()
     started = Counter(e["candidate"] for e in read_journal(journal) if e["event"] == "started")
     assert len(started) == 6 and max(started.values()) == 1, "nothing evaluated twice"
-    with Ledger(tmp_path / "ledger.db") as ledger:
+    with Ledger(ledger_location) as ledger:
         campaign_id = ledger.campaign()["id"]
         evaluations = ledger.evaluations(campaign_id)
         assert len(evaluations) == 6 and all(e.status == "done" for e in evaluations)
