@@ -9,7 +9,9 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
+from typing import IO
 
 import pytest
 from sqlalchemy import select
@@ -22,7 +24,7 @@ from tests.conftest import REPO
 from tests.helpers import wait_for
 
 
-def alloop(*args: str, cwd: Path) -> subprocess.Popen[str]:
+def alloop(*args: str, cwd: Path, stderr: IO[str] | int = subprocess.PIPE) -> subprocess.Popen[str]:
     """``alloop ARGS`` in a process of its own (the checkout first on the path)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
@@ -30,7 +32,7 @@ def alloop(*args: str, cwd: Path) -> subprocess.Popen[str]:
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
 
@@ -115,3 +117,68 @@ def test_two_alloop_runs_of_one_campaign(
         assert len(evaluations) == 6 and all(e.status == "done" for e in evaluations)
         with ledger.engine.connect() as conn:
             assert conn.execute(select(leases)).first() is None
+
+
+@pytest.mark.slow
+def test_eight_writers_on_one_postgresql_ledger(
+    branin_config: Callable[..., Path], tmp_path: Path, postgres_url: str
+) -> None:
+    """Six campaigns and two runs of a seventh, ``alloop run`` each, at once on one PostgreSQL
+    ledger: every campaign ends with its budget evaluated once, and the shared campaign has one
+    writer at a time (both runs wait for the test's lease, then one runs a cycle, then the other)."""
+    configs, journals = [], []
+    for i in range(7):
+        journals.append(tmp_path / f"journal-{i}.jsonl")
+        path = branin_config(
+            f"c{i}.toml",
+            ledger=postgres_url,
+            acquisition="random",
+            max_experiments=4,
+            initial_designs=2,
+            oracle_extra=f'latency_s = 0.5\njournal = "{journals[i]}"',
+        )
+        text = path.read_text().replace('name = "branin"', f'name = "c{i}"')
+        path.write_text(text + "\n[execution]\nlock_wait_s = 600\n")
+        configs.append(path)
+    logs = [tmp_path / f"stderr-{n}.txt" for n in range(8)]
+    with ExitStack() as stack:
+        ledger = stack.enter_context(Ledger(postgres_url))
+        held = stack.enter_context(CampaignLease(ledger, "c6", "the test"))
+        # One cycle (a batch of 2) per run of the shared campaign c6, so that both runs evaluate.
+        writers = [
+            alloop(
+                "run",
+                str(configs[min(n, 6)]),
+                "--quiet",
+                *(["--max-cycles", "1"] if n >= 6 else []),
+                cwd=tmp_path,
+                stderr=stack.enter_context(log.open("w")),
+            )
+            for n, log in enumerate(logs)
+        ]
+        try:
+            waiting = f"campaign c6 is being advanced by the test (pid {os.getpid()}"
+            wait_for(lambda: all(waiting in log.read_text() for log in logs[6:]), timeout_s=600)
+            held.release()
+            outputs = [w.communicate(timeout=600)[0] for w in writers]
+        finally:
+            for w in writers:
+                if w.poll() is None:
+                    w.kill()
+    assert [w.returncode for w in writers] == [0] * 8, [log.read_text()[-2000:] for log in logs]
+    for journal in journals:
+        started = Counter(e["candidate"] for e in read_journal(journal) if e["event"] == "started")
+        assert len(started) == 4 and max(started.values()) == 1, f"{journal.name}: nothing run twice"
+    pids = [e["pid"] for e in read_journal(journals[6])]
+    assert {pids[0], pids[-1]} == {writers[6].pid, writers[7].pid}, "c6: both runs evaluated"
+    assert pids == [pids[0]] * 4 + [pids[-1]] * 4, "c6: one writer, then the other"
+    assert all("0 cycle(s) run" not in out for out in outputs), outputs
+
+    with Ledger(postgres_url) as ledger:
+        assert sorted(ledger.campaign_names()) == [f"c{i}" for i in range(7)]
+        for name in ledger.campaign_names():
+            evaluations = ledger.evaluations(ledger.campaign(name)["id"])
+            assert len(evaluations) == 4 and all(e.status == "done" and e.values for e in evaluations), name
+            assert len({e.candidate_id for e in evaluations}) == 4, name
+        with ledger.engine.connect() as conn:
+            assert conn.execute(select(leases)).first() is None, "every lease given back"
