@@ -50,7 +50,7 @@ def _one_line_errors(ledger: str | None = None) -> Iterator[None]:
     (the traceback only with ``--debug``); ``ledger`` names the database in the message."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from loop.ledger import database_reason
+    from loop.database import database_reason, masked
 
     try:
         yield
@@ -59,7 +59,7 @@ def _one_line_errors(ledger: str | None = None) -> Iterator[None]:
             raise
         if isinstance(exc, AlloopError):
             raise _fail(exc) from None
-        where = f"ledger {ledger!r}: " if ledger else ""
+        where = f"ledger {masked(ledger)!r}: " if ledger else ""
         raise _fail(LedgerError(f"{where}database error: {database_reason(exc)}")) from None
 
 
@@ -72,6 +72,7 @@ def run(
 ) -> None:
     """Run (or resume) a campaign until a stopping rule fires."""
     from loop.campaign import Campaign, CycleReport
+    from loop.database import masked
     from loop.report import describe_best
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -99,7 +100,7 @@ def run(
     if report.best is not None:
         units = {o.name: o.unit for o in campaign.config.objectives}
         console.print(f"best: {describe_best(report.best, units)}", highlight=False)
-    console.print(f"ledger: {campaign.ledger.url}", highlight=False)
+    console.print(f"ledger: {masked(campaign.ledger.url)}", highlight=False)
 
 
 def _progress(quiet: bool) -> Progress:

@@ -8,6 +8,12 @@ taken in one write transaction and renewed by a background thread while held. A 
 dies frees it when its lease runs out, at once if it ran on this host (its process is gone),
 so a crashed run never blocks the campaign for long.
 
+Taking the lease is one write transaction that serializes on the campaign
+(:func:`loop.database.serialize`: SQLite's write lock, a PostgreSQL advisory lock, so two
+writers never both insert the first row) and reads the lease row ``FOR UPDATE`` (a renewal and
+a takeover of one row take turns on PostgreSQL). A connection lost to a database server is
+retried (:meth:`Ledger.retrying`).
+
 The lease lives in the ledger, not in a workflow server, because the ledger is what it
 protects: every process writing to that ledger takes it, with or without Prefect::
 
@@ -32,6 +38,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
+from loop.database import serialize
 from loop.errors import AlloopError
 from loop.ledger import Ledger
 from loop.schema import leases
@@ -125,6 +132,9 @@ class CampaignLease:
         Returns:
             ``None`` when the lease is now ours, else who holds it.
         """
+        return self.ledger.retrying(self._try_acquire)
+
+    def _try_acquire(self) -> Holder | None:
         now = time.time()
         mine = {
             "holder": self.holder,
@@ -135,7 +145,10 @@ class CampaignLease:
             "expires_at": now + self.lease_s,
         }
         with self.ledger.transaction() as conn:
-            row = conn.execute(select(leases).where(leases.c.campaign == self.campaign)).first()
+            serialize(conn, f"alloop lease {self.campaign}")
+            row = conn.execute(
+                select(leases).where(leases.c.campaign == self.campaign).with_for_update()
+            ).first()
             if row is None:
                 conn.execute(insert(leases).values(campaign=self.campaign, **mine))
                 return None
@@ -196,6 +209,9 @@ class CampaignLease:
         if self._renewer is not None:
             self._renewer.join()
             self._renewer = None
+        self.ledger.retrying(self._delete)
+
+    def _delete(self) -> None:
         with self.ledger.transaction() as conn:
             conn.execute(
                 delete(leases).where(leases.c.campaign == self.campaign, leases.c.holder == self.holder)

@@ -2,7 +2,8 @@
 
 SQLite by default (a file, WAL journal, one transaction per state change), or any
 SQLAlchemy URL (PostgreSQL for concurrent writers). The tables, their version and the
-migrations of older ledgers are in :mod:`loop.schema`.
+migrations of older ledgers are in :mod:`loop.schema`; how the database is connected to (and
+reconnected to, when a server goes away) in :mod:`loop.database`.
 
 A result is committed in the transaction that marks its evaluation done, the moment it
 arrives. The unique (campaign, candidate) key makes evaluating a candidate twice impossible,
@@ -11,20 +12,22 @@ whatever process asks.
 
 from __future__ import annotations
 
+import functools
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from sqlalchemy import Insert, create_engine, event, func, insert, select, update
+from sqlalchemy import Insert, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from loop.candidate import Candidate
+from loop.database import create_engine, database_reason, masked, retrying
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
 from loop.frame import Frame
 from loop.provenance import package_versions, process_info
@@ -40,8 +43,22 @@ _ALLOWED_FROM: dict[Status, tuple[Status, ...]] = {
 }
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _reconnecting(method: Callable[Concatenate[Ledger, P], R]) -> Callable[Concatenate[Ledger, P], R]:
+    """Run a ledger method again when the database connection was lost (:meth:`Ledger.retrying`)."""
+
+    @functools.wraps(method)
+    def again(self: Ledger, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.retrying(lambda: method(self, *args, **kwargs))
+
+    return again
 
 
 def ledger_url(location: str | Path) -> str:
@@ -117,27 +134,29 @@ class Ledger:
     Args:
         location: A file path (SQLite) or an SQLAlchemy URL.
         create: Create a SQLite file that does not exist yet (else refuse it).
+        reconnect_s: Once open, how long each operation keeps trying again while the
+            connection to a database server is lost (a restart, a network cut).
 
     Raises:
         LedgerError: the ledger cannot be used: a missing file (``create=False``) or folder, a
             file that is not a SQLite database, a folder or file it may not write to, an
-            unreachable server. The message is one line naming the path (or URL).
+            unreachable server. The message is one line naming the path (or URL, its password
+            masked). Opening does not wait for a server: a wrong URL fails at once.
     """
 
-    def __init__(self, location: str | Path, create: bool = True) -> None:
+    def __init__(self, location: str | Path, create: bool = True, reconnect_s: float = 60.0) -> None:
         self.url = ledger_url(location)
         self.path = _sqlite_path(self.url)
+        self.reconnect_s = reconnect_s
         if self.path is not None:
             _check_file(self.path, create)
-        self.engine: Engine = create_engine(self.url, future=True)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-            # Write transactions take the write lock when they start, so concurrent writers
-            # queue up on busy_timeout instead of failing on a lock upgrade; reads stay deferred.
-            event.listen(self.engine, "begin", _sqlite_begin)
         try:
-            # In a write transaction: two processes creating a new ledger at once queue up on
-            # the write lock instead of both creating the tables (or failing on a lock upgrade).
+            self.engine: Engine = create_engine(self.url)
+        except (SQLAlchemyError, ImportError) as exc:  # a malformed URL, a driver not installed
+            raise LedgerError(f"ledger {self.where} cannot be used: {exc}") from exc
+        try:
+            # In a write transaction that serializes on the tables (SQLite's write lock,
+            # PostgreSQL's advisory lock): two processes creating a new ledger at once take turns.
             with self.transaction() as conn:
                 prepare(conn, self.where)
         except LedgerError:
@@ -149,8 +168,8 @@ class Ledger:
 
     @property
     def where(self) -> str:
-        """The ledger's file (quoted) or URL, for messages."""
-        return repr(str(self.path)) if self.path is not None else self.url
+        """The ledger's file (quoted) or URL (password masked), for messages."""
+        return repr(str(self.path)) if self.path is not None else masked(self.url)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -167,8 +186,18 @@ class Ledger:
         with self.engine.execution_options(write=True).begin() as conn:
             yield conn
 
+    def retrying(self, work: Callable[[], R]) -> R:
+        """``work()`` (whole transactions on this ledger), run again while the connection to
+        the database server is lost, for up to ``reconnect_s``; see :func:`loop.database.retrying`.
+
+        Raises:
+            LedgerError: still unreachable after ``reconnect_s``; one line naming the ledger.
+        """
+        return retrying(work, self.where, self.reconnect_s)
+
     # --- campaigns and runs -----------------------------------------------------------------
 
+    @_reconnecting
     def open_campaign(self, name: str, config: Mapping[str, Any], config_hash: str, seed: int) -> int:
         """The id of campaign ``name``, created if new.
 
@@ -180,7 +209,7 @@ class Ledger:
             if row is not None:
                 if row.config_hash != config_hash:
                     raise CampaignError(
-                        f"campaign {name!r} already exists in {self.url} with a different "
+                        f"campaign {name!r} already exists in {masked(self.url)} with a different "
                         f"configuration (hash {row.config_hash}, now {config_hash}); only [stopping] "
                         "may change on resume — use another campaign name or ledger"
                     )
@@ -197,6 +226,7 @@ class Ledger:
                 ),
             )
 
+    @_reconnecting
     def start_run(self, campaign_id: int) -> int:
         """Register the current process as a run of the campaign; returns the run id."""
         with self.transaction() as conn:
@@ -213,6 +243,7 @@ class Ledger:
                 ),
             )
 
+    @_reconnecting
     def set_stop_reason(self, campaign_id: int, reason: str | None) -> None:
         """Remember why the campaign stopped (``None``: it has not, or may go on again);
         writes only when the reason changed."""
@@ -223,10 +254,12 @@ class Ledger:
                 .values(stop_reason=reason, stopped_at=None if reason is None else _now())
             )
 
+    @_reconnecting
     def campaign_names(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(select(campaigns.c.name).order_by(campaigns.c.id)).scalars())
 
+    @_reconnecting
     def campaign(self, name: str | None = None) -> Mapping[str, Any]:
         """The campaign row named ``name`` (or the only one).
 
@@ -236,16 +269,19 @@ class Ledger:
         names = self.campaign_names()
         if name is None:
             if len(names) != 1:
-                raise LedgerError(f"{self.url} holds {len(names)} campaigns {names}; name the one you mean")
+                raise LedgerError(
+                    f"{masked(self.url)} holds {len(names)} campaigns {names}; name the one you mean"
+                )
             name = names[0]
         with self.engine.connect() as conn:
             row = conn.execute(select(campaigns).where(campaigns.c.name == name)).first()
         if row is None:
-            raise LedgerError(f"no campaign named {name!r} in {self.url}; it holds {names}")
+            raise LedgerError(f"no campaign named {name!r} in {masked(self.url)}; it holds {names}")
         return dict(row._mapping)
 
     # --- cycles -----------------------------------------------------------------------------
 
+    @_reconnecting
     def open_cycle(self, campaign_id: int, run_id: int) -> int:
         """The campaign's open cycle (left by a previous run) or a new one."""
         with self.transaction() as conn:
@@ -265,6 +301,7 @@ class Ledger:
             )
             return cycle
 
+    @_reconnecting
     def close_cycle(self, campaign_id: int, cycle: int, stop_reason: str | None = None) -> None:
         with self.transaction() as conn:
             conn.execute(
@@ -273,6 +310,7 @@ class Ledger:
                 .values(status="closed", finished_at=_now(), stop_reason=stop_reason)
             )
 
+    @_reconnecting
     def cycles(self, campaign_id: int) -> list[CycleRecord]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -284,6 +322,7 @@ class Ledger:
 
     # --- evaluations ------------------------------------------------------------------------
 
+    @_reconnecting
     def propose(
         self,
         campaign_id: int,
@@ -350,10 +389,12 @@ class Ledger:
                 f"a candidate of batch {ids} has already been evaluated or proposed in this campaign"
             ) from exc
 
+    @_reconnecting
     def mark_submitted(self, evaluation_id: int, external_id: str | None = None) -> None:
         """``proposed → submitted``, with the oracle's own handle for the job if it has one."""
         self._transition(evaluation_id, "submitted", submitted_at=_now(), external_id=external_id)
 
+    @_reconnecting
     def set_external_id(self, evaluation_id: int, external_id: str) -> None:
         """Remember the oracle's own id of a submitted job (to re-attach after a restart)."""
         with self.transaction() as conn:
@@ -361,6 +402,7 @@ class Ledger:
                 update(evaluations).where(evaluations.c.id == evaluation_id).values(external_id=external_id)
             )
 
+    @_reconnecting
     def record_result(self, evaluation_id: int, result: Result, run_id: int) -> None:
         """``submitted → done`` together with the result's rows, in one transaction."""
         now = _now()
@@ -390,6 +432,7 @@ class Ledger:
                 ],
             )
 
+    @_reconnecting
     def record_failure(
         self, evaluation_id: int, error: str, retryable: bool, cost: float | None = None
     ) -> None:
@@ -423,6 +466,7 @@ class Ledger:
                 f"(allowed from {list(_ALLOWED_FROM[status])})"
             )
 
+    @_reconnecting
     def evaluations(
         self, campaign_id: int, statuses: Sequence[Status] | None = None
     ) -> list[EvaluationRecord]:
@@ -467,6 +511,7 @@ class Ledger:
             for r in rows
         ]
 
+    @_reconnecting
     def status_counts(self, campaign_id: int) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -478,6 +523,7 @@ class Ledger:
         counts.update({status: int(n) for status, n in rows})
         return counts
 
+    @_reconnecting
     def spent(self, campaign_id: int) -> tuple[int, float]:
         """Experiments committed to (pending, done, or failed after reaching the oracle) and
         their cost so far."""
@@ -517,28 +563,3 @@ def _check_file(path: Path, create: bool) -> None:
         raise LedgerError(f"ledger {str(path)!r} does not exist")
     if not path.parent.is_dir():
         raise LedgerError(f"ledger {str(path)!r}: its folder {str(path.parent)!r} does not exist")
-
-
-def database_reason(exc: BaseException) -> str:
-    """One line saying why the database refused, with a hint for the usual causes."""
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    hints = {
-        "file is not a database": "not a SQLite database (a corrupt or foreign file?)",
-        "unable to open database file": "cannot open or create it (is its folder writable?)",
-        "readonly database": "read-only (is the file or its folder writable?)",
-    }
-    return next((f"{reason}: {hint}" for key, hint in hints.items() if key in reason), reason)
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None  # transactions are begun by the "begin" event
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL may wait for the lock
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

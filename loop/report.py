@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from loop.database import masked
 from loop.ledger import EvaluationRecord, Ledger
 
 
@@ -69,7 +70,7 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
     experiments, cost = ledger.spent(row["id"])
     return {
         "campaign": row["name"],
-        "ledger": ledger.url,
+        "ledger": masked(ledger.url),
         "seed": row["seed"],
         "config_hash": row["config_hash"],
         "cycles": len(cycles),

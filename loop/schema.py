@@ -48,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from loop.database import serialize
 from loop.errors import LedgerError
 from loop.frame import Frame
 
@@ -221,9 +222,13 @@ def prepare(conn: Connection, where: str) -> None:
     """Create the tables of a new ledger, or migrate an old one to :data:`SCHEMA_VERSION`,
     in ``conn``'s transaction (a failed migration leaves the ledger as it was).
 
+    Concurrent calls take turns (:func:`loop.database.serialize`): the second sees the tables
+    the first created.
+
     Raises:
         LedgerError: the ledger is of a newer version than this code knows.
     """
+    serialize(conn, "alloop ledger schema")
     found = version(conn)
     if found is not None and found > SCHEMA_VERSION:
         raise LedgerError(

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.backends import ledger_location, postgres_server, postgres_url  # noqa: F401  (fixtures)
+
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,18 +1,20 @@
 """The ledger's schema version: a new ledger is current, an old one is migrated keeping every
-row, a newer one is refused."""
+row, a newer one is refused; on SQLite and on PostgreSQL (``[sqlite]``, ``[postgresql]``)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, insert
+import sqlalchemy
+from sqlalchemy import insert, inspect, text
 
 from loop.errors import LedgerError
-from loop.ledger import Ledger
+from loop.ledger import Ledger, ledger_url
 from loop.schema import MIGRATIONS, SCHEMA_VERSION, metadata_obj, schema
+from tests.backends import alike, query
 
 V1_SQL = Path(__file__).with_name("ledger_v1.sql")  # the tables as alloop 2317036 created them
 
@@ -39,7 +41,7 @@ ROWS = {
     ],
     "evaluations": [
         (1, 1, "c1", 0, "done", None, 1.0, None, None, 1, T, T, T, '{"note": "ok"}'),
-        (2, 1, "c2", 0, "failed", "job-2", None, "boom", 1, 1, T, T, T, None),
+        (2, 1, "c2", 0, "failed", "job-2", None, "boom", True, 1, T, T, T, None),
         (3, 2, "c1", 0, "submitted", "job-3", None, None, None, 2, T, T, None, None),
         (4, 2, "c2", 0, "done", None, 1.0, None, None, 2, T, T, T, json.dumps(DFT_METADATA)),
         (5, 2, "c3", 0, "done", None, 1.0, None, None, 2, T, T, T, json.dumps(BAD_METADATA)),
@@ -53,41 +55,70 @@ ROWS = {
 }
 
 
-def _old_ledger(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
-        conn.executescript(V1_SQL.read_text())
-        for table, rows in ROWS.items():
-            marks = ", ".join("?" * len(rows[0]))
-            conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+def _execute(location: Path | str, *statements: str) -> None:
+    """Run ``statements`` in one transaction, straight on the database."""
+    engine = sqlalchemy.create_engine(ledger_url(location))
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
 
 
-def _v2_ledger(path: Path) -> None:
-    """The v1 ledger taken to version 2 as alloop before typed results left it."""
-    _old_ledger(path)
-    engine = create_engine(f"sqlite:///{path}")
-    with engine.begin() as conn:
-        MIGRATIONS[1](conn)
-        tables = [metadata_obj.tables[name] for name in ("leases", "schema")]
-        metadata_obj.create_all(conn, tables=tables)
-        conn.execute(insert(schema).values(version=2))
-    engine.dispose()
+def _old_ledger(location: Path | str) -> None:
+    """A version-1 ledger holding :data:`ROWS`."""
+    engine = sqlalchemy.create_engine(ledger_url(location))
+    ddl = V1_SQL.read_text()
+    postgres = engine.dialect.name == "postgresql"
+    if postgres:  # the same tables as SQLAlchemy created them on PostgreSQL
+        ddl = ddl.replace("DATETIME", "TIMESTAMP WITH TIME ZONE").replace("\tid INTEGER", "\tid SERIAL")
+    ddl = "\n".join(line for line in ddl.splitlines() if not line.startswith("--"))
+    try:
+        with engine.begin() as conn:
+            for statement in filter(str.strip, ddl.split(";")):
+                conn.exec_driver_sql(statement)
+            for table, rows in ROWS.items():
+                marks = ", ".join(f":p{i}" for i in range(len(rows[0])))
+                conn.execute(
+                    text(f"INSERT INTO {table} VALUES ({marks})"),
+                    [{f"p{i}": value for i, value in enumerate(row)} for row in rows],
+                )
+            if postgres:  # rows inserted with their ids: move the id sequences past them
+                for table in ("campaigns", "runs", "evaluations"):
+                    sequence = f"pg_get_serial_sequence('{table}', 'id')"
+                    conn.exec_driver_sql(f"SELECT setval({sequence}, (SELECT max(id) FROM {table}))")
+    finally:
+        engine.dispose()
 
 
-def _assert_frames_moved(path: Path) -> None:
+def _v2_ledger(location: Path | str) -> None:
+    """The v1 ledger taken to version 2, as alloop left it before typed results."""
+    _old_ledger(location)
+    engine = sqlalchemy.create_engine(ledger_url(location))
+    try:
+        with engine.begin() as conn:
+            MIGRATIONS[1](conn)
+            metadata_obj.create_all(conn, tables=[metadata_obj.tables[name] for name in ("leases", "schema")])
+            conn.execute(insert(schema).values(version=2))
+    finally:
+        engine.dispose()
+
+
+def _assert_frames_moved(location: Path | str) -> None:
     """The labelled structure of evaluation 4 is in ``evaluations.frame``, out of its metadata;
     every other column of every evaluation is as it was."""
     width = len(ROWS["evaluations"][0])
-    assert [r[: width - 1] for r in _rows(path, "evaluations", width)] == [
-        r[: width - 1] for r in ROWS["evaluations"]
+    assert [r[: width - 1] for r in _rows(location, "evaluations", width)] == [
+        r[: width - 1] for r in _expected("evaluations")
     ]
-    with sqlite3.connect(path) as conn:
-        stored = conn.execute("SELECT id, metadata, frame FROM evaluations ORDER BY id").fetchall()
-    metadata = {i: None if m is None else json.loads(m) for i, m, _ in stored}
-    frames = {i: None if f is None else json.loads(f) for i, _, f in stored}
+    stored = query(location, "SELECT id, metadata, frame FROM evaluations ORDER BY id")
+    metadata = {i: m for i, m, _ in stored}
+    frames = {i: f for i, _, f in stored}
     kept = {"formula": "Cu", "n_steps": 3}
     assert metadata == {1: {"note": "ok"}, 2: None, 3: None, 4: kept, 5: BAD_METADATA}
     assert frames == {1: None, 2: None, 3: None, 4: {"id": "c2", "structure": STRUCTURE, **LABELS}, 5: None}
-    with Ledger(path) as ledger:
+    with Ledger(location) as ledger:
         moved, bad = ledger.evaluations(2, ["done"])
     assert moved.metadata == kept and moved.frame is not None
     assert moved.frame.id == "c2" and moved.frame.energy == -0.5
@@ -97,74 +128,79 @@ def _assert_frames_moved(path: Path) -> None:
     assert bad.frame is None and bad.metadata == BAD_METADATA
 
 
-def _rows(path: Path, table: str, width: int) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
-        return [row[:width] for row in conn.execute(f"SELECT * FROM {table} ORDER BY rowid")]
+def _rows(location: Path | str, table: str, width: int) -> list[tuple[object, ...]]:
+    return [row[:width] for row in query(location, f"SELECT * FROM {table} ORDER BY 1, 2")]
 
 
-def _version(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT version FROM schema").fetchone()[0])
+def _expected(table: str) -> list[tuple[object, ...]]:
+    return [tuple(alike(value) for value in row) for row in ROWS[table]]
 
 
-def test_a_new_ledger_is_current(tmp_path: Path) -> None:
-    Ledger(tmp_path / "new.db").close()
-    assert _version(tmp_path / "new.db") == SCHEMA_VERSION
+def _version(location: Path | str) -> int:
+    return int(query(location, "SELECT version FROM schema")[0][0])
 
 
-def test_an_old_ledger_is_migrated_keeping_every_row(tmp_path: Path) -> None:
-    path = tmp_path / "v1.db"
-    _old_ledger(path)
+def _tables_and_columns(location: Path | str, table: str) -> tuple[set[str], list[str]]:
+    engine = sqlalchemy.create_engine(ledger_url(location))
+    try:
+        found = inspect(engine)
+        return set(found.get_table_names()), [c["name"] for c in found.get_columns(table)]
+    finally:
+        engine.dispose()
 
-    with Ledger(path) as ledger:
+
+def test_a_new_ledger_is_current(ledger_location: Path | str) -> None:
+    Ledger(ledger_location).close()
+    assert _version(ledger_location) == SCHEMA_VERSION
+
+
+def test_an_old_ledger_is_migrated_keeping_every_row(ledger_location: Path | str) -> None:
+    _old_ledger(ledger_location)
+
+    with Ledger(ledger_location) as ledger:
         assert ledger.campaign_names() == ["old", "stopped"]
         (done,) = ledger.evaluations(1, ["done"])
         assert done.values == {"y": 0.25} and done.metadata == {"note": "ok"}
         assert ledger.status_counts(2)["submitted"] == 1
+        assert ledger.open_campaign("new", {}, "h", 0) == 3  # the ids go on after the old rows
 
-    assert _version(path) == SCHEMA_VERSION
+    assert _version(ledger_location) == SCHEMA_VERSION
     for table, rows in ROWS.items():
         if table not in ("flow_leases", "evaluations"):  # leases are renewed every minute: the old table goes
-            assert _rows(path, table, len(rows[0])) == rows, table
-    _assert_frames_moved(path)
-    with sqlite3.connect(path) as conn:
-        stops = conn.execute("SELECT name, stop_reason FROM campaigns ORDER BY id").fetchall()
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert stops == [("old", None), ("stopped", "the candidate pool is exhausted")]
+            assert _rows(ledger_location, table, len(rows[0]))[: len(rows)] == _expected(table), table
+    _assert_frames_moved(ledger_location)
+    stops = query(ledger_location, "SELECT name, stop_reason FROM campaigns ORDER BY id")
+    tables, _ = _tables_and_columns(ledger_location, "campaigns")
+    assert stops == [("old", None), ("stopped", "the candidate pool is exhausted"), ("new", None)]
     assert "flow_leases" not in tables and {"leases", "schema"} <= tables
-    Ledger(path).close()  # opening a current ledger again changes nothing
-    assert _version(path) == SCHEMA_VERSION and _rows(path, "runs", 8) == ROWS["runs"]
+    Ledger(ledger_location).close()  # opening a current ledger again changes nothing
+    assert _version(ledger_location) == SCHEMA_VERSION
+    assert _rows(ledger_location, "runs", 8) == _expected("runs")
 
 
-def test_a_v2_ledger_moves_its_labelled_structures_into_frames(tmp_path: Path) -> None:
-    path = tmp_path / "v2.db"
-    _v2_ledger(path)
-    assert _version(path) == 2
-    Ledger(path).close()
-    assert _version(path) == SCHEMA_VERSION
+def test_a_v2_ledger_moves_its_labelled_structures_into_frames(ledger_location: Path | str) -> None:
+    _v2_ledger(ledger_location)
+    assert _version(ledger_location) == 2
+    Ledger(ledger_location).close()
+    assert _version(ledger_location) == SCHEMA_VERSION
     for table, rows in ROWS.items():
         if table not in ("flow_leases", "evaluations"):
-            assert _rows(path, table, len(rows[0])) == rows, table
-    _assert_frames_moved(path)
+            assert _rows(ledger_location, table, len(rows[0])) == _expected(table), table
+    _assert_frames_moved(ledger_location)
 
 
-def test_a_failed_migration_leaves_the_old_ledger_as_it_was(tmp_path: Path) -> None:
-    path = tmp_path / "v1.db"
-    _old_ledger(path)
-    with sqlite3.connect(path) as conn:  # a column the migration adds: it fails half-way
-        conn.execute("ALTER TABLE campaigns ADD COLUMN stopped_at TEXT")
-    with pytest.raises(LedgerError, match=r"v1\.db"):
-        Ledger(path)
-    with sqlite3.connect(path) as conn:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        columns = [r[1] for r in conn.execute("PRAGMA table_info(campaigns)")]
+def test_a_failed_migration_leaves_the_old_ledger_as_it_was(ledger_location: Path | str) -> None:
+    _old_ledger(ledger_location)
+    # A column the migration adds: it fails half-way.
+    _execute(ledger_location, "ALTER TABLE campaigns ADD COLUMN stopped_at TEXT")
+    with pytest.raises(LedgerError, match=re.escape(str(ledger_location))):
+        Ledger(ledger_location)
+    tables, columns = _tables_and_columns(ledger_location, "campaigns")
     assert "schema" not in tables and "flow_leases" in tables and "stop_reason" not in columns
 
 
-def test_a_newer_ledger_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.db"
-    Ledger(path).close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE schema SET version = ?", (SCHEMA_VERSION + 1,))
+def test_a_newer_ledger_is_refused(ledger_location: Path | str) -> None:
+    Ledger(ledger_location).close()
+    _execute(ledger_location, f"UPDATE schema SET version = {SCHEMA_VERSION + 1}")
     with pytest.raises(LedgerError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
-        Ledger(path)
+        Ledger(ledger_location)
