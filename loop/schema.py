@@ -11,12 +11,14 @@ Tables (:mod:`loop.ledger` reads and writes them):
   ``proposed → submitted → done | failed`` and never back;
 * ``results`` — one row per measured property: value, uncertainty, unit;
 * ``cycles`` — per cycle: surrogate summary, acquisition, what was chosen and why;
-* ``leases`` — who writes to a campaign now (:mod:`loop.lease`).
+* ``leases`` — who writes to a campaign now (:mod:`loop.lease`);
+* ``predictions`` — per proposed evaluation and objective: the surrogate's mean, latent and
+  predictive std, and the recalibration factor in force (:mod:`loop.calibration`).
 
 Versions: 1 is the schema before the ``schema`` table (alloop up to commit 2317036); 2 adds
 ``schema``, ``leases`` (replacing ``flow_leases``) and ``campaigns.stop_reason`` /
-``stopped_at``. :func:`prepare` creates a new ledger or migrates an old one, in the caller's
-transaction, keeping every row.
+``stopped_at``; 3 adds ``predictions``. :func:`prepare` creates a new ledger or migrates an
+old one, in the caller's transaction, keeping every row.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from sqlalchemy.engine import Connection
 from loop.errors import LedgerError
 
 #: The version of the tables below; bump it with a migration in :data:`MIGRATIONS`.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata_obj = MetaData()
 
@@ -147,6 +149,17 @@ cycles = Table(
     Column("finished_at", DateTime(timezone=True)),
 )
 
+predictions = Table(
+    "predictions",
+    metadata_obj,
+    Column("evaluation_id", ForeignKey("evaluations.id"), primary_key=True),
+    Column("property", String(100), primary_key=True),
+    Column("mean", Float, nullable=False),
+    Column("latent_std", Float, nullable=False),
+    Column("predictive_std", Float, nullable=False),
+    Column("std_scale", Float, nullable=False, default=1.0),
+)
+
 
 schema = Table(
     "schema",
@@ -169,13 +182,18 @@ def _v1_to_v2(conn: Connection) -> None:
     conn.execute(text("DROP TABLE IF EXISTS flow_leases"))  # leases are renewed each minute
 
 
+def _add_predictions(conn: Connection) -> None:
+    """Add the ``predictions`` table (older cycles recorded no predictions: it starts empty)."""
+    predictions.create(conn, checkfirst=True)
+
+
 def _add_column(conn: Connection, column: Column[Any]) -> None:
     kind = column.type.compile(dialect=conn.dialect)
     conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}"))
 
 
 #: ``MIGRATIONS[n]`` takes the tables from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _add_predictions}
 
 
 def version(conn: Connection) -> int | None:
