@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 Method = Literal["none", "scale", "conformal"]
 Std = Literal["latent", "predictive", "recalibrated"]
@@ -203,12 +203,12 @@ def describe_summary(summary: Mapping[str, Any]) -> str:
 
 
 def plot_reliability(
-    path: str | Path, curves: Mapping[str, Sequence[tuple[float, float]]], title: str = ""
+    path: str | Path | IO[bytes], curves: Mapping[str, Sequence[tuple[float, float]]], title: str = ""
 ) -> None:
     """Plot observed against expected coverage (one line per curve) with the diagonal.
 
     Args:
-        path: Image file to write.
+        path: Image file (or binary stream) to write a PNG to.
         curves: ``label -> [(expected, observed), ...]`` as :func:`reliability` gives them.
         title: Figure title.
     """
@@ -229,5 +229,5 @@ def plot_reliability(
     ax.set_title(title or "reliability")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
