@@ -169,3 +169,14 @@ def test_sigkill_and_resume_keep_the_calibration_record_exactly(
         e = evaluations[p.evaluation_id]
         assert p.value == (e.values.get("y") if e.status == "done" else None)
     assert len(after) == 9  # 12 experiments, 3 random before the first fit
+
+
+def test_otf_force_coverage_counts_errors_within_k_spreads() -> None:
+    from loop.otf.reports import force_coverage
+
+    # Half-widths 0.674 / 1.282 / 1.645 / 1.960 spreads.
+    numbers = force_coverage([0.5, 1.0, 1.5, 1.8, 2.5])
+    assert numbers["count"] == 5
+    assert numbers["coverage"] == {"0.5": 1 / 5, "0.8": 2 / 5, "0.9": 3 / 5, "0.95": 4 / 5}
+    assert numbers["rms_ratio"] == pytest.approx(math.sqrt((0.25 + 1 + 2.25 + 3.24 + 6.25) / 5))
+    assert force_coverage([])["coverage"]["0.9"] is None

@@ -63,8 +63,8 @@ def test_closed_form_loo_matches_the_direct_computation() -> None:
     X = model.train_inputs[0]
     with torch.no_grad():
         prior = model.forward(X)
-        C = model.likelihood(prior).covariance_matrix
-        r = model.train_targets - prior.mean
+        C = model.likelihood(prior).covariance_matrix.detach()
+        r = (model.train_targets - prior.mean).detach()
     for i in range(12):
         rest = [j for j in range(12) if j != i]
         k = C[i, rest]
