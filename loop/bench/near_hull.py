@@ -73,9 +73,13 @@ def ground_truth(config: CampaignConfig, path: Path) -> dict[str, tuple[str, flo
     assert isinstance(oracle, DFTRunner) and pool is not None
     references = oracle.references(sorted({s for c in pool.candidates for s in _symbols(c)}))
     truth = {}
+    folder = path.parent / "truth"
+    folder.mkdir(parents=True, exist_ok=True)
     for c in pool.candidates:
         atoms = structure_from_params(c.params).to_ase_atoms()
-        outcome = execute(atoms, oracle.settings, path.parent / "truth")
+        outcome = execute(atoms, oracle.settings, folder)
+        if outcome["status"] != "ok":
+            raise RuntimeError(f"ground truth of {c.id}: {outcome['status']}: {outcome.get('message')}")
         energy = outcome["energy"] - sum(references[s] for s in atoms.get_chemical_symbols())
         truth[c.id] = (str(c.params["formula"]), energy / len(atoms))
     campaign.close()
