@@ -1,4 +1,5 @@
-"""What a campaign shows in the Prefect UI: the proposed batch, the budget spent, a report.
+"""What a campaign shows in the Prefect UI: the proposed batch, the budget spent, a report
+(with the surrogate's prequential calibration and its reliability diagram).
 
 Artifact keys are stable per campaign (``<campaign>-batch``, ``<campaign>-progress``,
 ``<campaign>-report``), so the UI keeps one history per campaign across flow runs. Every
@@ -24,9 +25,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from loop.calibration import LEVELS, plot_reliability
 from loop.campaign import Campaign, CampaignReport
 from loop.ledger import EvaluationRecord
-from loop.report import describe_best
+from loop.report import campaign_calibration, describe_best
 
 
 def artifact_key(campaign: str, kind: str) -> str:
@@ -182,7 +184,41 @@ def report_markdown(campaign: Campaign, report: CampaignReport, plot: str | None
         )
     if plot:
         lines += ["", plot]
-    return "\n".join(lines)
+    return "\n".join(lines + calibration_markdown(campaign))
+
+
+def calibration_markdown(campaign: Campaign) -> list[str]:
+    """The calibration section: coverage of the central intervals per objective and std, which
+    std the decisions used, and the reliability diagram inline."""
+    report = campaign_calibration(campaign.ledger, campaign.name)
+    levels = " | ".join(f"{level:.0%}" for level in LEVELS)
+    lines = [
+        "",
+        "## Calibration (prequential: each result against the prediction that chose it)",
+        "",
+        f"Decisions use the {report['decisions_use']}.",
+        "",
+        f"| objective | std | results | {levels} | mean z | RMS z |",
+        "|---|---|---|" + "---|" * len(LEVELS) + "---|---|",
+    ]
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, numbers in report["objectives"].items():
+        for std in ("latent", "predictive", "recalibrated"):
+            s = numbers[std]
+            covered = " | ".join(_short(s["coverage"][f"{level:g}"]) for level in LEVELS)
+            z = f"{_short(s['mean_z'])} | {_short(s['rms_z'])}"
+            lines.append(f"| {name} | {std} | {s['count']} | {covered} | {z} |")
+        curves |= {f"{name} {std}": points for std, points in numbers["reliability"].items()}
+    if any(curves.values()):
+        buffer = io.BytesIO()
+        plot_reliability(buffer, curves, f"{campaign.name}: reliability")
+        png = base64.b64encode(buffer.getvalue()).decode()
+        lines += ["", f"![reliability diagram](data:image/png;base64,{png})"]
+    return lines
+
+
+def _short(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 def publish_report(campaign: Campaign, report: CampaignReport) -> UUID:

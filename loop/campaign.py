@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from botorch.utils.datasets import SupervisedDataset
 
+from loop import calibration
 from loop.acquisition import Acquisition, Pick
 from loop.build import build_acquisition, build_oracle, build_space, build_surrogate
 from loop.candidate import Candidate
@@ -38,6 +39,7 @@ from loop.stopping import StoppingRule, stopping_rules
 from oracles.base import Oracle
 from oracles.errors import OracleSetupError
 from surrogates.base import Surrogate, SurrogateError
+from surrogates.calibrated import CalibratedSurrogate, loo_z, predictive_moments
 
 log = logging.getLogger("alloop")
 
@@ -249,7 +251,7 @@ class Campaign(EvaluationRecorder):
         stop_reason = self.improvement_exhausted(surrogate)
         if stop_reason is not None:
             return [], stop_reason
-        proposals = self.propose(surrogate, cycle)
+        proposals = self.propose(self.acquisition_model(surrogate), cycle)
         if not proposals:
             return [], "the candidate pool is exhausted"
         return self.commit_proposals(cycle, proposals, surrogate), None
@@ -390,9 +392,41 @@ class Campaign(EvaluationRecorder):
     ) -> list[EvaluationRecord]:
         """Write the batch to the ledger (one transaction) and return its evaluations."""
         name = self.acquisition.kind if surrogate is not None else "random"
-        summary = surrogate.summary() if surrogate is not None else None
+        summary = self.surrogate_summary(surrogate) if surrogate is not None else None
         ids = set(self.ledger.propose(self.id, self.run_id, cycle, proposals, name, summary))
         return [e for e in self.ledger.evaluations(self.id, ["proposed"]) if e.id in ids]
+
+    # --- calibration ------------------------------------------------------------------------
+
+    def std_scales(self) -> dict[str, float]:
+        """Per objective, the factor on the predictive std that ``[surrogate] calibration``
+        fits to the campaign's z-scores so far (1 for ``"none"``)."""
+        method = self.config.surrogate.calibration
+        if method == "none":
+            return dict.fromkeys(self.objectives, 1.0)
+        return calibration.current_scales(self.ledger.predictions(self.id), self.objectives, method)
+
+    def predictive_model(self, surrogate: Surrogate) -> CalibratedSurrogate:
+        """The surrogate's distribution of a measurement (observation noise added, std
+        recalibrated): what the stopping rules judge by."""
+        scale = torch.tensor([self.std_scales()[p] for p in self.objectives], dtype=torch.double)
+        return CalibratedSurrogate(_unwrapped(surrogate), scale, observation_noise=True)
+
+    def acquisition_model(self, surrogate: Surrogate | None) -> Surrogate | None:
+        """The model the acquisition scores: the surrogate, its latent std recalibrated
+        unless ``[surrogate] calibration = "none"``."""
+        if surrogate is None or self.config.surrogate.calibration == "none":
+            return surrogate
+        scale = torch.tensor([self.std_scales()[p] for p in self.objectives], dtype=torch.double)
+        return CalibratedSurrogate(surrogate, scale, observation_noise=False)
+
+    def surrogate_summary(self, surrogate: Surrogate) -> dict[str, Any]:
+        """The fitted surrogate's summary for the cycle's row, with its leave-one-out check."""
+        summary = surrogate.summary()
+        z = loo_z(surrogate)
+        if z is not None:
+            summary["loo"] = {p: calibration.summarize(z[i].tolist()) for i, p in enumerate(self.objectives)}
+        return summary
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -440,11 +474,28 @@ class Campaign(EvaluationRecorder):
     ) -> list[Proposal]:
         if surrogate is None or not picks:
             return [Proposal(c, None) for c in candidates]
-        mean, variance = surrogate.predict(torch.stack([p.X for p in picks]))
+        X = torch.stack([p.X for p in picks])
+        mean, latent, predictive = predictive_moments(_unwrapped(surrogate), X)
+        std, noisy, scales = latent.sqrt(), predictive.sqrt(), self.std_scales()
         return [
-            Proposal(c, p.value, mean[i].tolist(), variance[i].sqrt().tolist())
+            Proposal(
+                c,
+                p.value,
+                mean[i].tolist(),
+                std[i].tolist(),
+                {
+                    name: calibration.Prediction(
+                        float(mean[i, j]), float(std[i, j]), float(noisy[i, j]), scales[name]
+                    )
+                    for j, name in enumerate(self.objectives)
+                },
+            )
             for i, (p, c) in enumerate(zip(picks, candidates, strict=True))
         ]
+
+
+def _unwrapped(surrogate: Surrogate) -> Surrogate:
+    return surrogate.inner if isinstance(surrogate, CalibratedSurrogate) else surrogate
 
 
 def _random_like(acquisition: Acquisition) -> Acquisition:

@@ -124,10 +124,12 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a campaign: cycles, evaluations by status, best so far."""
-    from loop.report import campaign_status, describe_best
+    from loop.calibration import describe_summary
+    from loop.report import campaign_calibration, campaign_status, describe_best
 
     with _one_line_errors(db), Ledger(db, create=False) as ledger:
         summary = campaign_status(ledger, campaign)
+        summary["calibration"] = campaign_calibration(ledger, campaign)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
@@ -139,6 +141,10 @@ def status(
     best = summary["best"]
     table.add_row("best", "—" if best is None else describe_best(best, summary["units"]))
     table.add_row("stopped", summary["stop_reason"] or "no (it may go on)")
+    for name, numbers in summary["calibration"]["objectives"].items():
+        table.add_row(f"calibration {name}", f"predictive: {describe_summary(numbers['predictive'])}")
+        table.add_row("", f"latent: {describe_summary(numbers['latent'])}")
+    table.add_row("decisions use", summary["calibration"]["decisions_use"])
     Console().print(table)
 
 

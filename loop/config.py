@@ -185,6 +185,9 @@ class SurrogateSection(_Strict):
     lengthscale_prior: bool = True
     noise: Literal["inferred", "observed"] = "inferred"
     warm_start: bool = True
+    calibration: Literal["none", "scale", "conformal"] = "none"
+    """Recalibration of the predictive std from the campaign's own z-scores
+    (:mod:`loop.calibration`), used by the stopping rules and the acquisition."""
 
 
 class AcquisitionSection(_Strict):

@@ -26,12 +26,13 @@ from sqlalchemy import Insert, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from loop.calibration import CalibrationPoint, Prediction
 from loop.candidate import Candidate
 from loop.database import create_engine, database_reason, masked, retrying
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
 from loop.frame import Frame
 from loop.provenance import package_versions, process_info
-from loop.schema import campaigns, candidates, cycles, evaluations, prepare, results, runs
+from loop.schema import campaigns, candidates, cycles, evaluations, predictions, prepare, results, runs
 from oracles.base import Result
 
 Status = Literal["proposed", "submitted", "done", "failed"]
@@ -108,12 +109,14 @@ class CycleRecord:
 
 @dataclass(frozen=True)
 class Proposal:
-    """A candidate chosen by a cycle, and why: acquisition value, posterior mean and std."""
+    """A candidate chosen by a cycle, and why: acquisition value, posterior mean and std;
+    ``predictions`` per objective are its calibration record (:mod:`loop.calibration`)."""
 
     candidate: Candidate
     acquisition_value: float | None = None
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    predictions: Mapping[str, Prediction] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -374,6 +377,7 @@ class Ledger:
                             ),
                         )
                     )
+                    _write_predictions(conn, evaluation_ids[-1], p.predictions or {})
                 conn.execute(
                     update(cycles)
                     .where(cycles.c.campaign_id == campaign_id, cycles.c.cycle == cycle)
@@ -512,6 +516,34 @@ class Ledger:
         ]
 
     @_reconnecting
+    def predictions(self, campaign_id: int) -> list[CalibrationPoint]:
+        """The campaign's calibration record: every recorded prediction with its measured
+        value (``None`` while not measured), in proposal order."""
+        query = (
+            select(predictions, evaluations.c.cycle, results.c.value)
+            .join(evaluations, evaluations.c.id == predictions.c.evaluation_id)
+            .outerjoin(
+                results,
+                (results.c.evaluation_id == predictions.c.evaluation_id)
+                & (results.c.property == predictions.c.property),
+            )
+            .where(evaluations.c.campaign_id == campaign_id)
+            .order_by(predictions.c.evaluation_id, predictions.c.property)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            CalibrationPoint(
+                r.evaluation_id,
+                r.cycle,
+                r.property,
+                Prediction(r.mean, r.latent_std, r.predictive_std, r.std_scale),
+                r.value,
+            )
+            for r in rows
+        ]
+
+    @_reconnecting
     def status_counts(self, campaign_id: int) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -545,6 +577,24 @@ def _inserted_id(conn: Connection, statement: Insert) -> int:
     if key is None:  # only after an executemany, which the ledger never runs
         raise LedgerError("the database returned no primary key for an insert")
     return int(key[0])
+
+
+def _write_predictions(conn: Connection, evaluation_id: int, by_property: Mapping[str, Prediction]) -> None:
+    """Record a proposal's predictions (finite ones only) in the caller's transaction."""
+    rows = [
+        {
+            "evaluation_id": evaluation_id,
+            "property": name,
+            "mean": p.mean,
+            "latent_std": p.latent_std,
+            "predictive_std": p.predictive_std,
+            "std_scale": p.std_scale,
+        }
+        for name, p in by_property.items()
+        if all(math.isfinite(v) for v in (p.mean, p.latent_std, p.predictive_std, p.std_scale))
+    ]
+    if rows:
+        conn.execute(insert(predictions), rows)
 
 
 def _sqlite_path(url: str) -> Path | None:

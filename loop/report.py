@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from loop.calibration import calibration_report
 from loop.database import masked
 from loop.ledger import EvaluationRecord, Ledger
 
@@ -84,6 +85,19 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
         "stop_reason": row["stop_reason"],
         "stopped_at": row["stopped_at"],
     }
+
+
+def campaign_calibration(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
+    """The campaign's prequential calibration (:func:`loop.calibration.calibration_report`)
+    and the leave-one-out check of its last fitted surrogate (``loo``, ``None`` if none)."""
+    row = ledger.campaign(name)
+    config = row["config"]
+    objectives = [o["name"] for o in config["objectives"]]
+    method = config.get("surrogate", {}).get("calibration", "none")
+    report = calibration_report(ledger.predictions(row["id"]), objectives, method)
+    fitted = [c.surrogate for c in ledger.cycles(row["id"]) if c.surrogate]
+    report["loo"] = fitted[-1].get("loo") if fitted else None
+    return report
 
 
 def evaluations_table(ledger: Ledger, name: str | None = None) -> pd.DataFrame:

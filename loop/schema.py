@@ -13,13 +13,15 @@ Tables (:mod:`loop.ledger` reads and writes them):
   structure of a result (its :class:`~loop.frame.Frame`: energy, forces, stress) is in
   ``evaluations.frame``, as :meth:`Frame.as_dict <loop.frame.Frame.as_dict>` gives it;
 * ``cycles`` — per cycle: surrogate summary, acquisition, what was chosen and why;
-* ``leases`` — who writes to a campaign now (:mod:`loop.lease`).
+* ``leases`` — who writes to a campaign now (:mod:`loop.lease`);
+* ``predictions`` — per proposed evaluation and objective: the surrogate's mean, latent and
+  predictive std, and the recalibration factor in force (:mod:`loop.calibration`).
 
 Versions: 1 is the schema before the ``schema`` table (alloop up to commit 2317036); 2 adds
 ``schema``, ``leases`` (replacing ``flow_leases``) and ``campaigns.stop_reason`` /
 ``stopped_at``; 3 adds ``evaluations.frame``, moving the labelled structures out of the
-metadata. :func:`prepare` creates a new ledger or migrates an old one, in the caller's
-transaction, keeping every row.
+metadata; 4 adds ``predictions``. :func:`prepare` creates a new ledger or migrates an old one,
+in the caller's transaction, keeping every row.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from loop.errors import LedgerError
 from loop.frame import Frame
 
 #: The version of the tables below; bump it with a migration in :data:`MIGRATIONS`.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata_obj = MetaData()
 
@@ -154,6 +156,17 @@ cycles = Table(
     Column("finished_at", DateTime(timezone=True)),
 )
 
+predictions = Table(
+    "predictions",
+    metadata_obj,
+    Column("evaluation_id", ForeignKey("evaluations.id"), primary_key=True),
+    Column("property", String(100), primary_key=True),
+    Column("mean", Float, nullable=False),
+    Column("latent_std", Float, nullable=False),
+    Column("predictive_std", Float, nullable=False),
+    Column("std_scale", Float, nullable=False, default=1.0),
+)
+
 
 schema = Table(
     "schema",
@@ -201,13 +214,18 @@ def _v2_to_v3(conn: Connection) -> None:
         )
 
 
+def _add_predictions(conn: Connection) -> None:
+    """Add the ``predictions`` table (older cycles recorded no predictions: it starts empty)."""
+    predictions.create(conn, checkfirst=True)
+
+
 def _add_column(conn: Connection, column: Column[Any]) -> None:
     kind = column.type.compile(dialect=conn.dialect)
     conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}"))
 
 
 #: ``MIGRATIONS[n]`` takes the tables from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _add_predictions}
 
 
 def version(conn: Connection) -> int | None:

@@ -4,7 +4,9 @@ campaign should stop now, and why.
 A rule is one concept with one method, :meth:`StoppingRule.reason`; :func:`stopping_rules`
 builds those a ``[stopping]`` section asks for. Rules that need the fitted surrogate
 (``needs_surrogate``) are asked after each fit, before the batch is chosen; the others
-between cycles.
+between cycles. They judge by the distribution of a *measurement* (the predictive std, with
+the fitted noise, recalibrated as ``[surrogate] calibration`` says: see
+:meth:`~loop.campaign.Campaign.predictive_model`), not by the latent std alone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from loop.campaign import Campaign
     from loop.config import CampaignConfig
     from surrogates.base import Surrogate
+    from surrogates.calibrated import CalibratedSurrogate
 
 
 class StoppingRule(ABC):
@@ -92,8 +95,8 @@ class PoolExhausted(StoppingRule):
 
 
 class ExpectedImprovement(StoppingRule):
-    """Stop once the best expected improvement (over the free pool or the space) is below
-    ``threshold``."""
+    """Stop once the best expected improvement of a measurement (over the free pool or the
+    space, predictive std) is below ``threshold``."""
 
     needs_surrogate = True
 
@@ -105,16 +108,17 @@ class ExpectedImprovement(StoppingRule):
         if surrogate is None or data is None:
             return None
         choices = None if campaign.pool is None else campaign.pool.X[campaign.free_pool_rows()]
-        ei = campaign.acquisition.max_expected_improvement(surrogate, data.Y, choices, campaign.space)
+        model = campaign.predictive_model(surrogate)
+        ei = campaign.acquisition.max_expected_improvement(model, data.Y, choices, campaign.space)
         if ei < self.threshold:
-            return f"expected improvement {ei:.3g} is below {self.threshold:g}"
+            return f"expected improvement {ei:.3g} is below {self.threshold:g} ({_std_used(model)})"
         return None
 
 
 class NearHull(StoppingRule):
     """Structure pools: stop once no unevaluated candidate's lower bound of formation energy
-    (the surrogate's mean minus ``sigmas`` standard deviations) lies within ``within_mev``
-    meV/atom of the hull of the done evaluations."""
+    (the surrogate's mean minus ``sigmas`` predictive standard deviations) lies within
+    ``within_mev`` meV/atom of the hull of the done evaluations."""
 
     needs_surrogate = True
     PROPERTY = "formation_energy_per_atom"
@@ -141,7 +145,8 @@ class NearHull(StoppingRule):
         formulas = [str(pool.candidates[i].params["formula"]) for i in free]
         elements = sorted({el.symbol for f in formulas for el in Composition(f).elements})
         diagram = phase_diagram(done, elements)  # with the pool's elements at 0 eV/atom
-        mean, variance = surrogate.predict(pool.X[free])
+        model = campaign.predictive_model(surrogate)
+        mean, variance = model.predict(pool.X[free])
         column = campaign.objectives.index(self.PROPERTY)
         lower = mean[:, column] - self.sigmas * variance[:, column].sqrt()
         if could_reach_hull(diagram, formulas, lower.tolist(), self.within_mev):
@@ -149,8 +154,13 @@ class NearHull(StoppingRule):
         found = sum(h * 1000.0 <= self.within_mev + 1e-9 for h in hull_heights(diagram, done))
         return (
             f"near-hull goal met: no unevaluated candidate's lower bound within {self.within_mev:g} "
-            f"meV/atom of the hull ({found} structures within it found)"
+            f"meV/atom of the hull ({found} structures within it found; {_std_used(model)})"
         )
+
+
+def _std_used(model: CalibratedSurrogate) -> str:
+    scales = ", ".join(f"{s:.3g}" for s in model.scale.tolist())
+    return f"predictive std x {scales}"
 
 
 def stopping_rules(config: CampaignConfig) -> list[StoppingRule]:

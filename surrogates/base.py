@@ -22,8 +22,8 @@ from loop.errors import AlloopError
 DEFAULT_CHUNK_SIZE = 4096
 
 
-class _Moments(Protocol):
-    """A posterior with marginal moments."""
+class Moments(Protocol):
+    """A posterior with marginal moments (what BoTorch's ``Posterior`` base does not promise)."""
 
     @property
     def mean(self) -> Tensor: ...
@@ -68,7 +68,7 @@ class Surrogate(Model, ABC):
         for start in range(0, X.shape[0], chunk_size):
             # botorch's Posterior base declares no moments; the posteriors of surrogates
             # (GPyTorchPosterior, EnsemblePosterior) all have them
-            posterior = cast(_Moments, self.posterior(X[start : start + chunk_size]))
+            posterior = cast(Moments, self.posterior(X[start : start + chunk_size]))
             means.append(posterior.mean)
             variances.append(posterior.variance.clamp_min(0.0))
         return torch.cat(means), torch.cat(variances)

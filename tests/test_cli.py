@@ -37,6 +37,11 @@ def test_run_status_resume_export(branin_config: Callable[..., Path], tmp_path: 
     assert summary["cycles"] == 2
     assert summary["evaluations"] == {"proposed": 0, "submitted": 0, "done": 6, "failed": 0}
     assert summary["best"]["values"]["y"] > 0
+    calibration = summary["calibration"]
+    assert calibration["method"] == "none" and calibration["objectives"]["y"]["predictive"]["count"] == 2
+    assert calibration["loo"]["y"]["count"] == 4
+    text = runner.invoke(app, ["status", str(db)])
+    assert text.exit_code == 0 and "calibration y" in text.output and "decisions use" in text.output
 
     second = runner.invoke(app, ["run", str(path), "--quiet"])
     assert second.exit_code == 0, second.output

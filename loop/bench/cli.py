@@ -263,6 +263,43 @@ def overhead_command(
     Console().print(table)
 
 
+@app.command("calibration")
+def calibration_command(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Folder with crossed_barrel/ and oer_plate_3496/.")
+    ] = Path("../shared/data"),
+    campaigns: Annotated[int, typer.Option("--campaigns", min=1, help="Campaigns per pool and method.")] = 10,
+    budget: Annotated[int, typer.Option("--budget", min=3, help="Experiments per campaign.")] = 100,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Designs per cycle.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
+) -> None:
+    """Prequential coverage of the 90% interval before and after recalibration, and sample
+    efficiency with and without it, on the crossed-barrel and OER pools."""
+    from loop.bench.calibration import run_calibration_benchmark
+
+    def progress(pool: str, method: str, k: int) -> None:
+        if not quiet:
+            print(f"{pool} calibration={method}: campaign {k + 1}/{campaigns} done", file=sys.stderr)
+
+    try:
+        result = run_calibration_benchmark(data_dir, campaigns, budget, batch, on_campaign=progress)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err), param_hint="--data-dir") from err
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for name, pool in result["pools"].items():
+        table = Table(title=f"{name}: coverage of the 90% interval (pooled over {campaigns} campaigns)")
+        table.add_column("std")
+        table.add_column("coverage 90%")
+        table.add_column("RMS z")
+        for std, row in pool["coverage"].items():
+            table.add_row(std, _fmt(row["coverage"]["0.9"]), _fmt(row["rms_z"]))
+        Console().print(table)
+    typer.echo(json.dumps(result["verdict"], indent=2))
+
+
 @app.command("otf")
 def otf_command(
     config: Annotated[

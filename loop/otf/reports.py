@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from loop.calibration import LEVELS, coverage
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class OTFReport:
     resumed_from_steps: dict[str, int] | None
     lost_walkers: list[str]
     seconds: float
+    force_coverage: dict[str, Any] | None = None
+    """How often the committee's force spread covered the true error (:func:`force_coverage`)."""
 
     @property
     def oracle_step_fraction(self) -> float:
@@ -63,6 +68,21 @@ class OTFReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "oracle_step_fraction": self.oracle_step_fraction}
+
+
+def force_coverage(ratios: Sequence[float]) -> dict[str, Any]:
+    """Coverage of the committee's force intervals, per frame: the share of oracle calls whose
+    RMS force error ``e`` lies within ``k`` RMS committee spreads ``u`` (``e / u <= k``), with
+    ``k`` the half-width of the central 50/80/90/95% normal interval, and RMS of ``e / u``.
+
+    Args:
+        ratios: ``e / u`` of every oracle call with a positive spread (eV/Å over eV/Å).
+    """
+    return {
+        "count": len(ratios),
+        "rms_ratio": (sum(r * r for r in ratios) / len(ratios)) ** 0.5 if ratios else None,
+        "coverage": {f"{level:g}": coverage(list(ratios), level) for level in LEVELS},
+    }
 
 
 @dataclass

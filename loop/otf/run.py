@@ -46,7 +46,7 @@ from loop.ledger import Ledger
 from loop.otf.calibration import Calibration
 from loop.otf.labelling import Labeller, frame_of
 from loop.otf.policy import CallPolicy, Step
-from loop.otf.reports import Label, OTFReport, Progress, RoundReport
+from loop.otf.reports import Label, OTFReport, Progress, RoundReport, force_coverage
 from loop.otf.settings import OTFSettings, WalkerSpec
 from loop.otf.walker import Pause, Walker
 from oracles.base import Oracle
@@ -374,4 +374,5 @@ class OTFRun:
             resumed_from_steps=self.resumed_from,
             lost_walkers=[w.spec.name for w in self.walkers if w.lost],
             seconds=time.perf_counter() - self._started,
+            force_coverage=force_coverage(self.calibration.ratios),
         )

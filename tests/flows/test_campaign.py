@@ -64,6 +64,8 @@ def test_flow_matches_the_engine_free_loop_and_publishes_artifacts(
     markdown = by_key[keys[2]][-1].data
     assert "Best so far" in markdown and "data:image/png;base64," in markdown
     assert "| 2 | 2 |" in markdown, "the per-cycle summary lists cycle 2"
+    assert "## Calibration" in markdown and "| y | predictive |" in markdown
+    assert "![reliability diagram](data:image/png;base64," in markdown
 
     assert flow_run.name == "branin/cycles-0-2"
     names = Counter(t.name.rsplit("-", 1)[0] for t in task_runs if t.name.startswith("evaluate-"))

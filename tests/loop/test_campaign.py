@@ -300,7 +300,7 @@ def test_near_hull_goal_stops_once_every_near_hull_structure_is_found(tmp_path: 
     assert wanted <= done and report.experiments < 60
     assert report.stop_reason == (
         "near-hull goal met: no unevaluated candidate's lower bound within 10 meV/atom of the hull "
-        f"({len(wanted)} structures within it found)"
+        f"({len(wanted)} structures within it found; predictive std x 1)"
     )
     campaign.close()
 
@@ -344,7 +344,7 @@ def test_near_hull_goal_waits_while_a_lower_bound_reaches_the_hull(tmp_path: Pat
     found = len(near_hull(campaign_hull(campaign.ledger, "near-hull"), within_mev=10.0))
     assert campaign.improvement_exhausted(PlannedSurrogate(X, mean, std)) == (
         "near-hull goal met: no unevaluated candidate's lower bound within 10 meV/atom of the hull "
-        f"({found} structures within it found)"
+        f"({found} structures within it found; predictive std x 1)"
     )
     # One candidate's bound 1 meV/atom inside the reach: it could still land near the hull.
     mean[2] -= 0.002

@@ -160,6 +160,9 @@ def test_an_oracle_failing_on_a_fifth_of_frames_does_not_stop_the_run(
     assert all("SCF did not converge" in (e.error or "") and e.retryable for e in failed)
     assert report.dataset_size == len(run.frames()) == oracle.calls - len(failed)
     assert report.retrains >= 2 and 0 < report.oracle_step_fraction < 1
+    coverage = report.as_dict()["force_coverage"]
+    assert coverage["count"] == len(run.calibration.ratios) > 0
+    assert all(0.0 <= c <= 1.0 for c in coverage["coverage"].values())
 
 
 def test_walkers_pausing_together_never_exceed_the_oracle_budget(

@@ -1,0 +1,135 @@
+"""The near-hull stopping rule on the alloy example, judged against the exhaustive EMT truth.
+
+Every ordering of ``examples/alloy_discovery/campaign.toml`` is relaxed once (as the example's
+oracle relaxes them, cached in a JSON file); campaigns then run against a lookup oracle of
+those energies with Thompson sampling in batches of 4, ``near_hull_mev``/``near_hull_sigmas``
+and a ``[surrogate] calibration`` method, one per seed. A campaign is judged on whether it
+stopped by the rule before the budget and how many true near-hull structures it had missed.
+
+    python -m loop.bench.near_hull --seeds 3 --calibration scale --workdir /tmp/near-hull
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from loop.campaign import Campaign
+from loop.candidate import Candidate
+from loop.config import CampaignConfig, load_config
+from loop.ledger import Ledger
+from loop.stability import hull_points, near_hull
+from loop.structure_codec import structure_from_params
+from oracles.base import Measurement, Oracle, Result
+from oracles.dft import DFTRunner
+from oracles.dft_job import execute
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "alloy_discovery" / "campaign.toml"
+PROPERTY = "formation_energy_per_atom"
+
+
+class LookupOracle(Oracle):
+    """Answers formation energies from a table (eV/atom by candidate id)."""
+
+    implemented_properties = (PROPERTY,)
+
+    def __init__(self, energies: Mapping[str, float]) -> None:
+        self.energies = energies
+
+    def evaluate(self, candidate: Candidate) -> Result:
+        return Result(candidate.id, {PROPERTY: Measurement(self.energies[candidate.id], None, "eV/atom")})
+
+
+def example_config(
+    workdir: Path, seed: int, calibration: str, within_mev: float, sigmas: float
+) -> CampaignConfig:
+    """The alloy example with batch-4 Thompson sampling and the near-hull rule."""
+    return load_config(
+        EXAMPLE,
+        {
+            "campaign.name": f"near-hull-{calibration}-{seed}",
+            "campaign.seed": seed,
+            "campaign.ledger": str(workdir / f"near-hull-{calibration}-{seed}.db"),
+            "oracle.workdir": str(workdir / "runs"),
+            "space.generator.cache": str(workdir / "candidates.json"),
+            "acquisition.batch_size": 4,
+            "surrogate.calibration": calibration,
+            "stopping.near_hull_mev": within_mev,
+            "stopping.near_hull_sigmas": sigmas,
+        },
+    )
+
+
+def ground_truth(config: CampaignConfig, path: Path) -> dict[str, tuple[str, float]]:
+    """``id -> (formula, formation energy per atom)`` of every candidate, cached in ``path``."""
+    if path.is_file():
+        return {k: (f, e) for k, (f, e) in json.loads(path.read_text()).items()}
+    campaign = Campaign(config)
+    oracle, pool = campaign.oracle, campaign.pool
+    assert isinstance(oracle, DFTRunner) and pool is not None
+    references = oracle.references(sorted({s for c in pool.candidates for s in _symbols(c)}))
+    truth = {}
+    folder = path.parent / "truth"
+    folder.mkdir(parents=True, exist_ok=True)
+    for c in pool.candidates:
+        atoms = structure_from_params(c.params).to_ase_atoms()
+        outcome = execute(atoms, oracle.settings, folder)
+        if outcome["status"] != "ok":
+            raise RuntimeError(f"ground truth of {c.id}: {outcome['status']}: {outcome.get('message')}")
+        energy = outcome["energy"] - sum(references[s] for s in atoms.get_chemical_symbols())
+        truth[c.id] = (str(c.params["formula"]), energy / len(atoms))
+    campaign.close()
+    path.write_text(json.dumps(truth))
+    return truth
+
+
+def _symbols(candidate: Candidate) -> set[str]:
+    return set(structure_from_params(candidate.params).to_ase_atoms().get_chemical_symbols())
+
+
+def run_seed(
+    workdir: Path, seed: int, calibration: str, within_mev: float = 10.0, sigmas: float = 2.0
+) -> dict[str, Any]:
+    """One campaign: why and when it stopped, and the true near-hull structures it missed."""
+    config = example_config(workdir, seed, calibration, within_mev, sigmas)
+    truth = ground_truth(config, workdir / "truth.json")
+    wanted = near_hull(hull_points([(k, f, e) for k, (f, e) in truth.items()]), within_mev=within_mev)
+    started = time.perf_counter()
+    oracle = LookupOracle({k: e for k, (_, e) in truth.items()})
+    campaign = Campaign(config, ledger=Ledger(config.ledger_location), oracle=oracle)
+    try:
+        report = campaign.run()
+        done = {e.candidate_id for e in campaign.ledger.evaluations(campaign.id, ["done"])}
+    finally:
+        campaign.close()
+    return {
+        "seed": seed,
+        "calibration": calibration,
+        "stop_reason": report.stop_reason,
+        "stopped_by_rule": (report.stop_reason or "").startswith("near-hull goal met"),
+        "experiments": report.experiments,
+        "budget": config.stopping.max_experiments,
+        "near_hull_true": len(wanted),
+        "near_hull_missed": len(wanted - done),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--calibration", default="scale", choices=["none", "scale", "conformal"])
+    parser.add_argument("--workdir", type=Path, required=True)
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        print(json.dumps(run_seed(args.workdir.resolve(), seed, args.calibration)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
