@@ -98,7 +98,7 @@ def pack_result(result: Result) -> dict[str, Any]:
     """A :class:`Result` as plain, picklable data."""
     return {
         "candidate_id": result.candidate_id,
-        "measurements": {n: (m.value, m.uncertainty, m.unit) for n, m in result.measurements.items()},
+        "measurements": {n: [m.value, m.uncertainty, m.unit] for n, m in result.measurements.items()},
         "cost": result.cost,
         "metadata": dict(result.metadata),
     }

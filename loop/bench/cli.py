@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loop.bench import metrics
+from loop.bench.scaleout import scaleout
 
 app = typer.Typer(
     help="Benchmark active-learning campaigns on pooled data sets.",
@@ -23,6 +24,9 @@ app = typer.Typer(
 @app.callback()
 def _bench() -> None:
     """Benchmark active-learning campaigns on pooled data sets."""
+
+
+app.command("scaleout")(scaleout)
 
 
 @app.command("metrics")

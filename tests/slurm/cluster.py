@@ -173,3 +173,26 @@ def _alive(pid: int | None) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tests.slurm.cluster start|stop FOLDER``: the tests' cluster by hand (for
+    ``alloop bench scaleout``); ``start`` prints the ``SLURM_CONF`` to export."""
+    if len(argv) != 2 or argv[0] not in ("start", "stop"):
+        raise SystemExit("usage: python -m tests.slurm.cluster start|stop FOLDER")
+    cluster = LocalSlurm(Path(argv[1]).resolve())
+    if argv[0] == "stop":
+        cluster.stop()
+        return
+    reason = missing_reason()
+    if reason is not None:
+        raise SystemExit(reason)
+    cluster.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cluster.start()
+    print(f"export SLURM_CONF={cluster.conf}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
