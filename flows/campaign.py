@@ -198,4 +198,5 @@ def _evaluate(
     for evaluation in batch:
         campaign.ledger.mark_submitted(evaluation.id)
     with dispatch(campaign, execution, runner, tag, batch) as futures:
-        return record_results.with_options(task_run_name=f"record-{tag}")(campaign, quote(futures))
+        quoted: Any = quote(futures)  # Prefect must not wait for the futures before the task
+        return record_results.with_options(task_run_name=f"record-{tag}")(campaign, quoted)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, PrefectWrappedFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
@@ -145,6 +145,7 @@ def dispatch(
         yield futures
     finally:
         for future in futures:
-            future.wrapped_future.cancel()
+            if isinstance(future, PrefectWrappedFuture):
+                future.wrapped_future.cancel()
         if store is not None:
             shutil.rmtree(store.folder, ignore_errors=True)
