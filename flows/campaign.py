@@ -1,7 +1,8 @@
 """A campaign as a Prefect flow: :func:`campaign_flow` advances a campaign from its ledger.
 
 Each cycle is the loop's stages as tasks — ``fit-surrogate``, ``propose-batch``, one
-``evaluate-candidate`` per candidate (submitted together to the task runner), and
+``evaluate-candidate`` per candidate (or an ``evaluate-batch`` per ``evaluations_per_task``
+candidates; submitted together to the task runner), and
 ``record-results``, which commits each result the moment it arrives — with the proposed batch,
 the budget spent and an end-of-run report as artifacts. The ledger is the single source of
 truth: a run may crash anywhere, and the next run recovers evaluations left in flight,
@@ -19,26 +20,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from flows.approval import review_batch
 from flows.artifacts import BudgetProgress, artifact_key, batch_rows, publish_batch, publish_report
-from flows.execution import ExecutionSection, LazyTaskRunner, execution_of, load_campaign
-from flows.tasks import (
-    OracleSpec,
-    evaluate_candidate,
-    fit_surrogate,
-    propose_batch,
-    record_results,
-    recover_stranded,
-)
+from flows.execution import ExecutionSection, LazyTaskRunner, dispatch, execution_of, load_campaign
+from flows.tasks import fit_surrogate, propose_batch, record_results, recover_stranded
 from loop.campaign import Campaign, CampaignReport, CycleReport
 from loop.config import CampaignConfig
 from loop.lease import CampaignBusy, CampaignLease
 from loop.ledger import EvaluationRecord
-from loop.retry import RetryPolicy
 
 
 def resolve_campaign(
@@ -199,23 +191,12 @@ def _evaluate(
     tag: str,
     batch: list[EvaluationRecord],
 ) -> list[str | None]:
-    """Mark the batch submitted, submit one task per candidate, record each as it finishes."""
+    """Mark the batch submitted, submit its tasks (:func:`~flows.execution.dispatch`), record
+    each evaluation as it finishes."""
     if not batch:
         return []
     for evaluation in batch:
         campaign.ledger.mark_submitted(evaluation.id)
-    # The thread runner shares the campaign's oracle (quoted: Prefect must not walk into it);
-    # Dask workers build their own from the configuration.
-    oracle = quote(campaign.oracle) if execution.task_runner == "thread" else OracleSpec(campaign.config)
-    retry = RetryPolicy(execution.retries, execution.retry_delay_s, backoff=1.0)
-    futures: dict[PrefectFuture[dict[str, Any]], EvaluationRecord] = {
-        runner.submit(
-            evaluate_candidate.with_options(task_run_name=f"evaluate-{tag}-{e.candidate_id[:10]}"),
-            {"candidate": e.candidate, "oracle": oracle, "retry": retry},
-        ): e
-        for e in batch
-    }
-    # prefect unwraps quote() at call time, but its Task typing does not know it
-    record = record_results.with_options(task_run_name=f"record-{tag}")
-    outcomes: list[str | None] = record(campaign, quote(futures))  # type: ignore[call-overload]
-    return outcomes
+    with dispatch(campaign, execution, runner, tag, batch) as futures:
+        quoted: Any = quote(futures)  # Prefect must not wait for the futures before the task
+        return record_results.with_options(task_run_name=f"record-{tag}")(campaign, quoted)

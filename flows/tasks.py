@@ -9,6 +9,14 @@ threads of the flow process, which share the campaign's oracle, or Dask workers,
 rebuild the oracle from the configuration once per process (oracles hold locks and threads,
 which do not travel). What comes back from a worker travels as plain data.
 
+Lost workers: Dask runs a task again on another worker when the one running it dies (a batch
+job killed at its walltime or preempted), and even when the task had finished but its result
+was still held by the dead worker. So that a task run twice never evaluates twice, Dask tasks
+keep each finished outcome in an :class:`OutcomeStore` (a folder the workers share) and a
+second run returns it. A task whose workers died ``allowed-failures`` times (Dask's setting)
+is recorded once as interrupted (retryable), and the campaign goes on. Many short evaluations
+can share one task (:func:`evaluate_batch`), as pilot jobs do.
+
 Retries: an evaluation is retried only when the oracle raised a retryable
 :class:`~oracles.errors.EvaluationFailed`; setup errors and other exceptions never are
 (:class:`~loop.retry.RetryPolicy`, the engine-free loop's policy too).
@@ -19,11 +27,14 @@ cannot interrupt blocking code running in a thread.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger, task
@@ -39,7 +50,7 @@ from loop.config import CampaignConfig
 from loop.ledger import EvaluationRecord
 from loop.retry import RetryPolicy
 from oracles.base import Oracle, Result
-from oracles.errors import OracleError
+from oracles.errors import EvaluationFailed, OracleError
 from surrogates.base import Surrogate
 
 # --- what travels between the flow and the workers ---------------------------------------
@@ -81,6 +92,38 @@ class OracleFailure(Exception):
 
     def __str__(self) -> str:
         return f"{self.kind.rpartition(':')[2]}: {self.message}"
+
+
+Outcome = dict[str, Any]
+"""One evaluation's outcome as plain data: ``{"result": Result.as_dict()}`` or
+``{"failure": [kind, message, retryable]}`` (an :class:`OracleFailure`'s arguments)."""
+
+
+@dataclass(frozen=True)
+class OutcomeStore:
+    """A folder where Dask tasks keep each finished outcome, one JSON file per candidate, so
+    that a task Dask runs again (its worker was lost) returns it instead of evaluating again.
+
+    One folder per dispatched batch, on a filesystem every worker sees (beside the campaign
+    file); the flow removes it once the batch is recorded.
+    """
+
+    folder: str
+
+    def get(self, candidate_id: str) -> Outcome | None:
+        """The outcome a previous run of the task kept, if any."""
+        try:
+            return dict(json.loads((Path(self.folder) / f"{candidate_id}.json").read_text()))
+        except FileNotFoundError:
+            return None
+
+    def put(self, candidate_id: str, outcome: Outcome) -> None:
+        """Keep an outcome (written whole or not at all)."""
+        folder = Path(self.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{candidate_id}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(json.dumps(outcome))
+        tmp.replace(folder / f"{candidate_id}.json")
 
 
 _worker_oracles: dict[str, Oracle] = {}
@@ -127,23 +170,11 @@ def propose_batch(
     return campaign.decide(surrogate, cycle)
 
 
-@task(
-    name="evaluate-candidate",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retry_condition_fn=retryable_oracle_error,
-)
-def evaluate_candidate(
-    candidate: Candidate, oracle: Oracle | OracleSpec, retry: RetryPolicy | None = None
-) -> dict[str, Any]:
-    """Measure one candidate; returns the :class:`Result` as plain data (:meth:`Result.as_dict`).
+def _measure(candidate: Candidate, oracle: Oracle | OracleSpec, retry: RetryPolicy | None) -> Outcome:
+    """Evaluate once (retryable failures retried as ``retry`` says); the outcome as data.
 
-    Retryable failures are tried again in the task as ``retry`` says, each logged as a
-    warning with its attempt number (Prefect's own ``retries`` log every attempt as an error).
-
-    Raises:
-        OracleFailure: the oracle raised an :class:`~oracles.errors.OracleError` (the last
-            attempt's).
+    Retries are logged as warnings with their attempt number (Prefect's own ``retries`` log
+    every attempt as an error).
     """
     if isinstance(oracle, OracleSpec):
         oracle = worker_oracle(oracle)
@@ -151,10 +182,11 @@ def evaluate_candidate(
     attempt = 1
     while True:
         try:
-            return oracle.evaluate(candidate).as_dict()
+            return {"result": oracle.evaluate(candidate).as_dict()}
         except OracleError as exc:
             if not retry.should_retry(exc, attempt):
-                raise OracleFailure.wrap(exc) from None
+                failure = OracleFailure.wrap(exc)
+                return {"failure": [failure.kind, failure.message, failure.retryable]}
             get_run_logger().warning(
                 "evaluation of %s failed (attempt %d of %d), retrying in %g s: %s",
                 candidate.id,
@@ -167,22 +199,129 @@ def evaluate_candidate(
             attempt += 1
 
 
-def _settle(future: PrefectFuture[dict[str, Any]]) -> Result:
+def _outcome(
+    candidate: Candidate, oracle: Oracle | OracleSpec, retry: RetryPolicy | None, store: OutcomeStore | None
+) -> Outcome:
+    """The kept outcome when a previous run of the task got this far, else a new one (kept)."""
+    kept = None if store is None else store.get(candidate.id)
+    if kept is not None:
+        return kept
+    outcome = _measure(candidate, oracle, retry)
+    if store is not None:
+        store.put(candidate.id, outcome)
+    return outcome
+
+
+def _result_data(outcome: Outcome) -> dict[str, Any]:
+    """The result of an outcome as data (:meth:`Result.as_dict`), or its failure raised as
+    :class:`OracleFailure`."""
+    if "failure" in outcome:
+        raise OracleFailure(*outcome["failure"])
+    return dict(outcome["result"])
+
+
+@task(
+    name="evaluate-candidate",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=retryable_oracle_error,
+)
+def evaluate_candidate(
+    candidate: Candidate,
+    oracle: Oracle | OracleSpec,
+    retry: RetryPolicy | None = None,
+    store: OutcomeStore | None = None,
+) -> dict[str, Any]:
+    """Measure one candidate; returns the :class:`Result` as plain data (:meth:`Result.as_dict`).
+
+    Args:
+        candidate: What to measure.
+        oracle: The oracle (threads), or how a worker builds it (Dask).
+        retry: Retries of retryable oracle errors, in the task.
+        store: Where a Dask task keeps its outcome (see :class:`OutcomeStore`).
+
+    Raises:
+        OracleFailure: the oracle raised an :class:`~oracles.errors.OracleError` (the last
+            attempt's).
+    """
+    return _result_data(_outcome(candidate, oracle, retry, store))
+
+
+@task(name="evaluate-batch", cache_policy=NO_CACHE, persist_result=False)
+def evaluate_batch(
+    candidates: Sequence[Candidate],
+    oracle: Oracle | OracleSpec,
+    retry: RetryPolicy | None = None,
+    store: OutcomeStore | None = None,
+) -> list[Outcome]:
+    """Measure several candidates one after another in one task (a pilot job's batch).
+
+    Each outcome is kept in ``store`` the moment it is known, so a run of the task after a
+    lost worker resumes at the first candidate without one.
+
+    Returns:
+        One outcome per candidate, in order; failures are data, not exceptions (a broken
+        oracle's exception fails its candidate, not the batch).
+    """
+    outcomes: list[Outcome] = []
+    for candidate in candidates:
+        try:
+            outcomes.append(_outcome(candidate, oracle, retry, store))
+        except Exception as exc:
+            kind = f"{type(exc).__module__}:{type(exc).__qualname__}"
+            outcomes.append({"failure": [kind, str(exc), False]})
+    return outcomes
+
+
+def _lost(exc: BaseException) -> EvaluationFailed | None:
+    """An interruption to record when ``exc`` says Dask gave up on a task after losing the
+    workers that ran it (``KilledWorker``), else ``None``."""
+    if type(exc).__name__ != "KilledWorker":
+        return None
+    return EvaluationFailed(
+        "interrupted: the workers running this evaluation were lost (batch jobs killed at "
+        f"their walltime or preempted) as many times as Dask allows; not run again: {exc}",
+        retryable=True,
+    )
+
+
+def _settle(future: PrefectFuture[Any], index: int) -> Result:
+    """The result of one evaluation: an ``evaluate-candidate`` task's own, or the
+    ``index``-th of an ``evaluate-batch`` task's outcomes.
+
+    Raises:
+        OracleError: the oracle's error, as it raised it.
+        EvaluationFailed: the task was interrupted (its workers were lost).
+    """
     try:
-        return Result.from_dict(future.result())
+        outcome = future.result()
+        data = _result_data(outcome[index]) if isinstance(outcome, list) else outcome
     except OracleFailure as failure:
         raise failure.original() from None
+    except Exception as exc:
+        interrupted = _lost(exc)
+        if interrupted is None:
+            raise
+        raise interrupted from None
+    return Result.from_dict(data)
 
 
 @task(name="record-results", cache_policy=NO_CACHE, persist_result=False)
 def record_results(
-    campaign: Campaign, futures: Mapping[PrefectFuture[dict[str, Any]], EvaluationRecord]
+    campaign: Campaign, futures: Mapping[PrefectFuture[Any], Sequence[EvaluationRecord]]
 ) -> list[str | None]:
-    """Commit each evaluation the moment its task finishes (:meth:`Campaign.record_all`)."""
-    if not futures:
+    """Commit each evaluation the moment its task finishes (:meth:`Campaign.record_all`).
+
+    Args:
+        campaign: The campaign.
+        futures: Each task's future with the evaluations it measures: one for an
+            ``evaluate-candidate`` task, in order for an ``evaluate-batch`` task.
+    """
+    pairs = [(future, index, e) for future, batch in futures.items() for index, e in enumerate(batch)]
+    if not pairs:
         return []
-    with ThreadPoolExecutor(max_workers=len(futures), thread_name_prefix="settle") as pool:
+    with ThreadPoolExecutor(max_workers=len(pairs), thread_name_prefix="settle") as pool:
         settled: dict[Future[Result], EvaluationRecord] = {
-            pool.submit(_settle, future): evaluation for future, evaluation in futures.items()
+            pool.submit(_settle, future, index): evaluation for future, index, evaluation in pairs
         }
         return campaign.record_all(settled)

@@ -340,6 +340,9 @@ class ExecutionSection(_Strict):
     """Dask: keyword arguments of the cluster class (``n_workers``, ``cores``, ``walltime``...)."""
     adapt_kwargs: dict[str, Any] | None = None
     """Dask: adaptive scaling (``minimum``, ``maximum``); default: a fixed-size cluster."""
+    evaluations_per_task: int = Field(default=1, ge=1)
+    """Candidates one task evaluates one after another: many short oracle calls per Dask task
+    and batch job (as pilot jobs do), so the scheduler and the batch queue are not flooded."""
     retries: int = Field(default=0, ge=0, le=100)
     """Retries of an evaluation that failed with a retryable oracle error (never other errors)."""
     retry_delay_s: float = Field(default=0.0, ge=0)

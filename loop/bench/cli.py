@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loop.bench import metrics
+from loop.bench.scaleout import scaleout
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,6 +28,9 @@ app = typer.Typer(
 @app.callback()
 def _bench() -> None:
     """Benchmark active-learning campaigns on pooled data sets."""
+
+
+app.command("scaleout")(scaleout)
 
 
 @app.command("metrics")
