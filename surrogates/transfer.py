@@ -56,11 +56,14 @@ class TransferGP(GPSurrogate):
         self.sources = list(sources)
         self.folds, self.guard = folds, guard
         self.used: list[str] = []
+        self._cold: SingleTaskGP | None = None
 
     def fit(self, dataset: SupervisedDataset) -> TransferGP:
         if dataset.Y.shape[-1] != 1:
             raise SurrogateError("transfer needs a single-outcome campaign")
+        self.model = self._cold  # warm-start the cold GP from the last cold fit
         super().fit(dataset)  # the cold start: the guard's yardstick and the fallback
+        self._cold = self.model
         if not self.sources:
             return self
         X, Y = dataset.X.double(), dataset.Y.double()
