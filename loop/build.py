@@ -177,7 +177,8 @@ def build_acquisition(
         None if pareto else weights,
         num_outputs=len(outcomes),
         constraints=[
-            OutcomeConstraint(c.name, c.op, c.value, outcomes.index(c.name)) for c in config.constraints.outcomes
+            OutcomeConstraint(c.name, c.op, c.value, outcomes.index(c.name))
+            for c in config.constraints.outcomes
         ],
         reference_point=section.reference_point,
         feasibility_floor=config.feasibility.floor if config.feasibility.learn else None,

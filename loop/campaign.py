@@ -281,9 +281,7 @@ class Campaign(EvaluationRecorder):
     def dataset(self) -> SupervisedDataset | None:
         """Training data from the ledger: done evaluations with every modelled outcome measured."""
         done = [
-            e
-            for e in self.ledger.evaluations(self.id, ["done"])
-            if all(p in e.values for p in self.outcomes)
+            e for e in self.ledger.evaluations(self.id, ["done"]) if all(p in e.values for p in self.outcomes)
         ]
         if not done:
             return None

@@ -91,7 +91,9 @@ def check_lab_sections(config: CampaignConfig) -> None:
         raise ValueError(f"acquisition.type: {kind!r} needs two or more objectives without weights")
     reference = config.acquisition.reference_point
     if reference is not None and not pareto:
-        raise ValueError("acquisition.reference_point: applies to a Pareto search (objectives without weights)")
+        raise ValueError(
+            "acquisition.reference_point: applies to a Pareto search (objectives without weights)"
+        )
     if reference is not None and len(reference) != len(names):
         raise ValueError(
             f"acquisition.reference_point: {len(reference)} values for {len(names)} objectives {names}"
@@ -109,7 +111,9 @@ def check_lab_sections(config: CampaignConfig) -> None:
             f"use one of {list(MODELLED_KINDS)}"
         )
     if config.transfer is not None and len(modelled_outcomes(config)) != 1:
-        raise ValueError("transfer: applies to campaigns with one modelled outcome (one objective, no constraint)")
+        raise ValueError(
+            "transfer: applies to campaigns with one modelled outcome (one objective, no constraint)"
+        )
 
 
 def extra_properties(config: CampaignConfig) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from rich.table import Table
 
 from loop.feasibility import is_wasted
 from loop.labconfig import is_pareto
@@ -21,7 +22,9 @@ def outcome_constraints(config: Mapping[str, Any]) -> list[OutcomeConstraint]:
     names = [o["name"] for o in config["objectives"]]
     specs = (config.get("constraints") or {}).get("outcomes", [])
     outcomes = [*names, *dict.fromkeys(c["name"] for c in specs if c["name"] not in names)]
-    return [OutcomeConstraint(c["name"], c["op"], float(c["value"]), outcomes.index(c["name"])) for c in specs]
+    return [
+        OutcomeConstraint(c["name"], c["op"], float(c["value"]), outcomes.index(c["name"])) for c in specs
+    ]
 
 
 def meets_constraints(evaluation: EvaluationRecord, constraints: Sequence[OutcomeConstraint]) -> bool:
@@ -46,10 +49,14 @@ def pareto_of(config: Mapping[str, Any], done: Sequence[EvaluationRecord]) -> di
     if not done:
         return None
     names = [o["name"] for o in config["objectives"]]
-    signs = torch.tensor([1.0 if o.get("direction", "maximize") == "maximize" else -1.0 for o in config["objectives"]])
+    signs = torch.tensor(
+        [1.0 if o.get("direction", "maximize") == "maximize" else -1.0 for o in config["objectives"]]
+    )
     Y = torch.tensor([[e.values[n] for n in names] for e in done], dtype=torch.double)
     reference = (config.get("acquisition") or {}).get("reference_point")
-    return pareto_report([e.cycle for e in done], Y, signs.double(), names, [e.candidate_id for e in done], reference)
+    return pareto_report(
+        [e.cycle for e in done], Y, signs.double(), names, [e.candidate_id for e in done], reference
+    )
 
 
 def constraint_columns(ledger: Ledger, row: Mapping[str, Any], table: pd.DataFrame) -> pd.DataFrame:
@@ -72,7 +79,29 @@ def constraint_columns(ledger: Ledger, row: Mapping[str, Any], table: pd.DataFra
         for cid in table["candidate_id"]:
             chosen = predicted.get(cid) or {}
             mean, std = chosen.get("mean"), chosen.get("std")
-            ok = mean is not None and std is not None and mean[c.column] is not None and std[c.column] is not None
+            ok = (
+                mean is not None
+                and std is not None
+                and mean[c.column] is not None
+                and std[c.column] is not None
+            )
             probabilities.append(c.probability(mean[c.column], std[c.column]) if ok else None)
         table[f"{c.name}_p_ok"] = probabilities
+    return table
+
+
+def pareto_table(pareto: Mapping[str, Any]) -> Table:
+    """The front, its hypervolume and the reference point, for the terminal."""
+    names = pareto["objectives"]
+    how = "inferred" if pareto["reference_point_inferred"] else "given"
+    reference = ", ".join(f"{v:.4g}" for v in pareto["reference_point"])
+    table = Table(
+        title=f"Pareto front: hypervolume {pareto['hypervolume']:.4g} (reference {reference}, {how})"
+    )
+    for column in ["candidate", *names]:
+        table.add_column(column)
+    for point in pareto["front"]:
+        table.add_row(point["candidate_id"][:10], *(f"{point[n]:.4g}" for n in names))
+    per_cycle = ", ".join(f"{h['cycle']}: {h['hypervolume']:.3g}" for h in pareto["hypervolume_by_cycle"])
+    table.caption = f"hypervolume per cycle: {per_cycle}"
     return table

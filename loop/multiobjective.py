@@ -92,7 +92,9 @@ class ModelledAcquisition(Acquisition):
         **options: Any,
     ) -> None:
         pareto = kind in PARETO_KINDS
-        super().__init__("qlognei" if pareto else kind, list(signs) if weights is None else weights, **options)  # type: ignore[arg-type]
+        super().__init__(
+            "qlognei" if pareto else kind, list(signs) if weights is None else weights, **options
+        )  # type: ignore[arg-type]
         if (constraints or feasibility_floor is not None) and kind not in MODELLED_KINDS:
             raise CampaignError(f"acquisition {kind!r} cannot take outcome constraints or feasibility")
         self.kind = kind  # type: ignore[assignment]
@@ -185,5 +187,10 @@ class ModelledAcquisition(Acquisition):
         scores = self.scalarize(Y_baseline)
         best_f = scores[feasible].max() if feasible.any() else scores.min()
         return qLogExpectedImprovement(
-            model, best_f=best_f, sampler=sampler, objective=objective, constraints=constraints, X_pending=X_pending
+            model,
+            best_f=best_f,
+            sampler=sampler,
+            objective=objective,
+            constraints=constraints,
+            X_pending=X_pending,
         )

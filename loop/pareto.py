@@ -51,7 +51,7 @@ def hypervolume(Y: Tensor, ref_point: Tensor) -> float:
     (``m``); rows that do not dominate the reference point add nothing."""
     Y = Y.double()
     ref_point = ref_point.double()
-    above = (Y > ref_point).all(dim=-1)
+    above = (ref_point < Y).all(dim=-1)
     if not above.any():
         return 0.0
     return float(DominatedPartitioning(ref_point=ref_point, Y=Y[above]).compute_hypervolume())
@@ -95,9 +95,9 @@ def pareto_report(
     }
 
 
-def plot_pareto(report: Mapping[str, Any], Y: Tensor, path: str | Path) -> Path:
-    """A two-panel PNG: results with the front (first two objectives), and hypervolume per
-    cycle. ``Y`` (``n x m``) are all results in their own sign and units."""
+def plot_pareto(report: Mapping[str, Any], path: str | Path) -> Path:
+    """A two-panel PNG of :func:`pareto_report`'s output: the front (first two objectives)
+    and the hypervolume per cycle."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,10 +105,9 @@ def plot_pareto(report: Mapping[str, Any], Y: Tensor, path: str | Path) -> Path:
 
     names = report["objectives"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.scatter(Y[:, 0], Y[:, 1], s=12, c="0.6", label="results")
     front = sorted((p[names[0]], p[names[1]]) for p in report["front"])
     left.plot([f[0] for f in front], [f[1] for f in front], "o-", c="C3", ms=5, label="Pareto front")
-    left.set(xlabel=names[0], ylabel=names[1], title="results and non-dominated front")
+    left.set(xlabel=names[0], ylabel=names[1], title="non-dominated results")
     left.legend()
     history = report["hypervolume_by_cycle"]
     right.plot([h["cycle"] for h in history], [h["hypervolume"] for h in history], "o-")

@@ -46,7 +46,9 @@ def load_sources(config: CampaignConfig, inputs: Pool | SearchSpace) -> list[tup
         sources = []
         for name in config.transfer.campaigns:
             if name not in names:
-                raise ConfigError(f"transfer.campaigns: no campaign {name!r} in {ledger.url}; it holds {names}")
+                raise ConfigError(
+                    f"transfer.campaigns: no campaign {name!r} in {ledger.url}; it holds {names}"
+                )
             done = [
                 e for e in ledger.evaluations(ledger.campaign(name)["id"], ["done"]) if objective in e.values
             ]
@@ -59,5 +61,7 @@ def load_sources(config: CampaignConfig, inputs: Pool | SearchSpace) -> list[tup
                     f"transfer.campaigns: campaign {name!r}'s candidates do not fit this space: {exc}"
                 ) from None
             Y = torch.tensor([[e.values[objective]] for e in done], dtype=torch.double)
-            sources.append((name, SupervisedDataset(X, Y, feature_names=inputs.feature_names, outcome_names=[objective])))
+            sources.append(
+                (name, SupervisedDataset(X, Y, feature_names=inputs.feature_names, outcome_names=[objective]))
+            )
     return sources

@@ -111,6 +111,16 @@ def test_a_pareto_campaign_reports_its_front_and_hypervolume(tmp_path: Path) -> 
     assert volumes == sorted(volumes) and volumes[-1] > 0  # never shrinks as results arrive
     cycles = {e["cycle"] for e in pareto["hypervolume_by_cycle"]}
     assert len(cycles) >= 3
+    png = tmp_path / "front.png"
+    shown = subprocess.run(
+        [sys.executable, "-m", "loop.cli", "status", str(tmp_path / "lab.db"), "--plot", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "Pareto front: hypervolume" in shown.stdout and png.stat().st_size > 1000
 
 
 def test_outcome_constraints_are_modelled_applied_and_reported(tmp_path: Path) -> None:
@@ -162,7 +172,9 @@ def test_learned_feasibility_wastes_fewer_evaluations(tmp_path: Path) -> None:
 
 def test_transfer_from_a_second_ledger(tmp_path: Path) -> None:
     source_ledger = tmp_path / "past.db"
-    past = write(tmp_path, config_text(tmp_path, RIDGE, name="past", ledger=source_ledger, budget=12), "past.toml")
+    past = write(
+        tmp_path, config_text(tmp_path, RIDGE, name="past", ledger=source_ledger, budget=12), "past.toml"
+    )
     campaign = Campaign.from_file(past)
     try:
         campaign.run()
@@ -209,7 +221,9 @@ def test_bad_inputs_give_one_line_naming_the_key_and_write_nothing(tmp_path: Pat
     objectives, extra, acquisition_extra, message = BAD[case]
     ledger = tmp_path / "lab.db"
     if "transfer" in case:  # the ledger exists, with another campaign in it
-        run = Campaign.from_file(write(tmp_path, config_text(tmp_path, RIDGE, name="other", budget=4), "o.toml"))
+        run = Campaign.from_file(
+            write(tmp_path, config_text(tmp_path, RIDGE, name="other", budget=4), "o.toml")
+        )
         run.run()
         run.close()
     before = _rows(ledger)
