@@ -91,4 +91,3 @@ class FeasibilityClassifier:
     def probability(self, X: Tensor) -> Tensor:
         """P(success) at ``N x d`` inputs (``N``)."""
         return self.log_probability(X).exp()
-
