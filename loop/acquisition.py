@@ -130,6 +130,10 @@ class Acquisition:
         """``n x m`` outcomes → ``n`` scalar objective values (larger is better)."""
         return Y.double() @ self.weights
 
+    def learn_feasibility(self, X: Tensor, success: Tensor) -> None:
+        """Learn P(success) from ``n x d`` evaluated inputs and ``n`` outcomes (1 = success,
+        0 = failed for good); strategies that weight by it override this."""
+
     # --- building BoTorch acquisition functions --------------------------------------------
 
     def build(

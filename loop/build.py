@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from loop.acquisition import Acquisition
+from loop.acquisition import Acquisition, Kind
 from loop.config import (
     ORACLE_PLUGINS,
     POOL_PLUGINS,
@@ -115,47 +115,92 @@ def build_oracle(config: CampaignConfig, space: SearchSpace | None) -> Oracle:
     )
 
 
-def build_surrogate(config: CampaignConfig, space: SearchSpace | None, pool: Pool | None) -> Surrogate:
-    """The surrogate, with inputs scaled once: by the pool's range, or the space's bounds."""
-    section = config.surrogate
+def input_bounds(space: SearchSpace | None, pool: Pool | None) -> torch.Tensor:
+    """``2 x d`` bounds that scale model inputs once: the pool's range, or the space's bounds."""
     if pool is not None:
         X = pool.X
         bounds = torch.stack([X.min(dim=0).values, X.max(dim=0).values])
         bounds[1] = torch.where(bounds[1] > bounds[0], bounds[1], bounds[0] + 1.0)  # constant columns
-    else:
-        assert space is not None
-        bounds = space.bounds
-    return GPSurrogate(
-        input_bounds=bounds,
-        kernel=section.kernel,
-        lengthscale_prior=section.lengthscale_prior,
-        noise=section.noise,
-        warm_start=section.warm_start,
-    )
+        return bounds
+    assert space is not None
+    return space.bounds
 
 
-def build_acquisition(config: CampaignConfig) -> Acquisition:
-    """The acquisition strategy; objectives become signed weights. The hull-aware kinds read
-    compositions from the structure featurizer's ``x_<element>`` inputs."""
+def build_surrogate(config: CampaignConfig, space: SearchSpace | None, pool: Pool | None) -> Surrogate:
+    """The surrogate, with inputs scaled once (:func:`input_bounds`); with ``[transfer]``, a
+    multi-task GP over the source campaigns' results.
+
+    Raises:
+        ConfigError: a transfer source cannot be read (see :func:`loop.transfer.load_sources`).
+    """
+    section = config.surrogate
+    options: dict[str, Any] = {
+        "kernel": section.kernel,
+        "lengthscale_prior": section.lengthscale_prior,
+        "noise": section.noise,
+        "warm_start": section.warm_start,
+    }
+    if config.transfer is not None:
+        from loop.transfer import load_sources
+        from surrogates.transfer import TransferGP
+
+        inputs = pool if pool is not None else space
+        assert inputs is not None
+        return TransferGP(load_sources(config, inputs), input_bounds(space, pool), **options)
+    return GPSurrogate(input_bounds=input_bounds(space, pool), **options)
+
+
+def build_acquisition(
+    config: CampaignConfig, space: SearchSpace | None = None, pool: Pool | None = None
+) -> Acquisition:
+    """The acquisition strategy; objectives become signed weights (a Pareto search, outcome
+    constraints and learned feasibility: :class:`~loop.multiobjective.ModelledAcquisition`).
+    The hull-aware kinds read compositions from the structure featurizer's ``x_<element>``
+    inputs."""
     section = config.acquisition
-    weights = [o.weight if o.direction == "maximize" else -o.weight for o in config.objectives]
-    hull = None
-    if section.type in HULL_KINDS:
-        assert config.space.generator is not None  # the configuration checked it
-        elements = sorted(config.space.generator.options["elements"])
-        names = StructureFeaturizer(elements).feature_names
-        hull = HullTarget.from_feature_names(elements, names, section.within_mev or 0.0)
-    return Acquisition(
+    signs = [1.0 if o.direction == "maximize" else -1.0 for o in config.objectives]
+    pareto = all(o.weight is None for o in config.objectives)
+    weights = [s * (o.weight or 1.0) for s, o in zip(signs, config.objectives, strict=True)]
+    options: dict[str, Any] = {
+        "beta": section.beta,
+        "mc_samples": section.mc_samples,
+        "chunk_size": section.chunk_size,
+        "num_restarts": section.num_restarts,
+        "raw_samples": section.raw_samples,
+        "max_iterations": section.max_iterations,
+    }
+    if not (pareto or config.constraints.outcomes or config.feasibility.learn):
+        # the Pareto kinds are refused without several unweighted objectives (check_lab_sections)
+        kind = cast(Kind, section.type)
+        return Acquisition(kind, weights, hull=_hull_target(config), **options)
+    from loop.labconfig import modelled_outcomes
+    from loop.multiobjective import ModelledAcquisition, OutcomeConstraint
+
+    outcomes = modelled_outcomes(config)
+    return ModelledAcquisition(
         section.type,
-        weights,
-        beta=section.beta,
-        mc_samples=section.mc_samples,
-        chunk_size=section.chunk_size,
-        num_restarts=section.num_restarts,
-        raw_samples=section.raw_samples,
-        max_iterations=section.max_iterations,
-        hull=hull,
+        signs,
+        None if pareto else weights,
+        num_outputs=len(outcomes),
+        constraints=[
+            OutcomeConstraint(c.name, c.op, c.value, outcomes.index(c.name))
+            for c in config.constraints.outcomes
+        ],
+        reference_point=section.reference_point,
+        feasibility_floor=config.feasibility.floor if config.feasibility.learn else None,
+        input_bounds=input_bounds(space, pool) if config.feasibility.learn else None,
+        **options,
     )
+
+
+def _hull_target(config: CampaignConfig) -> HullTarget | None:
+    section = config.acquisition
+    if section.type not in HULL_KINDS:
+        return None
+    assert config.space.generator is not None  # the configuration checked it
+    elements = sorted(config.space.generator.options["elements"])
+    names = StructureFeaturizer(elements).feature_names
+    return HullTarget.from_feature_names(elements, names, section.within_mev or 0.0)
 
 
 def plugin(registry: dict[str, str], kind: str) -> Callable[..., Any]:

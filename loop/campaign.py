@@ -28,6 +28,8 @@ from loop.acquisition import Acquisition, Pick
 from loop.build import build_acquisition, build_oracle, build_space, build_surrogate
 from loop.candidate import Candidate
 from loop.config import CampaignConfig, load_config
+from loop.feasibility import feasibility_data
+from loop.labconfig import modelled_outcomes
 from loop.lease import CampaignLease
 from loop.ledger import EvaluationRecord, Ledger, Proposal
 from loop.pool import Pool
@@ -96,8 +98,10 @@ class Campaign(EvaluationRecorder):
         #: What encodes candidates into model inputs: the pool if there is one, else the space.
         self.inputs: Pool | SearchSpace = self.pool if self.pool is not None else self.space  # type: ignore[assignment]
         self.objectives = [o.name for o in config.objectives]
+        #: What the surrogate models: the objectives, then outcomes only a constraint reads.
+        self.outcomes = modelled_outcomes(config)
         self.oracle = oracle if oracle is not None else build_oracle(config, self.space)
-        missing = [p for p in self.objectives if p not in self.oracle.implemented_properties]
+        missing = [p for p in self.outcomes if p not in self.oracle.implemented_properties]
         if missing:
             raise OracleSetupError(
                 f"oracle {type(self.oracle).__name__} does not measure objective(s) {missing}; "
@@ -106,7 +110,7 @@ class Campaign(EvaluationRecorder):
         self.surrogate = (
             surrogate if surrogate is not None else build_surrogate(config, self.space, self.pool)
         )
-        self.acquisition: Acquisition = build_acquisition(config)
+        self.acquisition: Acquisition = build_acquisition(config, self.space, self.pool)
         self.stopping: list[StoppingRule] = stopping_rules(config)
         spec = config.oracle
         #: Retries of retryable failures in :meth:`run` (``[oracle] retries``).
@@ -277,19 +281,17 @@ class Campaign(EvaluationRecorder):
     # --- stages -----------------------------------------------------------------------------
 
     def dataset(self) -> SupervisedDataset | None:
-        """Training data from the ledger: done evaluations with every objective measured."""
+        """Training data from the ledger: done evaluations with every modelled outcome measured."""
         done = [
-            e
-            for e in self.ledger.evaluations(self.id, ["done"])
-            if all(p in e.values for p in self.objectives)
+            e for e in self.ledger.evaluations(self.id, ["done"]) if all(p in e.values for p in self.outcomes)
         ]
         if not done:
             return None
         X = self.encode(e.params for e in done)
-        Y = torch.tensor([[e.values[p] for p in self.objectives] for e in done], dtype=torch.double)
+        Y = torch.tensor([[e.values[p] for p in self.outcomes] for e in done], dtype=torch.double)
         Yvar = None
         if self.config.surrogate.noise == "observed":
-            sds = [[e.uncertainties.get(p) for p in self.objectives] for e in done]
+            sds = [[e.uncertainties.get(p) for p in self.outcomes] for e in done]
             lacking = [e.candidate_id for e, row in zip(done, sds, strict=True) if None in row]
             if lacking:
                 raise SurrogateError(
@@ -301,7 +303,7 @@ class Campaign(EvaluationRecorder):
             Y,
             Yvar=Yvar,
             feature_names=self.inputs.feature_names,
-            outcome_names=self.objectives,
+            outcome_names=self.outcomes,
         )
 
     def fit(self, cycle: int) -> Surrogate | None:
@@ -324,6 +326,9 @@ class Campaign(EvaluationRecorder):
         seed = self._seed(cycle)
         acquisition = self.acquisition if surrogate is not None else _random_like(self.acquisition)
         known = self.ledger.evaluations(self.id)
+        if surrogate is not None and self.config.feasibility.learn:
+            taught, success = feasibility_data(known)
+            acquisition.learn_feasibility(self.encode(e.params for e in taught), success)
         pending = [e for e in known if e.status in ("proposed", "submitted")]
         X_pending = self.encode(e.params for e in pending) if pending else None
         data = self.dataset()

@@ -122,8 +122,12 @@ def status(
         str | None, typer.Option(help="Campaign name (needed when the ledger holds several).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Pareto search: write the front and hypervolume per cycle (PNG).")
+    ] = None,
 ) -> None:
-    """Show a campaign: cycles, evaluations by status, best so far."""
+    """Show a campaign: cycles, evaluations by status, best so far (a Pareto search: its
+    front and hypervolume per cycle)."""
     from loop.calibration import describe_summary
     from loop.report import campaign_calibration, campaign_status, describe_best
 
@@ -146,6 +150,13 @@ def status(
         table.add_row("", f"latent: {describe_summary(numbers['latent'])}")
     table.add_row("decisions use", summary["calibration"]["decisions_use"])
     Console().print(table)
+    if summary.get("pareto"):
+        from loop.labreport import pareto_table
+        from loop.pareto import plot_pareto
+
+        Console().print(pareto_table(summary["pareto"]))
+        if plot is not None:
+            console.print(f"wrote {plot_pareto(summary['pareto'], plot)}", highlight=False)
 
 
 class ExportFormat(StrEnum):

@@ -24,6 +24,14 @@ from pydantic import (
 )
 
 from loop.errors import ConfigError, SpaceError, describe_validation_error
+from loop.labconfig import (
+    ConstraintsSection,
+    FeasibilitySection,
+    TransferSection,
+    check_lab_sections,
+    drop_unset,
+    normalise_objectives,
+)
 from loop.provenance import config_hash
 from loop.space import (
     Categorical,
@@ -173,8 +181,9 @@ class ObjectiveConfig(_Strict):
     name: str = Field(min_length=1)
     direction: Literal["maximize", "minimize"] = "maximize"
     unit: str = ""
-    weight: float = Field(default=1.0, gt=0)
-    """Weight of this objective in the scalarised target when there are several."""
+    weight: float | None = Field(default=None, gt=0)
+    """Weight of this objective in the scalarised target when there are several; several
+    objectives without weights mean a Pareto search (:mod:`loop.labconfig`)."""
     target: float | None = None
     """Stop once a measured value reaches it (>= when maximising, <= when minimising)."""
 
@@ -192,7 +201,16 @@ class SurrogateSection(_Strict):
 
 class AcquisitionSection(_Strict):
     type: Literal[
-        "ucb", "qlogei", "qlognei", "max_variance", "thompson", "random", "hull_probability", "hull_lcb"
+        "ucb",
+        "qlogei",
+        "qlognei",
+        "max_variance",
+        "thompson",
+        "random",
+        "qlognehvi",
+        "qparego",
+        "hull_probability",
+        "hull_lcb",
     ] = "qlognei"
     beta: NonNegative = 1.0
     """UCB/LCB: mean ± sqrt(beta) · std (beta = 1 is one standard deviation)."""
@@ -209,6 +227,9 @@ class AcquisitionSection(_Strict):
     mc_samples: int = Field(default=128, ge=1)
     max_iterations: int = Field(default=200, ge=1)
     """Iterations of the continuous optimiser per restart."""
+    reference_point: list[float] | None = None
+    """Pareto search: the hypervolume's reference point, one value per objective in its own
+    sign and units (default: inferred from the front)."""
 
     @model_validator(mode="after")
     def _within_for_hull(self) -> AcquisitionSection:
@@ -386,6 +407,9 @@ class CampaignConfig(_Strict):
     oracle: EmulatorOracle | DatasetOracle | OraclePluginSection
     stopping: StoppingSection
     execution: ExecutionSection = ExecutionSection()
+    constraints: ConstraintsSection = ConstraintsSection()
+    feasibility: FeasibilitySection = FeasibilitySection()
+    transfer: TransferSection | None = None
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @field_validator("objectives")
@@ -410,6 +434,13 @@ class CampaignConfig(_Strict):
                 )
             return OraclePluginSection.model_validate(oracle)
         return oracle
+
+    _objectives_mode = model_validator(mode="before")(normalise_objectives)
+
+    @model_validator(mode="after")
+    def _lab_sections(self) -> CampaignConfig:
+        check_lab_sections(self)
+        return self
 
     @model_validator(mode="after")
     def _stopping_goal(self) -> CampaignConfig:
@@ -444,7 +475,7 @@ class CampaignConfig(_Strict):
     def identity(self) -> dict[str, Any]:
         """What defines the campaign: everything but the stopping rules (which may change
         on resume), how it is executed and where the ledger is."""
-        return self.model_dump(
+        identity = self.model_dump(
             mode="json",
             exclude={
                 "stopping": True,
@@ -453,6 +484,7 @@ class CampaignConfig(_Strict):
                 "oracle": set(OracleRetries.model_fields),
             },
         )
+        return drop_unset(identity, self)
 
     @property
     def hash(self) -> str:

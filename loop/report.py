@@ -8,13 +8,14 @@ import pandas as pd
 
 from loop.calibration import calibration_report
 from loop.database import masked
+from loop.labreport import constraint_columns, lab_status, meets_constraints, outcome_constraints
 from loop.ledger import EvaluationRecord, Ledger
 
 
 def _signed_weights(config: dict[str, Any]) -> dict[str, float]:
     return {
         o["name"]: (1.0 if o.get("direction", "maximize") == "maximize" else -1.0)
-        * float(o.get("weight", 1.0))
+        * float(o.get("weight") or 1.0)
         for o in config["objectives"]
     }
 
@@ -52,13 +53,16 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
     row = ledger.campaign(name)
     weights = _signed_weights(row["config"])
     done = [e for e in ledger.evaluations(row["id"], ["done"]) if all(p in e.values for p in weights)]
+    lab = lab_status(ledger, row, done)
+    constraints = outcome_constraints(row["config"])
+    feasible = [e for e in done if meets_constraints(e, constraints)]
     best = None
-    if done:
+    if feasible:
 
         def score(e: EvaluationRecord) -> float:
             return sum(w * e.values[p] for p, w in weights.items())
 
-        top = max(done, key=score)
+        top = max(feasible, key=score)
         best = {
             "candidate_id": top.candidate_id,
             "params": dict(top.params),
@@ -84,6 +88,7 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
         "units": {o["name"]: o.get("unit", "") for o in row["config"]["objectives"]},
         "stop_reason": row["stop_reason"],
         "stopped_at": row["stopped_at"],
+        **lab,
     }
 
 
@@ -118,4 +123,4 @@ def evaluations_table(ledger: Ledger, name: str | None = None) -> pd.DataFrame:
         record["cost"] = e.cost
         record["error"] = e.error
         records.append(record)
-    return pd.DataFrame.from_records(records)
+    return constraint_columns(ledger, row, pd.DataFrame.from_records(records))

@@ -466,3 +466,22 @@ def _fmt(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_fmt(v) for v in value)
     return str(value)
+
+
+@app.command("feasibility")
+def feasibility_command(
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
+    budget: Annotated[int, typer.Option("--budget", min=5, help="Experiments per campaign.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Learned feasibility against dropping failures on an emulated lab with a hidden failure region."""
+    from loop.bench import feasibility
+
+    def show(arm: str, seed: int, result: dict[str, Any]) -> None:
+        Console(stderr=True).print(f"{arm} seed {seed}: {result}", highlight=False)
+
+    result = feasibility.run(seeds, budget, on_run=show)
+    result["command"] = f"alloop bench feasibility --seeds {seeds} --budget {budget}" + (
+        " --json" if as_json else ""
+    )
+    typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))

@@ -1,0 +1,164 @@
+"""Transfer from past campaigns: a multi-task GP (task = campaign) with a guard against
+negative transfer.
+
+BoTorch's ``MultiTaskGP`` (an index kernel over tasks times an ARD Matern kernel over inputs)
+is fitted to the target campaign's data (task 0) and each source campaign's (tasks 1...), and
+predicts the target task. Before a source is used, the guard asks whether it helps: the
+target data's held-out predictive log-likelihood (``k``-fold, hyper-parameters fitted once on
+all data) with the source must be at least that of the target-only GP. A source that does not
+help is dropped, so an unrelated campaign leaves a cold start, not a worse one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import torch
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import MultiTaskGP, SingleTaskGP
+from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.outcome import Standardize
+from botorch.utils.datasets import SupervisedDataset
+from gpytorch.mlls import ExactMarginalLogLikelihood
+from torch import Tensor
+
+from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate, SurrogateError
+from surrogates.gp import GPSurrogate
+
+#: Below this many target results the guard cannot judge a source, and every source is used.
+MIN_TARGET_FOR_GUARD = 4
+
+
+class TransferGP(GPSurrogate):
+    """A GP over the target campaign that borrows from source campaigns that help.
+
+    Args:
+        sources: ``(name, dataset)`` of each source campaign (one outcome, the target's inputs).
+        input_bounds: ``2 x d`` bounds that map inputs to the unit cube.
+        folds: Folds of the guard's held-out likelihood.
+        guard: ``False`` uses every source unjudged (for benchmarks of the guard itself).
+        **options: As :class:`~surrogates.gp.GPSurrogate` (the cold-start GP).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[tuple[str, SupervisedDataset]],
+        input_bounds: Tensor,
+        folds: int = 5,
+        guard: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(input_bounds=input_bounds, **options)
+        if any(s.Y.shape[-1] != 1 for _, s in sources):
+            raise SurrogateError("transfer needs single-outcome source data")
+        self.sources = list(sources)
+        self.folds, self.guard = folds, guard
+        self.used: list[str] = []
+        self._cold: SingleTaskGP | None = None
+
+    def fit(self, dataset: SupervisedDataset) -> TransferGP:
+        if dataset.Y.shape[-1] != 1:
+            raise SurrogateError("transfer needs a single-outcome campaign")
+        self.model = self._cold  # warm-start the cold GP from the last cold fit
+        super().fit(dataset)  # the cold start: the guard's yardstick and the fallback
+        self._cold = self.model
+        if not self.sources:
+            return self
+        X, Y = dataset.X.double(), dataset.Y.double()
+        cold = _held_out_log_likelihood(X, Y, self._cold_factory(), self.fitted, self.folds)
+        used: list[tuple[str, SupervisedDataset]] = []
+        for name, source in self.sources:
+            if not self.guard or X.shape[0] < MIN_TARGET_FOR_GUARD:
+                used.append((name, source))
+                continue
+            factory = self._joint_factory([source])
+            joint = _fit(factory(X, Y))
+            if _held_out_log_likelihood(X, Y, factory, joint, self.folds) >= cold:
+                used.append((name, source))
+        self.used = [name for name, _ in used]
+        if used:
+            self.model = _fit(self._joint_factory([s for _, s in used])(X, Y))
+        return self
+
+    def _cold_factory(self) -> Callable[[Tensor, Tensor], SingleTaskGP]:
+        def make(X: Tensor, Y: Tensor) -> SingleTaskGP:
+            return SingleTaskGP(
+                X,
+                Y,
+                covar_module=self._covar_module(X.shape[-1], torch.Size()),
+                input_transform=Normalize(X.shape[-1], bounds=self.input_bounds),
+                outcome_transform=Standardize(1),
+            )
+
+        return make
+
+    def _joint_factory(self, sources: Sequence[SupervisedDataset]) -> Callable[[Tensor, Tensor], MultiTaskGP]:
+        assert self.input_bounds is not None
+        bounds = torch.cat([self.input_bounds.double(), torch.tensor([[0.0], [1.0]]).double()], dim=-1)
+
+        def make(X: Tensor, Y: Tensor) -> MultiTaskGP:
+            parts_X = [_with_task(X, 0)] + [_with_task(s.X.double(), i + 1) for i, s in enumerate(sources)]
+            parts_Y = [Y] + [s.Y.double() for s in sources]
+            d = X.shape[-1]
+            return MultiTaskGP(
+                torch.cat(parts_X),
+                torch.cat(parts_Y),
+                task_feature=-1,
+                output_tasks=[0],
+                input_transform=Normalize(d + 1, indices=list(range(d)), bounds=bounds),
+                outcome_transform=Standardize(1),
+            )
+
+        return make
+
+    @torch.no_grad()
+    def predict(self, X: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, Tensor]:
+        if isinstance(self.model, MultiTaskGP):
+            return Surrogate.predict(self, X, chunk_size)
+        return super().predict(X, chunk_size)
+
+    def summary(self) -> dict[str, Any]:
+        if not isinstance(self.model, MultiTaskGP):
+            return {**super().summary(), "type": "TransferGP", "sources_used": []}
+        return {
+            "type": "TransferGP",
+            # gpytorch keeps train_inputs as a tuple of tensors; its stubs see a Module attribute
+            "n_train": int(cast(tuple[Tensor, ...], self.model.train_inputs)[0].shape[-2]),
+            "sources_used": list(self.used),
+        }
+
+
+def _with_task(X: Tensor, task: int) -> Tensor:
+    return torch.cat([X, torch.full((X.shape[0], 1), float(task), dtype=X.dtype)], dim=-1)
+
+
+def _fit(model: Any) -> Any:
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def _held_out_log_likelihood(
+    X: Tensor, Y: Tensor, make: Callable[[Tensor, Tensor], Any], fitted: Any, folds: int
+) -> float:
+    """Sum over ``k`` folds of the target's held-out predictive log-density, each fold's model
+    built on the other folds with the hyper-parameters of ``fitted`` (fitted on everything)."""
+    n = X.shape[0]
+    k = max(2, min(folds, n))
+    order = torch.arange(n)
+    total = 0.0
+    # Each fold standardises its own outcomes; everything else is the full fit's.
+    state = {k: v for k, v in fitted.state_dict().items() if not k.startswith("outcome_transform")}
+    for fold in range(k):
+        held = order % k == fold
+        model = make(X[~held], Y[~held])
+        model.load_state_dict(state, strict=False)
+        model.eval()
+        posterior = model.posterior(X[held], observation_noise=True)
+        mean, variance = posterior.mean.reshape(-1), posterior.variance.reshape(-1).clamp_min(1e-12)
+        y = Y[held].reshape(-1)
+        total += float((-0.5 * ((y - mean) ** 2 / variance + variance.log() + math.log(2 * math.pi))).sum())
+    return total
