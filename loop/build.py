@@ -131,7 +131,8 @@ def surrogate_inputs(config: CampaignConfig, pool: Pool) -> Pool:
     from surrogates.descriptors import EmbeddingFeaturizer
 
     generated = config.space.generator.options.get("cache") if config.space.generator else None
-    cache = None if generated is None else config.resolve(generated).with_suffix(f".{section.descriptors}.npz")
+    suffix = f".{section.descriptors}.npz"
+    cache = None if generated is None else config.resolve(generated).with_suffix(suffix)
     featurizer = EmbeddingFeaturizer(section.descriptors, cache, section.device)
     return StructurePool(pool.candidates, featurizer)  # type: ignore[arg-type]
 

@@ -259,7 +259,8 @@ class SurrogateSection(_Strict):
             names = [o.name for o in objectives]
             if not structures:
                 raise ValueError(
-                    "surrogate.type: 'committee' needs a structure pool ([space.generator] type = 'structures')"
+                    "surrogate.type: 'committee' needs a structure pool "
+                    "([space.generator] type = 'structures')"
                 )
             if names != ["formation_energy_per_atom"]:
                 raise ValueError(
