@@ -178,10 +178,8 @@ class ObjectiveConfig(_Strict):
     """Stop once a measured value reaches it (>= when maximising, <= when minimising)."""
 
 
-#: Universal potentials by name (:data:`surrogates.universal.KNOWN_MODELS`), and those that
-#: offer a per-structure embedding.
+#: Universal potentials by name (:data:`surrogates.universal.KNOWN_MODELS`).
 UniversalModel = Literal["chgnet", "mace-mp", "sevennet", "mattersim", "orb"]
-EmbeddingModel = Literal["chgnet", "mace-mp"]
 _GP_KEYS = ("kernel", "lengthscale_prior", "noise", "warm_start", "descriptors")
 _COMMITTEE_KEYS = ("size", "mace", "baseline", "prerelax", "relax_steps", "fmax", "relax_cell", "workers")
 
@@ -196,8 +194,9 @@ class SurrogateSection(_Strict):
     lengthscale_prior: bool = True
     noise: Literal["inferred", "observed"] = "inferred"
     warm_start: bool = True
-    descriptors: Literal["pairs"] | EmbeddingModel = "pairs"
-    """Structure pools: the GP's inputs, pair features or a universal model's embedding."""
+    descriptors: Literal["pairs", "chgnet", "mace-mp"] = "pairs"
+    """Structure pools: the GP's inputs, pair features or the embedding of a universal model
+    that offers one (:func:`surrogates.universal.structure_embedding`)."""
     size: int = Field(default=4, ge=2, le=64)
     """Committee members."""
     mace: dict[str, Any] = {}
@@ -234,7 +233,7 @@ class SurrogateSection(_Strict):
             known = set(MACESettings.__dataclass_fields__)
             unknown = sorted(set(value) - known)
             if unknown:
-                raise ValueError(f"unknown key(s) {unknown}; known: {sorted(known)}")
+                raise ValueError(f"unknown key(s) {unknown} (known: {sorted(known)})")
             try:
                 MACESettings(**value)
             except (TypeError, ValueError) as exc:
