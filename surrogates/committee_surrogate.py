@@ -82,7 +82,7 @@ class FormationEnsemble(StructureEnsemble):
             self._cache[index] = torch.as_tensor(energies, dtype=torch.float64)
         return self._cache[index]
 
-    def posterior(
+    def posterior(  # type: ignore[override]  # EnsembleModel's signature
         self,
         X: Tensor,
         output_indices: list[int] | None = None,
@@ -98,7 +98,7 @@ class FormationEnsemble(StructureEnsemble):
             return posterior
         values = posterior.values
         if isinstance(posterior_transform, ScalarizedPosteriorTransform):
-            weights = posterior_transform.weights.to(values)
+            weights = torch.as_tensor(posterior_transform.weights).to(values)
             values = (values @ weights).unsqueeze(-1) + posterior_transform.offset
         return MemberPosterior(values, weights=self.ensemble_weights)
 
@@ -126,7 +126,8 @@ class CommitteeSurrogate(Surrogate):
         prerelax_settings: RelaxSettings | None = None,
     ) -> None:
         super().__init__()
-        self.committee, self.keys, self.training = committee, keys, training
+        self.committee, self.keys = committee, keys
+        self.frames_source = training  # not `training`: nn.Module's train/eval flag
         self.relax = relax or RelaxSettings()
         # Pre-relaxation does not depend on the fit: kept for the surrogate's life.
         self.prerelaxed = RelaxedCandidates(
@@ -142,7 +143,7 @@ class CommitteeSurrogate(Surrogate):
         Raises:
             SurrogateError: there are no labelled frames to learn from.
         """
-        training = self.training()
+        training = self.frames_source()
         if not training.frames:
             raise SurrogateError(
                 f"the committee has {dataset.X.shape[0]} measured candidate(s) but no labelled frame "

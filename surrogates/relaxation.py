@@ -85,13 +85,13 @@ class RelaxedCandidates(Sequence[Atoms]):
         calculator: BaseCalculator | None,
         settings: RelaxSettings,
     ) -> None:
-        self.start, self.count = start, count
+        self.start, self._count = start, count  # not `count`: Sequence.count
         self.calculator, self.settings = calculator, settings
         self._relaxed: dict[int, Atoms] = {}
         self._lock = threading.Lock()  # one calculator
 
     def __len__(self) -> int:
-        return self.count()
+        return self._count()
 
     @overload
     def __getitem__(self, key: int) -> Atoms: ...
