@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, cast
 
 import torch
@@ -62,7 +63,8 @@ def build_space(config: CampaignConfig) -> tuple[SearchSpace | None, Pool | None
             raise ConfigError(
                 "oracle.safety restricts parameter spaces and table pools, not [space.generator]"
             )
-        return None, plugin(POOL_PLUGINS, section.generator.type)(section.generator.options, config)
+        pool = plugin(POOL_PLUGINS, section.generator.type)(section.generator.options, config)
+        return None, surrogate_inputs(config, pool)
     space = section.build()
     check_feasible(space)
     return restrict_space(space, envelope), None
@@ -115,6 +117,28 @@ def build_oracle(config: CampaignConfig, space: SearchSpace | None) -> Oracle:
     )
 
 
+def surrogate_inputs(config: CampaignConfig, pool: Pool) -> Pool:
+    """A generated pool with the model inputs its surrogate reads: structure keys for the
+    committee (which looks at the structures itself), a universal model's embedding for
+    ``descriptors``, else the pool as generated (pair features)."""
+    from loop.structures import StructurePool
+
+    section = config.surrogate
+    if not isinstance(pool, StructurePool) or (section.type == "gp" and section.descriptors == "pairs"):
+        return pool
+    if section.type == "committee":
+        from surrogates.structure_keys import StructureKeys
+
+        return StructurePool(pool.candidates, StructureKeys())  # type: ignore[arg-type]
+    from surrogates.descriptors import EmbeddingFeaturizer
+
+    generated = config.space.generator.options.get("cache") if config.space.generator else None
+    suffix = f".{section.descriptors}.npz"
+    cache = None if generated is None else config.resolve(generated).with_suffix(suffix)
+    featurizer = EmbeddingFeaturizer(section.descriptors, cache, section.device)
+    return StructurePool(pool.candidates, featurizer)  # type: ignore[arg-type]
+
+
 def input_bounds(space: SearchSpace | None, pool: Pool | None) -> torch.Tensor:
     """``2 x d`` bounds that scale model inputs once: the pool's range, or the space's bounds."""
     if pool is not None:
@@ -127,13 +151,16 @@ def input_bounds(space: SearchSpace | None, pool: Pool | None) -> torch.Tensor:
 
 
 def build_surrogate(config: CampaignConfig, space: SearchSpace | None, pool: Pool | None) -> Surrogate:
-    """The surrogate, with inputs scaled once (:func:`input_bounds`); with ``[transfer]``, a
-    multi-task GP over the source campaigns' results.
+    """The surrogate: the MACE committee (:func:`build_committee`), or a GP with inputs scaled
+    once (:func:`input_bounds`); with ``[transfer]``, a multi-task GP over the source
+    campaigns' results.
 
     Raises:
         ConfigError: a transfer source cannot be read (see :func:`loop.transfer.load_sources`).
     """
     section = config.surrogate
+    if section.type == "committee":
+        return build_committee(config, pool)
     options: dict[str, Any] = {
         "kernel": section.kernel,
         "lengthscale_prior": section.lengthscale_prior,
@@ -148,6 +175,60 @@ def build_surrogate(config: CampaignConfig, space: SearchSpace | None, pool: Poo
         assert inputs is not None
         return TransferGP(load_sources(config, inputs), input_bounds(space, pool), **options)
     return GPSurrogate(input_bounds=input_bounds(space, pool), **options)
+
+
+def build_committee(config: CampaignConfig, pool: Pool | None, executor: Executor | None = None) -> Surrogate:
+    """The MACE committee surrogate over a pool whose inputs are structure keys
+    (:func:`surrogate_inputs`), learning from the campaign's ledger.
+
+    Args:
+        config: The configuration (``[surrogate] type = "committee"``).
+        pool: The campaign's pool, as :func:`build_space` made it.
+        executor: Where members train (a shared :func:`~surrogates.mlip.training_pool`);
+            default: ``workers`` processes of its own.
+
+    Raises:
+        ConfigError: the pool's inputs are not structure keys, or a universal potential
+            (``baseline``, ``prerelax``) cannot be loaded.
+    """
+    from loop.labelled_frames import LedgerFrames
+    from surrogates.base import SurrogateError
+    from surrogates.baseline import Baseline
+    from surrogates.committee_surrogate import CommitteeSurrogate
+    from surrogates.mlip import MACESettings, MLIPCommittee
+    from surrogates.relaxation import RelaxSettings
+    from surrogates.structure_keys import StructureKeys
+    from surrogates.universal import universal_calculator
+
+    section = config.surrogate
+    keys = getattr(pool, "featurizer", None)
+    if not isinstance(keys, StructureKeys):
+        raise ConfigError("surrogate.type: 'committee' needs a structure pool built by build_space")
+    assert config.space.generator is not None
+    baseline = prerelax = None
+    try:
+        if section.baseline is not None:
+            options = {"use_device": section.device} if section.baseline == "chgnet" else {}
+            baseline = Baseline(section.baseline, options)
+    except SurrogateError as exc:
+        raise ConfigError(f"surrogate.baseline: {exc}") from None
+    try:
+        if section.prerelax is not None:
+            prerelax = universal_calculator(section.prerelax, section.device)
+    except SurrogateError as exc:
+        raise ConfigError(f"surrogate.prerelax: {exc}") from None
+    committee = MLIPCommittee(
+        list(config.space.generator.options["elements"]),
+        MACESettings(**section.mace),
+        size=section.size,
+        seed=config.campaign.seed,
+        workers=section.workers,
+        baseline=baseline,
+        executor=executor,
+    )
+    relax = RelaxSettings(section.relax_steps, section.fmax, section.relax_cell)
+    training = LedgerFrames(config.ledger_location, config.campaign.name)
+    return CommitteeSurrogate(committee, keys, training, relax, prerelax)
 
 
 def build_acquisition(

@@ -187,7 +187,8 @@ class MLIPCommittee:
         periodic = bool(np.all(atoms.pbc))
         energies, forces, stresses = [], [], []
         for model in self._models:
-            out = model(dict(batch), training=False, compute_force=True, compute_stress=periodic)
+            with torch.enable_grad():  # forces are gradients, also when a caller disabled them
+                out = model(dict(batch), training=False, compute_force=True, compute_stress=periodic)
             energies.append(float(out[ENERGY].detach()[0]))
             forces.append(out[FORCES].detach().double().numpy())
             stress = out[STRESS].detach()[0].double().numpy() if periodic else np.zeros((3, 3))

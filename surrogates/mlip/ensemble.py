@@ -26,7 +26,8 @@ class StructureEnsemble(EnsembleModel):
 
     Args:
         committee: A fitted committee.
-        structures: The structures indices refer to.
+        structures: The structures indices refer to. A list is copied; any other sequence
+            (one that builds or relaxes a structure when it is first asked for) is kept as given.
     """
 
     def __init__(self, committee: MLIPCommittee, structures: Sequence[Atoms]) -> None:
@@ -34,7 +35,7 @@ class StructureEnsemble(EnsembleModel):
         if not committee.fitted:
             raise SurrogateError("the MLIP committee is not fitted yet")
         self.committee = committee
-        self.structures = list(structures)
+        self.structures = list(structures) if isinstance(structures, list) else structures
         self._num_outputs = 1
         self._cache: dict[int, Tensor] = {}
 
