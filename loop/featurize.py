@@ -46,6 +46,10 @@ class StructureFeaturizer:
         self.pairs = list(itertools.combinations_with_replacement(self.elements, 2))
         table = {el: [float(getattr(Element(el), p)) for p in ELEMENT_PROPERTIES] for el in self.elements}
         self._properties = np.array([table[el] for el in self.elements])  # k x p
+        self._index = {el: i for i, el in enumerate(self.elements)}
+        self._pair_index = np.zeros((len(self.elements), len(self.elements)), dtype=int)  # i <= j → pair
+        for i, (a, b) in enumerate(itertools.combinations_with_replacement(range(len(self.elements)), 2)):
+            self._pair_index[a, b] = i
 
     @property
     def feature_names(self) -> list[str]:
@@ -90,16 +94,12 @@ class StructureFeaturizer:
             )
         order = np.sort(np.unique(np.round(distances / distances.min() / _SHELL_TOL)))
         shell_of = np.searchsorted(order, np.round(distances / distances.min() / _SHELL_TOL))
-        species = np.array([self.elements.index(site.specie.symbol) for site in structure])
-        index = {
-            pair: i
-            for i, pair in enumerate(itertools.combinations_with_replacement(range(len(self.elements)), 2))
-        }
-        out: list[float] = []
-        for shell in range(self.shells):
-            counts = np.zeros(len(self.pairs))
-            mask = shell_of == shell
-            for a, b in zip(species[centers[mask]], species[neighbors[mask]], strict=True):
-                counts[index[(min(a, b), max(a, b))]] += 1
-            out += (counts / max(counts.sum(), 1.0)).tolist()
-        return out
+        species = np.array([self._index[site.specie.symbol] for site in structure])
+        a, b = species[centers], species[neighbors]
+        pair = self._pair_index[np.minimum(a, b), np.maximum(a, b)]
+        n_pairs = len(self.pairs)
+        out = np.zeros((self.shells, n_pairs))
+        inside = shell_of < self.shells
+        np.add.at(out, (shell_of[inside], pair[inside]), 1.0)
+        out /= np.maximum(out.sum(axis=1, keepdims=True), 1.0)
+        return out.ravel().tolist()

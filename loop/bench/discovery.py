@@ -1,0 +1,299 @@
+"""``alloop bench discovery``: how fast does a structure campaign find the near-hull structures?
+
+A pool of candidate structures is relaxed exhaustively with EMT once
+(:mod:`loop.bench.discovery_truth`, cached under the workdir); each variant then runs a
+simulated campaign per seed against that ground truth: ``initial`` random picks, then batches
+of ``batch_size`` chosen by the variant's decision (fit + score + pick, the campaign's own
+:class:`~loop.acquisition.Acquisition` and :class:`~surrogates.gp.GPSurrogate` on the pool's
+features) until ``budget`` evaluations. Reported per variant: EMT evaluations to find 95% and
+100% of the structures within ``within_mev`` meV/atom of the true hull, hit rate, DAF and recall
+per round (:func:`loop.discovery.discovery_report`), seconds per decision. Candidates whose
+relaxation failed are left out of the pool (their count is reported).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from botorch.utils.datasets import SupervisedDataset
+from torch import Tensor
+
+from loop.acquisition import Acquisition
+from loop.bench.discovery_truth import CAMPAIGN_SETTINGS, cache_key, cached_pool, ground_truth
+from loop.discovery import EvaluatedStructure, discovery_report
+from loop.featurize import StructureFeaturizer
+from loop.hull_acquisition import HullTarget
+from loop.stability import hull_points, near_hull
+from loop.structures import StructurePool, StructureSpaceOptions
+from surrogates.gp import GPSurrogate
+
+#: Variant name → (acquisition kind, uses a surrogate).
+VARIANTS: dict[str, str] = {
+    "random": "random",
+    "gp_pair_thompson": "thompson",
+    "gp_pair_hull_probability": "hull_probability",
+}
+
+
+@dataclass(frozen=True)
+class DiscoveryProtocol:
+    """The benchmark's fixed protocol (see benchmarks/RESULTS.md)."""
+
+    pool: StructureSpaceOptions = field(
+        default_factory=lambda: StructureSpaceOptions(
+            elements=["Cu", "Ag", "Au", "Pd", "Pt", "Ni"],
+            lattice=["fcc", "bcc", "hcp"],
+            max_atoms=5,
+            prototypes=["built-in"],
+        )
+    )
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    budget: int = 1000
+    batch_size: int = 50
+    initial: int = 50
+    within_mev: float = 1.0
+    variants: tuple[str, ...] = tuple(VARIANTS)
+
+
+@dataclass
+class Truth:
+    """The pool (relaxed candidates only), its features and formation energies, and the targets."""
+
+    pool: StructurePool
+    energies: Tensor
+    formulas: list[str]
+    targets: set[str]
+    failed: int
+
+
+def load_truth(
+    protocol: DiscoveryProtocol,
+    workdir: Path,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Truth:
+    """Generate (or read) the pool and its ground truth, relaxing what is not cached yet."""
+    key = cache_key(protocol.pool, CAMPAIGN_SETTINGS)
+    candidates = cached_pool(protocol.pool, workdir, key)
+    rows = ground_truth(candidates, workdir / f"truth-{key}.jsonl", workers=workers, progress=progress)
+    ok = [c for c in candidates if rows[c.id].status == "ok"]
+    pool = StructurePool(ok, StructureFeaturizer(protocol.pool.elements))
+    formation = [float(rows[c.id].formation_energy_per_atom or 0.0) for c in ok]
+    formulas = [rows[c.id].formula for c in ok]
+    points = hull_points(zip(pool.ids, formulas, formation, strict=True), protocol.pool.elements)
+    return Truth(
+        pool,
+        torch.tensor(formation, dtype=torch.double),
+        formulas,
+        near_hull(points, protocol.within_mev),
+        len(candidates) - len(ok),
+    )
+
+
+def run_variant(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: int) -> dict[str, Any]:
+    """One simulated campaign: the evaluation order, per-round metrics and decision times."""
+    X, pool = truth.pool.X, truth.pool
+    acquisition = _acquisition(variant, protocol, pool.feature_names)
+    surrogate = GPSurrogate(input_bounds=_bounds(X)) if VARIANTS[variant] != "random" else None
+    rng = np.random.default_rng(seed)
+    order = [int(i) for i in rng.choice(len(pool), size=min(protocol.initial, len(pool)), replace=False)]
+    cycles = [0] * len(order)
+    decisions: list[float] = []
+    budget = min(protocol.budget, len(pool))
+    cycle = 0
+    while len(order) < budget:
+        cycle += 1
+        q = min(protocol.batch_size, budget - len(order))
+        taken = set(order)
+        free = [i for i in range(len(pool)) if i not in taken]
+        Y = truth.energies[order].unsqueeze(-1)
+        start = time.perf_counter()
+        if surrogate is not None:
+            surrogate.fit(
+                SupervisedDataset(X[order], Y, feature_names=pool.feature_names, outcome_names=["e"])
+            )
+        picks = acquisition.select_from_pool(surrogate, X[free], q, X[order], Y, None, seed * 1000 + cycle)  # type: ignore[arg-type]
+        decisions.append(time.perf_counter() - start)
+        order += [free[p.index] for p in picks if p.index is not None]
+        cycles += [cycle] * len(picks)
+    return _summary(variant, seed, order, cycles, decisions, truth, protocol)
+
+
+def decision_seconds(
+    truth: Truth, sizes: Sequence[int], observations: int, q: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Seconds of one warm decision (GP fit + Thompson batch of ``q``) on pools of ``sizes``
+    rows, with ``observations`` measured; pools larger than the truth repeat its feature
+    rows (the cost depends on the rows' number, not their values). Peak RSS is the process's."""
+    X, Y = truth.pool.X, truth.energies.unsqueeze(-1)
+    rng = np.random.default_rng(seed)
+    observed = torch.as_tensor(rng.choice(X.shape[0], size=observations, replace=False))
+    out = []
+    for size in sizes:
+        choices = X[torch.arange(size) % X.shape[0]]
+        surrogate = GPSurrogate(input_bounds=_bounds(X))
+        dataset = SupervisedDataset(
+            X[observed], Y[observed], feature_names=truth.pool.feature_names, outcome_names=["e"]
+        )
+        surrogate.fit(dataset)  # the campaign's later decisions start warm
+        acquisition = Acquisition("thompson", [-1.0])
+        start = time.perf_counter()
+        surrogate.fit(dataset)
+        acquisition.select_from_pool(surrogate, choices, q, X[observed], Y[observed], None, seed)
+        out.append(
+            {
+                "candidates": size,
+                "observations": observations,
+                "batch_size": q,
+                "seconds_per_decision": time.perf_counter() - start,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    return out
+
+
+def run_benchmark(
+    protocol: DiscoveryProtocol,
+    workdir: Path,
+    decision_sizes: Sequence[int] = (10_000, 100_000),
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The whole benchmark: ground truth, every variant and seed, decision timings."""
+    start = time.perf_counter()
+    truth = load_truth(protocol, workdir, workers)
+    runs = []
+    for variant in protocol.variants:
+        for seed in protocol.seeds:
+            runs.append(run_variant(variant, truth, protocol, seed))
+            if progress is not None:
+                progress(f"{variant} seed {seed}: {runs[-1]['evaluations_to_95']} evaluations to 95%")
+    observations = min(1000, len(truth.pool) // 2)
+    return {
+        "protocol": {
+            "pool": protocol.pool.model_dump(),
+            "seeds": list(protocol.seeds),
+            "budget": protocol.budget,
+            "batch_size": protocol.batch_size,
+            "initial": protocol.initial,
+            "within_mev": protocol.within_mev,
+            "relaxation": CAMPAIGN_SETTINGS,
+        },
+        "pool_size": len(truth.pool),
+        "failed_relaxations": truth.failed,
+        "targets": len(truth.targets),
+        "prevalence": len(truth.targets) / len(truth.pool),
+        "summary": aggregate(runs, truth),
+        "decision_timing": decision_seconds(truth, decision_sizes, observations, protocol.batch_size),
+        "runs": runs,
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def expected_random_evaluations(pool_size: int, targets: int, found: int) -> float:
+    """Expected picks, without replacement, until ``found`` of ``targets`` are drawn: ``k(N+1)/(K+1)``."""
+    return found * (pool_size + 1) / (targets + 1)
+
+
+def aggregate(runs: list[dict[str, Any]], truth: Truth) -> dict[str, Any]:
+    """Per variant: the median and range over seeds of evaluations to 95% / 100% recall,
+    final-round hit rate and DAF, mean seconds per decision."""
+    out: dict[str, Any] = {}
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == variant]
+
+        def stat(key: str, rows: list[dict[str, Any]] = mine) -> dict[str, Any]:
+            values = [r[key] for r in rows]
+            known = [v for v in values if v is not None]
+            return {
+                "median": float(np.median(known)) if len(known) == len(values) else None,
+                "values": values,
+            }
+
+        out[variant] = {
+            "evaluations_to_95": stat("evaluations_to_95"),
+            "evaluations_to_100": stat("evaluations_to_100"),
+            "final_hit_rate": stat("final_hit_rate"),
+            "final_daf": stat("final_daf"),
+            "seconds_per_decision": float(np.mean([s for r in mine for s in r["decision_s"]] or [0.0])),
+        }
+    n, k = len(truth.pool), len(truth.targets)
+    out["random_expected"] = {
+        "evaluations_to_95": expected_random_evaluations(n, k, math.ceil(0.95 * k)),
+        "evaluations_to_100": expected_random_evaluations(n, k, k),
+    }
+    return out
+
+
+def _summary(
+    variant: str,
+    seed: int,
+    order: list[int],
+    cycles: list[int],
+    decisions: list[float],
+    truth: Truth,
+    protocol: DiscoveryProtocol,
+) -> dict[str, Any]:
+    pool = truth.pool
+    evaluated = [
+        EvaluatedStructure(pool.ids[i], truth.formulas[i], c, float(truth.energies[i]))
+        for i, c in zip(order, cycles, strict=True)
+    ]
+    rows = zip(pool.ids, truth.formulas, truth.energies.tolist(), strict=True)
+    report = discovery_report(evaluated, protocol.within_mev, rows)
+    found = np.cumsum([pool.ids[i] in truth.targets for i in order])
+    k = len(truth.targets)
+
+    def evaluations_to(fraction: float) -> int | None:
+        reached = np.nonzero(found >= math.ceil(fraction * k))[0]
+        return int(reached[0]) + 1 if k and len(reached) else None
+
+    last = report.cycles[-1]
+    return {
+        "variant": variant,
+        "seed": seed,
+        "evaluations": len(order),
+        "hits": int(found[-1]) if len(found) else 0,
+        "evaluations_to_95": evaluations_to(0.95),
+        "evaluations_to_100": evaluations_to(1.0),
+        "final_hit_rate": last.hit_rate,
+        "final_daf": last.daf,
+        "rounds": [
+            {
+                "cycle": c.cycle,
+                "evaluated": c.evaluated,
+                "hits": c.hits,
+                "hit_rate": c.hit_rate,
+                "daf": c.daf,
+                "recall": c.recall,
+            }
+            for c in report.cycles
+        ],
+        "decision_s": decisions,
+    }
+
+
+def _acquisition(variant: str, protocol: DiscoveryProtocol, feature_names: list[str]) -> Acquisition:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+    kind = VARIANTS[variant]
+    hull = None
+    if kind.startswith("hull"):
+        elements = sorted(protocol.pool.elements)
+        hull = HullTarget.from_feature_names(elements, feature_names, protocol.within_mev)
+    return Acquisition(kind, [-1.0], hull=hull)  # type: ignore[arg-type]
+
+
+def _bounds(X: Tensor) -> Tensor:
+    """The pool's range (as :func:`loop.build.build_surrogate` scales inputs)."""
+    bounds = torch.stack([X.min(dim=0).values, X.max(dim=0).values])
+    bounds[1] = torch.where(bounds[1] > bounds[0], bounds[1], bounds[0] + 1.0)
+    return bounds
