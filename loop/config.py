@@ -299,6 +299,9 @@ class AcquisitionSection(_Strict):
         "qparego",
         "hull_probability",
         "hull_lcb",
+        "mf_mes",
+        "mf_ucb",
+        "funnel",
     ] = "qlognei"
     beta: NonNegative = 1.0
     """UCB/LCB: mean ± sqrt(beta) · std (beta = 1 is one standard deviation)."""
@@ -580,7 +583,7 @@ class CampaignConfig(_Strict):
     @classmethod
     def _not_both_oracle_kinds(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and "oracle" in data and "oracles" in data:
-            raise ValueError("oracles: give [oracle] (one oracle) or [[oracles]] (one per fidelity), not both")
+            raise ValueError("oracles: give [oracle] or [[oracles]] (one per fidelity), not both")
         return data
 
     @model_validator(mode="after")
@@ -605,6 +608,13 @@ class CampaignConfig(_Strict):
     @model_validator(mode="after")
     def _acquisition_hull(self) -> CampaignConfig:
         self.acquisition.check_hull(self.objectives, self.space)
+        return self
+
+    @model_validator(mode="after")
+    def _fidelity_campaign(self) -> CampaignConfig:
+        from loop.fidelity import check_fidelity_campaign
+
+        check_fidelity_campaign(self)
         return self
 
     @model_validator(mode="after")

@@ -131,6 +131,9 @@ class Proposal:
     predictions: Mapping[str, Prediction] | None = None
     fidelity: str = DEFAULT_FIDELITY
     """Where it is to be measured (multi-fidelity campaigns)."""
+    cost: float | None = None
+    """What it will cost, committed with the proposal (multi-fidelity campaigns; else the
+    oracle's reported cost is recorded with the result)."""
 
     def as_dict(self) -> dict[str, Any]:
         fidelity = {} if self.fidelity == DEFAULT_FIDELITY else {"fidelity": self.fidelity}
@@ -388,6 +391,7 @@ class Ledger:
                                 campaign_id=campaign_id,
                                 candidate_id=p.candidate.id,
                                 fidelity=p.fidelity,
+                                cost=p.cost,
                                 cycle=cycle,
                                 status="proposed",
                                 run_id=run_id,
@@ -578,7 +582,7 @@ class Ledger:
         """Experiments committed to (pending, done, or failed after reaching the oracle) and
         their cost so far."""
         by_fidelity = self.spent_by_fidelity(campaign_id).values()
-        return sum(n for n, _ in by_fidelity), sum(cost for _, cost in by_fidelity)
+        return sum(n for n, _ in by_fidelity), round(sum(cost for _, cost in by_fidelity), 12)
 
     @_reconnecting
     def spent_by_fidelity(self, campaign_id: int) -> dict[str, tuple[int, float]]:
@@ -593,7 +597,7 @@ class Ledger:
                 .group_by(evaluations.c.fidelity)
                 .order_by(evaluations.c.fidelity)
             ).all()
-        return {fidelity: (int(n), float(cost)) for fidelity, n, cost in rows}
+        return {fidelity: (int(n), round(float(cost), 12)) for fidelity, n, cost in rows}
 
 
 def _inserted_id(conn: Connection, statement: Insert) -> int:

@@ -23,8 +23,8 @@ Versions: 1 is the schema before the ``schema`` table (alloop up to commit 23170
 ``schema``, ``leases`` (replacing ``flow_leases``) and ``campaigns.stop_reason`` /
 ``stopped_at``; 3 adds ``evaluations.frame``, moving the labelled structures out of the
 metadata; 4 adds ``predictions``; 5 adds ``evaluations.fidelity`` (multi-fidelity campaigns,
-:mod:`loop.fidelity`) and makes (campaign, candidate, fidelity) the unique key. :func:`prepare` creates a new ledger or migrates an old one,
-in the caller's transaction, keeping every row.
+:mod:`loop.fidelity`) and makes (campaign, candidate, fidelity) the unique key. :func:`prepare`
+creates a new ledger or migrates an old one, in the caller's transaction, keeping every row.
 """
 
 from __future__ import annotations
