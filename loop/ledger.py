@@ -462,9 +462,11 @@ class Ledger:
     def record_failure(
         self, evaluation_id: int, error: str, retryable: bool, cost: float | None = None
     ) -> None:
-        """``proposed | submitted → failed``, with the reason."""
+        """``proposed | submitted → failed``, with the reason (and its cost, if given: else the
+        cost committed with the proposal stays)."""
+        charged = {} if cost is None else {"cost": cost}
         self._transition(
-            evaluation_id, "failed", finished_at=_now(), error=error[:4000], retryable=retryable, cost=cost
+            evaluation_id, "failed", finished_at=_now(), error=error[:4000], retryable=retryable, **charged
         )
 
     def _transition(
