@@ -464,7 +464,7 @@ class Ledger:
     ) -> None:
         """``proposed | submitted → failed``, with the reason (and its cost, if given: else the
         cost committed with the proposal stays)."""
-        charged = {} if cost is None else {"cost": cost}
+        charged: dict[str, Any] = {} if cost is None else {"cost": cost}
         self._transition(
             evaluation_id, "failed", finished_at=_now(), error=error[:4000], retryable=retryable, **charged
         )
