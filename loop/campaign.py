@@ -142,14 +142,21 @@ class Campaign(EvaluationRecorder):
     ) -> Campaign:
         """The campaign bound to its ledger: the ledger is opened (created if new, refused
         with one line naming its path if it cannot be used) and the campaign's row found or
-        written. The constructor builds the pieces and writes nothing.
+        written. The constructor builds the pieces and writes nothing. A configuration with
+        ``[[oracles]]`` gives a :class:`~loop.fidelity_campaign.MultiFidelityCampaign`.
 
         Raises:
+            ValueError: an ``oracle`` given for a multi-fidelity campaign.
             LedgerError: the ledger cannot be used.
             CampaignError: the campaign exists in it with another configuration.
         """
         if cls is Campaign and config.oracles is not None:
             from loop.fidelity_campaign import MultiFidelityCampaign
+
+            if oracle is not None:
+                raise ValueError(
+                    "a multi-fidelity campaign has one oracle per fidelity: see MultiFidelityCampaign"
+                )
 
             campaign: Campaign = MultiFidelityCampaign(config, ledger, surrogate=surrogate)
         else:
