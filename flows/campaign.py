@@ -29,6 +29,7 @@ from flows.execution import ExecutionSection, LazyTaskRunner, dispatch, executio
 from flows.tasks import fit_surrogate, propose_batch, record_results, recover_stranded
 from loop.campaign import Campaign, CampaignReport, CycleReport
 from loop.config import CampaignConfig
+from loop.errors import ConfigError
 from loop.lease import CampaignBusy, CampaignLease
 from loop.ledger import EvaluationRecord
 
@@ -89,13 +90,18 @@ def campaign_flow(
         Where the campaign stands; ``cycles_run`` is 0 when another run held the campaign.
 
     Raises:
-        ConfigError: the configuration is invalid.
+        ConfigError: the configuration is invalid, or has several fidelities (``[[oracles]]``).
         ValueError: ``max_cycles`` is below 1.
     """
     if max_cycles is not None and max_cycles < 1:
         raise ValueError(f"max_cycles must be >= 1 (or None for no limit), got {max_cycles}")
-    logger = get_run_logger()
     campaign_config, execution = resolve_campaign(config, execution)
+    if campaign_config.oracles is not None:
+        raise ConfigError(
+            "oracles: multi-fidelity campaigns ([[oracles]]) do not run as a Prefect flow yet; "
+            "run them with 'alloop run'"
+        )
+    logger = get_run_logger()
     campaign = Campaign.open(campaign_config)
     try:
         label = f"flow run {flow_run.name or '?'} ({flow_run.id or 'no id'})"

@@ -232,7 +232,7 @@ class Acquisition:
         X, values = optimize_acqf_discrete(
             acqf, q=q, choices=choices, max_batch_size=self.chunk_size, unique=True
         )
-        rows = _rows_of(X, choices)
+        rows = rows_of(X, choices)
         return [Pick(choices[r], float(v), r) for r, v in zip(rows, values.reshape(-1).tolist(), strict=True)]
 
     def _marginal_scores(
@@ -354,7 +354,7 @@ class Acquisition:
         return math.exp(best)
 
 
-def _rows_of(X: Tensor, choices: Tensor) -> list[int]:
+def rows_of(X: Tensor, choices: Tensor) -> list[int]:
     """Distinct row indices of the points ``X`` (``q x d``) in ``choices`` (``N x d``).
 
     Two candidates may share a feature row (two structures with the same descriptors), so each

@@ -20,10 +20,12 @@ from loop.config import (
     CampaignConfig,
     DatasetOracle,
     EmulatorOracle,
+    OracleSection,
     PluginSection,
 )
 from loop.errors import ConfigError
 from loop.featurize import StructureFeaturizer
+from loop.fidelity import FIDELITY_KINDS
 from loop.hull_acquisition import HULL_KINDS, HullTarget
 from loop.pool import CandidatePool, Pool, drop_missing_objectives, read_table
 from loop.preflight import (
@@ -51,7 +53,7 @@ def build_space(config: CampaignConfig) -> tuple[SearchSpace | None, Pool | None
             table is empty, has no header or no row with its objectives.
     """
     section = config.space
-    spec = config.oracle
+    spec = config.primary_oracle
     envelope = safety_envelope(spec.options) if isinstance(spec, PluginSection) else {}
     if section.pool is not None:
         path = config.resolve(section.pool.path)
@@ -70,16 +72,19 @@ def build_space(config: CampaignConfig) -> tuple[SearchSpace | None, Pool | None
     return restrict_space(space, envelope), None
 
 
-def build_oracle(config: CampaignConfig, space: SearchSpace | None) -> Oracle:
-    """The oracle the configuration describes, checked against the space: an emulator's
-    function by one dry call on a point of ``space``, a dataset by its columns.
+def build_oracle(
+    config: CampaignConfig, space: SearchSpace | None, spec: OracleSection | None = None
+) -> Oracle:
+    """The oracle the configuration describes (``spec``, default its ``[oracle]`` or target
+    fidelity's), checked against the space: an emulator's function by one dry call on a point
+    of ``space``, a dataset by its columns.
 
     Raises:
         ConfigError: the function reads a parameter the space lacks or does not return an
             objective; the dataset has no column for an objective.
     """
     units = {o.name: o.unit for o in config.objectives}
-    spec = config.oracle
+    spec = spec if spec is not None else config.primary_oracle
     if isinstance(spec, PluginSection):
         return plugin(ORACLE_PLUGINS, spec.type)(spec.options, config)
     if isinstance(spec, EmulatorOracle):
@@ -252,7 +257,9 @@ def build_acquisition(
     }
     if not (pareto or config.constraints.outcomes or config.feasibility.learn):
         # the Pareto kinds are refused without several unweighted objectives (check_lab_sections)
-        kind = cast(Kind, section.type)
+        # A multi-fidelity policy (loop.fidelity_acquisition) chooses the pairs; the strategy
+        # here only scalarises for it.
+        kind = cast(Kind, "ucb" if section.type in FIDELITY_KINDS else section.type)
         return Acquisition(kind, weights, hull=_hull_target(config), **options)
     from loop.labconfig import modelled_outcomes
     from loop.multiobjective import ModelledAcquisition, OutcomeConstraint

@@ -36,6 +36,7 @@ from loop.pool import Pool
 from loop.recorder import EvaluationRecorder
 from loop.report import best_value, campaign_status
 from loop.retry import RetryPolicy
+from loop.schema import DEFAULT_FIDELITY
 from loop.space import SearchSpace
 from loop.stopping import StoppingRule, stopping_rules
 from oracles.base import Oracle
@@ -44,6 +45,9 @@ from surrogates.base import Surrogate, SurrogateError
 from surrogates.calibrated import CalibratedSurrogate, loo_z, predictive_moments
 
 log = logging.getLogger("alloop")
+
+#: Why a campaign stops when nothing is left to propose.
+POOL_EXHAUSTED = "the candidate pool is exhausted"
 
 
 @dataclass(frozen=True)
@@ -100,24 +104,33 @@ class Campaign(EvaluationRecorder):
         self.objectives = [o.name for o in config.objectives]
         #: What the surrogate models: the objectives, then outcomes only a constraint reads.
         self.outcomes = modelled_outcomes(config)
-        self.oracle = oracle if oracle is not None else build_oracle(config, self.space)
+        self.oracle = oracle if oracle is not None else self.build_oracle()
         missing = [p for p in self.outcomes if p not in self.oracle.implemented_properties]
         if missing:
             raise OracleSetupError(
                 f"oracle {type(self.oracle).__name__} does not measure objective(s) {missing}; "
                 f"it implements {list(self.oracle.implemented_properties)}"
             )
-        self.surrogate = (
-            surrogate if surrogate is not None else build_surrogate(config, self.space, self.pool)
-        )
+        self.surrogate = surrogate if surrogate is not None else self.build_surrogate()
         self.acquisition: Acquisition = build_acquisition(config, self.space, self.pool)
         self.stopping: list[StoppingRule] = stopping_rules(config)
-        spec = config.oracle
+        spec = config.primary_oracle
         #: Retries of retryable failures in :meth:`run` (``[oracle] retries``).
         self.retry = RetryPolicy(spec.retries, spec.retry_delay_s, spec.retry_backoff)
         self._ledger = ledger
         self._id: int | None = None
         self._run_id: int | None = None
+
+    #: The fidelity whose results count: the best value, targets, patience (:mod:`loop.fidelity`).
+    target_fidelity = DEFAULT_FIDELITY
+
+    def build_oracle(self) -> Oracle:
+        """The configured oracle (called once, by the constructor, when none is given)."""
+        return build_oracle(self.config, self.space)
+
+    def build_surrogate(self) -> Surrogate:
+        """The configured surrogate (called once, by the constructor, when none is given)."""
+        return build_surrogate(self.config, self.space, self.pool)
 
     @classmethod
     def open(
@@ -129,13 +142,25 @@ class Campaign(EvaluationRecorder):
     ) -> Campaign:
         """The campaign bound to its ledger: the ledger is opened (created if new, refused
         with one line naming its path if it cannot be used) and the campaign's row found or
-        written. The constructor builds the pieces and writes nothing.
+        written. The constructor builds the pieces and writes nothing. A configuration with
+        ``[[oracles]]`` gives a :class:`~loop.fidelity_campaign.MultiFidelityCampaign`.
 
         Raises:
+            ValueError: an ``oracle`` given for a multi-fidelity campaign.
             LedgerError: the ledger cannot be used.
             CampaignError: the campaign exists in it with another configuration.
         """
-        campaign = cls(config, ledger, oracle, surrogate)
+        if cls is Campaign and config.oracles is not None:
+            from loop.fidelity_campaign import MultiFidelityCampaign
+
+            if oracle is not None:
+                raise ValueError(
+                    "a multi-fidelity campaign has one oracle per fidelity: see MultiFidelityCampaign"
+                )
+
+            campaign: Campaign = MultiFidelityCampaign(config, ledger, surrogate=surrogate)
+        else:
+            campaign = cls(config, ledger, oracle, surrogate)
         try:
             _ = campaign.id
         except BaseException:
@@ -257,7 +282,7 @@ class Campaign(EvaluationRecorder):
             return [], stop_reason
         proposals = self.propose(self.acquisition_model(surrogate), cycle)
         if not proposals:
-            return [], "the candidate pool is exhausted"
+            return [], POOL_EXHAUSTED
         return self.commit_proposals(cycle, proposals, surrogate), None
 
     def close_cycle(
@@ -396,7 +421,7 @@ class Campaign(EvaluationRecorder):
         self, cycle: int, proposals: Sequence[Proposal], surrogate: Surrogate | None
     ) -> list[EvaluationRecord]:
         """Write the batch to the ledger (one transaction) and return its evaluations."""
-        name = self.acquisition.kind if surrogate is not None else "random"
+        name = self.config.acquisition.type if surrogate is not None else "random"
         summary = self.surrogate_summary(surrogate) if surrogate is not None else None
         ids = set(self.ledger.propose(self.id, self.run_id, cycle, proposals, name, summary))
         return [e for e in self.ledger.evaluations(self.id, ["proposed"]) if e.id in ids]

@@ -142,6 +142,13 @@ def status(
     for state, count in summary["evaluations"].items():
         table.add_row(state, str(count))
     table.add_row("cost", f"{summary['cost']:g}")
+    for name, spent in summary.get("fidelities", {}).items():
+        target = " (target)" if name == summary["target_fidelity"] else ""
+        table.add_row(
+            f"fidelity {name}{target}",
+            f"{spent['experiments']} experiments, cost {spent['cost']:g} "
+            f"({spent['cost_per_evaluation']:g} each)",
+        )
     best = summary["best"]
     table.add_row("best", "—" if best is None else describe_best(best, summary["units"]))
     table.add_row("stopped", summary["stop_reason"] or "no (it may go on)")

@@ -299,6 +299,9 @@ class AcquisitionSection(_Strict):
         "qparego",
         "hull_probability",
         "hull_lcb",
+        "mf_mes",
+        "mf_ucb",
+        "funnel",
     ] = "qlognei"
     beta: NonNegative = 1.0
     """UCB/LCB: mean ± sqrt(beta) · std (beta = 1 is one standard deviation)."""
@@ -433,6 +436,69 @@ class DatasetOracle(_Strict, OracleRetries):
     noise_sd: NonNegative = 0.0
 
 
+OracleSection = EmulatorOracle | DatasetOracle | OraclePluginSection
+
+
+def oracle_section(oracle: Any) -> Any:
+    """An ``[oracle]`` mapping validated as the section its ``type`` names (a built-in or a
+    plug-in's), or the value as given for pydantic to refuse."""
+    if isinstance(oracle, Mapping):
+        kind = oracle.get("type")
+        builtin: dict[str, type[BaseModel]] = {"emulator": EmulatorOracle, "dataset": DatasetOracle}
+        if kind in builtin:
+            return builtin[kind].model_validate(oracle)
+        if kind not in ORACLE_PLUGINS:
+            raise ValueError(f"unknown oracle type {kind!r}; known: {sorted([*builtin, *ORACLE_PLUGINS])}")
+        return OraclePluginSection.model_validate(oracle)
+    return oracle
+
+
+class FidelitySection(_Strict):
+    """One ``[[oracles]]`` entry: a whole oracle section (as ``[oracle]``) with the name of the
+    fidelity it measures at and what one evaluation costs there, in the campaign's cost unit."""
+
+    fidelity: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    cost: float = Field(gt=0, allow_inf_nan=False)
+    target: bool = False
+    """The fidelity the campaign optimises (default: the most expensive one)."""
+    oracle: OracleSection
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        # The TOML entry is flat: the fidelity's keys and the oracle's keys side by side.
+        if not isinstance(data, Mapping) or "oracle" in data:
+            return data
+        own = {key: data[key] for key in ("fidelity", "cost", "target") if key in data}
+        rest = {key: value for key, value in data.items() if key not in own}
+        return {**own, "oracle": oracle_section(rest)}
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {**data.pop("oracle"), **data}
+
+
+def check_fidelities(entries: list[FidelitySection]) -> list[FidelitySection]:
+    """Refuse ``[[oracles]]`` that do not make a multi-fidelity campaign: fewer than two
+    entries, a fidelity named twice, several targets, or no single most expensive one."""
+    if len(entries) < 2:
+        raise ValueError("give two or more entries (one oracle is [oracle])")
+    names = [e.fidelity for e in entries]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"fidelity names must be unique, repeated: {repeated}")
+    marked = [e.fidelity for e in entries if e.target]
+    if len(marked) > 1:
+        raise ValueError(f"only one fidelity may be the target, marked: {marked}")
+    if not marked:
+        top = max(e.cost for e in entries)
+        dearest = [e.fidelity for e in entries if e.cost == top]
+        if len(dearest) > 1:
+            raise ValueError(f"{dearest} cost the most alike: mark the target with 'target = true'")
+    return entries
+
+
 class ExecutionSection(_Strict):
     """How a workflow engine (``flows/``) runs the campaign; the engine-free loop ignores it,
     and it is not part of the campaign's identity (a campaign may move from threads to Dask)."""
@@ -492,7 +558,9 @@ class CampaignConfig(_Strict):
     objectives: list[ObjectiveConfig] = Field(min_length=1)
     surrogate: SurrogateSection = SurrogateSection()
     acquisition: AcquisitionSection = AcquisitionSection()
-    oracle: EmulatorOracle | DatasetOracle | OraclePluginSection
+    oracle: OracleSection | None = None
+    oracles: list[FidelitySection] | None = None
+    """Multi-fidelity campaigns: one oracle per fidelity (:mod:`loop.fidelity`), instead of ``oracle``."""
     stopping: StoppingSection
     execution: ExecutionSection = ExecutionSection()
     constraints: ConstraintsSection = ConstraintsSection()
@@ -508,20 +576,21 @@ class CampaignConfig(_Strict):
             raise ValueError(f"objective names must be distinct, got {names}")
         return objectives
 
-    @field_validator("oracle", mode="before")
+    _oracle_kind = field_validator("oracle", mode="before")(oracle_section)
+    _fidelities = field_validator("oracles")(check_fidelities)
+
+    @model_validator(mode="before")
     @classmethod
-    def _oracle_kind(cls, oracle: Any) -> Any:
-        if isinstance(oracle, Mapping):
-            kind = oracle.get("type")
-            builtin: dict[str, type[BaseModel]] = {"emulator": EmulatorOracle, "dataset": DatasetOracle}
-            if kind in builtin:
-                return builtin[kind].model_validate(oracle)
-            if kind not in ORACLE_PLUGINS:
-                raise ValueError(
-                    f"unknown oracle type {kind!r}; known: {sorted([*builtin, *ORACLE_PLUGINS])}"
-                )
-            return OraclePluginSection.model_validate(oracle)
-        return oracle
+    def _not_both_oracle_kinds(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "oracle" in data and "oracles" in data:
+            raise ValueError("oracles: give [oracle] or [[oracles]] (one per fidelity), not both")
+        return data
+
+    @model_validator(mode="after")
+    def _an_oracle(self) -> CampaignConfig:
+        if self.oracle is None and self.oracles is None:
+            raise ValueError("oracle: Field required (or [[oracles]], one per fidelity)")
+        return self
 
     _objectives_mode = model_validator(mode="before")(normalise_objectives)
 
@@ -542,10 +611,18 @@ class CampaignConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _fidelity_campaign(self) -> CampaignConfig:
+        from loop.fidelity import check_fidelity_campaign
+
+        check_fidelity_campaign(self)
+        return self
+
+    @model_validator(mode="after")
     def _files_exist(self) -> CampaignConfig:
         files = {"space.pool.path": self.space.pool.path if self.space.pool else None}
-        if isinstance(self.oracle, DatasetOracle):
-            files["oracle.path"] = self.oracle.path
+        for key, section in self.oracle_sections().items():
+            if isinstance(section, DatasetOracle):
+                files[f"{key}.path"] = section.path
         for key, path in files.items():
             if path is not None and not self.resolve(path).is_file():
                 raise ValueError(f"{key}: file {str(self.resolve(path))!r} does not exist")
@@ -555,6 +632,21 @@ class CampaignConfig(_Strict):
         """A path from the file, made absolute against the file's folder."""
         path = Path(path).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def primary_oracle(self) -> OracleSection:
+        """The ``[oracle]`` section, or the target fidelity's oracle of ``[[oracles]]``."""
+        if self.oracles is None:
+            assert self.oracle is not None  # one of the two is given (_an_oracle)
+            return self.oracle
+        marked = [e for e in self.oracles if e.target]
+        return (marked[0] if marked else max(self.oracles, key=lambda e: e.cost)).oracle
+
+    def oracle_sections(self) -> dict[str, OracleSection]:
+        """Each oracle section by its dotted key (``oracle``, or ``oracles.0``, ``oracles.1``...)."""
+        if self.oracles is None:
+            return {"oracle": self.primary_oracle}
+        return {f"oracles.{i}": e.oracle for i, e in enumerate(self.oracles)}
 
     @property
     def ledger_location(self) -> str:
@@ -571,6 +663,7 @@ class CampaignConfig(_Strict):
                 "execution": True,
                 "campaign": {"ledger"},
                 "oracle": set(OracleRetries.model_fields),
+                "oracles": {"__all__": {"oracle": set(OracleRetries.model_fields)}},
             },
         )
         return drop_unset(identity, self)

@@ -118,7 +118,7 @@ def check_lab_sections(config: CampaignConfig) -> None:
 
 def extra_properties(config: CampaignConfig) -> list[str]:
     """Properties the oracle is declared to measure besides the objectives."""
-    return list(getattr(config.oracle, "properties", {}) or {})
+    return list(getattr(config.primary_oracle, "properties", {}) or {})
 
 
 def modelled_outcomes(config: CampaignConfig) -> list[str]:
@@ -131,7 +131,7 @@ def modelled_outcomes(config: CampaignConfig) -> list[str]:
 def drop_unset(identity: dict[str, Any], config: CampaignConfig) -> dict[str, Any]:
     """The campaign's identity without these sections where they are not used, so that a
     campaign written before they existed keeps its hash."""
-    for key in ("constraints", "feasibility", "transfer"):
+    for key in ("constraints", "feasibility", "transfer", "oracle", "oracles"):
         if key not in config.model_fields_set:
             identity.pop(key, None)
     if config.acquisition.reference_point is None:

@@ -6,8 +6,8 @@ migrations of older ledgers are in :mod:`loop.schema`; how the database is conne
 reconnected to, when a server goes away) in :mod:`loop.database`.
 
 A result is committed in the transaction that marks its evaluation done, the moment it
-arrives. The unique (campaign, candidate) key makes evaluating a candidate twice impossible,
-whatever process asks.
+arrives. The unique (campaign, candidate, fidelity) key makes evaluating a candidate twice at
+one fidelity impossible, whatever process asks.
 """
 
 from __future__ import annotations
@@ -32,7 +32,17 @@ from loop.database import create_engine, database_reason, masked, retrying
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
 from loop.frame import Frame
 from loop.provenance import package_versions, process_info
-from loop.schema import campaigns, candidates, cycles, evaluations, predictions, prepare, results, runs
+from loop.schema import (
+    DEFAULT_FIDELITY,
+    campaigns,
+    candidates,
+    cycles,
+    evaluations,
+    predictions,
+    prepare,
+    results,
+    runs,
+)
 from oracles.base import Result
 
 Status = Literal["proposed", "submitted", "done", "failed"]
@@ -89,6 +99,8 @@ class EvaluationRecord:
     """What the oracle reported besides the values (provenance, raw-data references...)."""
     frame: Frame | None = None
     """The labelled structure of the result (relaxed structure, energy, forces, stress), if any."""
+    fidelity: str = DEFAULT_FIDELITY
+    """The fidelity (``[[oracles]]`` entry) that measures it."""
 
     @property
     def candidate(self) -> Candidate:
@@ -117,10 +129,17 @@ class Proposal:
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     predictions: Mapping[str, Prediction] | None = None
+    fidelity: str = DEFAULT_FIDELITY
+    """Where it is to be measured (multi-fidelity campaigns)."""
+    cost: float | None = None
+    """What it will cost, committed with the proposal (multi-fidelity campaigns; else the
+    oracle's reported cost is recorded with the result)."""
 
     def as_dict(self) -> dict[str, Any]:
+        fidelity = {} if self.fidelity == DEFAULT_FIDELITY else {"fidelity": self.fidelity}
         return {
             "candidate_id": self.candidate.id,
+            **fidelity,
             "acquisition_value": _finite_or_none(self.acquisition_value),
             "mean": None if self.mean is None else [_finite_or_none(v) for v in self.mean],
             "std": None if self.std is None else [_finite_or_none(v) for v in self.std],
@@ -342,8 +361,9 @@ class Ledger:
                 this campaign, or the batch names one twice. Nothing is written then.
         """
         ids = [p.candidate.id for p in proposals]
-        if len(set(ids)) != len(ids):
-            raise DuplicateCandidateError(f"batch names a candidate twice: {ids}")
+        keys = [(p.candidate.id, p.fidelity) for p in proposals]
+        if len(set(keys)) != len(keys):
+            raise DuplicateCandidateError(f"batch names a candidate twice at one fidelity: {ids}")
         now = _now()
         try:
             with self.transaction() as conn:
@@ -370,6 +390,8 @@ class Ledger:
                             insert(evaluations).values(
                                 campaign_id=campaign_id,
                                 candidate_id=p.candidate.id,
+                                fidelity=p.fidelity,
+                                cost=p.cost,
                                 cycle=cycle,
                                 status="proposed",
                                 run_id=run_id,
@@ -440,9 +462,11 @@ class Ledger:
     def record_failure(
         self, evaluation_id: int, error: str, retryable: bool, cost: float | None = None
     ) -> None:
-        """``proposed | submitted → failed``, with the reason."""
+        """``proposed | submitted → failed``, with the reason (and its cost, if given: else the
+        cost committed with the proposal stays)."""
+        charged: dict[str, Any] = {} if cost is None else {"cost": cost}
         self._transition(
-            evaluation_id, "failed", finished_at=_now(), error=error[:4000], retryable=retryable, cost=cost
+            evaluation_id, "failed", finished_at=_now(), error=error[:4000], retryable=retryable, **charged
         )
 
     def _transition(
@@ -511,6 +535,7 @@ class Ledger:
                 uncertainties=uncertainties.get(r.id, {}),
                 metadata=r.metadata or {},
                 frame=None if r.frame is None else Frame.from_dict(r.frame),
+                fidelity=r.fidelity,
             )
             for r in rows
         ]
@@ -555,20 +580,26 @@ class Ledger:
         counts.update({status: int(n) for status, n in rows})
         return counts
 
-    @_reconnecting
     def spent(self, campaign_id: int) -> tuple[int, float]:
         """Experiments committed to (pending, done, or failed after reaching the oracle) and
         their cost so far."""
+        by_fidelity = self.spent_by_fidelity(campaign_id).values()
+        return sum(n for n, _ in by_fidelity), round(sum(cost for _, cost in by_fidelity), 12)
+
+    @_reconnecting
+    def spent_by_fidelity(self, campaign_id: int) -> dict[str, tuple[int, float]]:
+        """:meth:`spent` per fidelity (only those with evaluations)."""
         reached_oracle = evaluations.c.status.in_(["proposed", "submitted", "done"]) | (
             evaluations.c.submitted_at.is_not(None)
         )
         with self.engine.connect() as conn:
-            n, cost = conn.execute(
-                select(func.count(), func.coalesce(func.sum(evaluations.c.cost), 0.0)).where(
-                    evaluations.c.campaign_id == campaign_id, reached_oracle
-                )
-            ).one()
-        return int(n), float(cost)
+            rows = conn.execute(
+                select(evaluations.c.fidelity, func.count(), func.coalesce(func.sum(evaluations.c.cost), 0.0))
+                .where(evaluations.c.campaign_id == campaign_id, reached_oracle)
+                .group_by(evaluations.c.fidelity)
+                .order_by(evaluations.c.fidelity)
+            ).all()
+        return {fidelity: (int(n), round(float(cost), 12)) for fidelity, n, cost in rows}
 
 
 def _inserted_id(conn: Connection, statement: Insert) -> int:

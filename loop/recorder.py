@@ -54,17 +54,33 @@ class EvaluationRecorder:
         """Hand the batch to the oracle; each evaluation is marked ``submitted`` (its own
         transaction) the moment the oracle starts it, so one still queued when the process
         dies is dispatched again by the next run rather than written off."""
-        by_candidate = {e.candidate_id: e for e in batch}
+        by_oracle: dict[int, list[EvaluationRecord]] = {}
+        for evaluation in batch:
+            by_oracle.setdefault(id(self.oracle_for(evaluation)), []).append(evaluation)
+        dispatched: dict[Future[Result], EvaluationRecord] = {}
+        for part in by_oracle.values():
+            dispatched.update(self._submit(self.oracle_for(part[0]), part))
+        return dispatched
+
+    def _submit(
+        self, oracle: Oracle, part: Sequence[EvaluationRecord]
+    ) -> dict[Future[Result], EvaluationRecord]:
+        """Hand evaluations (of one fidelity: each candidate once) to their oracle."""
+        by_candidate = {e.candidate_id: e for e in part}
 
         def started(candidate: Candidate) -> None:
             self.ledger.mark_submitted(by_candidate[candidate.id].id)
 
-        futures = self.oracle.submit([e.candidate for e in batch], on_start=started)
-        for future, evaluation in zip(futures, batch, strict=True):
-            external_id = self.oracle.handle(future)
+        futures = oracle.submit([e.candidate for e in part], on_start=started)
+        for future, evaluation in zip(futures, part, strict=True):
+            external_id = oracle.handle(future)
             if external_id is not None:
                 self.ledger.set_external_id(evaluation.id, external_id)
-        return dict(zip(futures, batch, strict=True))
+        return dict(zip(futures, part, strict=True))
+
+    def oracle_for(self, evaluation: EvaluationRecord) -> Oracle:
+        """The oracle that measures ``evaluation`` (one per fidelity in a multi-fidelity campaign)."""
+        return self.oracle
 
     def record_all(
         self, futures: Mapping[Future[Result], EvaluationRecord], retry: RetryPolicy | None = None
@@ -124,8 +140,9 @@ class EvaluationRecorder:
 
     def _resubmit(self, evaluation: EvaluationRecord) -> Future[Result]:
         """Submit an evaluation (already ``submitted`` in the ledger) to the oracle again."""
-        (future,) = self.oracle.submit([evaluation.candidate])
-        external_id = self.oracle.handle(future)
+        oracle = self.oracle_for(evaluation)
+        (future,) = oracle.submit([evaluation.candidate])
+        external_id = oracle.handle(future)
         if external_id is not None:
             self.ledger.set_external_id(evaluation.id, external_id)
         return future
@@ -155,14 +172,17 @@ class EvaluationRecorder:
         stranded = self.ledger.evaluations(self.id, ["submitted"])
         if not stranded:
             return
-        if isinstance(self.oracle, Reattachable):
-            futures = {self.oracle.reattach(e.candidate, e.external_id): e for e in stranded}
-            self.record_all(futures)
-            return
+        futures = {}
         for evaluation in stranded:
+            oracle = self.oracle_for(evaluation)
+            if isinstance(oracle, Reattachable):
+                futures[oracle.reattach(evaluation.candidate, evaluation.external_id)] = evaluation
+                continue
             self.record_failure(
                 evaluation,
                 "interrupted: the process stopped while this evaluation was in flight; "
                 "its result never arrived and it is not submitted again",
                 retryable=True,
             )
+        if futures:
+            self.record_all(futures)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from loop.calibration import calibration_report
 from loop.database import masked
+from loop.fidelity import target_fidelity
 from loop.labreport import constraint_columns, lab_status, meets_constraints, outcome_constraints
 from loop.ledger import EvaluationRecord, Ledger
 
@@ -52,7 +54,12 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
     """Campaign, cycles, evaluations by status and best so far, as JSON-ready data."""
     row = ledger.campaign(name)
     weights = _signed_weights(row["config"])
-    done = [e for e in ledger.evaluations(row["id"], ["done"]) if all(p in e.values for p in weights)]
+    target = target_fidelity(row["config"])
+    done = [
+        e
+        for e in ledger.evaluations(row["id"], ["done"])
+        if all(p in e.values for p in weights) and e.fidelity == target
+    ]
     lab = lab_status(ledger, row, done)
     constraints = outcome_constraints(row["config"])
     feasible = [e for e in done if meets_constraints(e, constraints)]
@@ -89,6 +96,27 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
         "stop_reason": row["stop_reason"],
         "stopped_at": row["stopped_at"],
         **lab,
+        **fidelity_status(ledger, row),
+    }
+
+
+def fidelity_status(ledger: Ledger, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A multi-fidelity campaign's ``fidelities``: per fidelity its cost per evaluation,
+    experiments and spend so far, and which one is the ``target`` (nothing for one oracle)."""
+    entries = row["config"].get("oracles")
+    if not entries:
+        return {}
+    spent = ledger.spent_by_fidelity(row["id"])
+    return {
+        "target_fidelity": target_fidelity(row["config"]),
+        "fidelities": {
+            e["fidelity"]: {
+                "cost_per_evaluation": e["cost"],
+                "experiments": spent.get(e["fidelity"], (0, 0.0))[0],
+                "cost": spent.get(e["fidelity"], (0, 0.0))[1],
+            }
+            for e in entries
+        },
     }
 
 
@@ -114,6 +142,7 @@ def evaluations_table(ledger: Ledger, name: str | None = None) -> pd.DataFrame:
             "evaluation_id": e.id,
             "cycle": e.cycle,
             "candidate_id": e.candidate_id,
+            **({"fidelity": e.fidelity} if row["config"].get("oracles") else {}),
             "status": e.status,
         }
         record |= dict(e.params)

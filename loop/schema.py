@@ -7,8 +7,10 @@ Tables (:mod:`loop.ledger` reads and writes them):
 * ``runs`` — one row per process that worked on a campaign: package versions, host, pid,
   seed, config hash. Every other row points at the run that wrote it (provenance);
 * ``candidates`` — the candidates a campaign has proposed, with their parameters;
-* ``evaluations`` — one per (campaign, candidate); status moves
-  ``proposed → submitted → done | failed`` and never back;
+* ``evaluations`` — one per (campaign, candidate, fidelity); status moves
+  ``proposed → submitted → done | failed`` and never back. ``fidelity`` names the
+  ``[[oracles]]`` entry that measures it; single-oracle campaigns (and every row written
+  before version 5) have :data:`DEFAULT_FIDELITY`. ``cost`` is what the evaluation cost;
 * ``results`` — one row per measured property: value, uncertainty, unit; the labelled
   structure of a result (its :class:`~loop.frame.Frame`: energy, forces, stress) is in
   ``evaluations.frame``, as :meth:`Frame.as_dict <loop.frame.Frame.as_dict>` gives it;
@@ -20,8 +22,9 @@ Tables (:mod:`loop.ledger` reads and writes them):
 Versions: 1 is the schema before the ``schema`` table (alloop up to commit 2317036); 2 adds
 ``schema``, ``leases`` (replacing ``flow_leases``) and ``campaigns.stop_reason`` /
 ``stopped_at``; 3 adds ``evaluations.frame``, moving the labelled structures out of the
-metadata; 4 adds ``predictions``. :func:`prepare` creates a new ledger or migrates an old one,
-in the caller's transaction, keeping every row.
+metadata; 4 adds ``predictions``; 5 adds ``evaluations.fidelity`` (multi-fidelity campaigns,
+:mod:`loop.fidelity`) and makes (campaign, candidate, fidelity) the unique key. :func:`prepare`
+creates a new ledger or migrates an old one, in the caller's transaction, keeping every row.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ from loop.errors import LedgerError
 from loop.frame import Frame
 
 #: The version of the tables below; bump it with a migration in :data:`MIGRATIONS`.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+
+#: The fidelity of single-oracle campaigns' evaluations (and of every row older than version 5).
+DEFAULT_FIDELITY = "default"
 
 metadata_obj = MetaData()
 
@@ -114,7 +120,8 @@ evaluations = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("metadata", JSON),
     Column("frame", JSON(none_as_null=True)),
-    UniqueConstraint("campaign_id", "candidate_id", name="one_evaluation_per_candidate"),
+    Column("fidelity", String(64), nullable=False, default=DEFAULT_FIDELITY, server_default=DEFAULT_FIDELITY),
+    UniqueConstraint("campaign_id", "candidate_id", "fidelity", name="one_evaluation_per_fidelity"),
 )
 
 results = Table(
@@ -219,13 +226,55 @@ def _add_predictions(conn: Connection) -> None:
     predictions.create(conn, checkfirst=True)
 
 
-def _add_column(conn: Connection, column: Column[Any]) -> None:
+def _add_fidelity(conn: Connection) -> None:
+    """Add ``evaluations.fidelity`` (every existing row: :data:`DEFAULT_FIDELITY`) and make
+    (campaign, candidate, fidelity) the unique key. SQLite cannot drop a table's constraint, so
+    there the table is copied into a new one, its ids kept; the rows that point at it (results,
+    predictions) are set aside meanwhile and put back as they were."""
+    if conn.dialect.name != "sqlite":
+        _add_column(conn, evaluations.c.fidelity, f"NOT NULL DEFAULT '{DEFAULT_FIDELITY}'")
+        conn.execute(text("ALTER TABLE evaluations DROP CONSTRAINT one_evaluation_per_candidate"))
+        conn.execute(
+            text(
+                "ALTER TABLE evaluations ADD CONSTRAINT one_evaluation_per_fidelity "
+                "UNIQUE (campaign_id, candidate_id, fidelity)"
+            )
+        )
+        return
+    children = ("predictions", "results")  # what points at evaluations: set aside meanwhile
+    for child in children:
+        conn.execute(text(f"CREATE TEMP TABLE {child}_v4 AS SELECT * FROM {child}"))
+        conn.execute(text(f"DELETE FROM {child}"))
+    copy = MetaData()
+    for table in (campaigns, runs):
+        table.to_metadata(copy)
+    evaluations.to_metadata(copy, name="evaluations_v5").create(conn)
+    kept = ", ".join(c.name for c in evaluations.columns if c.name != "fidelity")
+    conn.execute(
+        text(
+            f"INSERT INTO evaluations_v5 ({kept}, fidelity) "
+            f"SELECT {kept}, '{DEFAULT_FIDELITY}' FROM evaluations"
+        )
+    )
+    conn.execute(text("DROP TABLE evaluations"))
+    conn.execute(text("ALTER TABLE evaluations_v5 RENAME TO evaluations"))
+    for child in reversed(children):
+        conn.execute(text(f"INSERT INTO {child} SELECT * FROM {child}_v4"))
+        conn.execute(text(f"DROP TABLE {child}_v4"))
+
+
+def _add_column(conn: Connection, column: Column[Any], extra: str = "") -> None:
     kind = column.type.compile(dialect=conn.dialect)
-    conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}"))
+    conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind} {extra}".rstrip()))
 
 
 #: ``MIGRATIONS[n]`` takes the tables from version ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _add_predictions}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _add_predictions,
+    4: _add_fidelity,
+}
 
 
 def version(conn: Connection) -> int | None:

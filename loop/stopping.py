@@ -57,6 +57,8 @@ class Target(StoppingRule):
 
     def reason(self, campaign: Campaign, surrogate: Surrogate | None = None) -> str | None:
         for e in campaign.ledger.evaluations(campaign.id, ["done"]):
+            if e.fidelity != campaign.target_fidelity:
+                continue
             if all((e.values[n] >= t) if up else (e.values[n] <= t) for n, (t, up) in self.targets.items()):
                 return f"target reached by {e.candidate_id}: " + ", ".join(
                     f"{n} = {e.values[n]:g}" for n in self.targets
@@ -73,6 +75,8 @@ class Patience(StoppingRule):
     def reason(self, campaign: Campaign, surrogate: Surrogate | None = None) -> str | None:
         best_by_cycle: dict[int, float] = {}
         for e in campaign.ledger.evaluations(campaign.id, ["done"]):
+            if e.fidelity != campaign.target_fidelity:
+                continue
             best_by_cycle[e.cycle] = max(best_by_cycle.get(e.cycle, -math.inf), campaign.score(e))
         closed = sorted(c.cycle for c in campaign.ledger.cycles(campaign.id) if c.status == "closed")
         best, last_improvement = -math.inf, None

@@ -24,6 +24,13 @@ def branin(params: Mapping[str, Any]) -> dict[str, float]:
     return {"y": (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10}
 
 
+def branin_screen(params: Mapping[str, Any]) -> dict[str, float]:
+    """A cheap screen of :func:`branin`: the same landscape, shifted and tilted (a biased lower
+    fidelity; the emulator adds its noise)."""
+    x1, x2 = float(params["x1"]), float(params["x2"])
+    return {"y": branin(params)["y"] + 4.0 * math.sin(0.5 * x1) + 0.3 * x2 + 5.0}
+
+
 def thin_film(params: Mapping[str, Any]) -> dict[str, float]:
     """A made-up but smooth thin-film conductivity experiment (S/cm), to maximise.
 
@@ -45,7 +52,7 @@ def thin_film(params: Mapping[str, Any]) -> dict[str, float]:
     return {"conductivity": conductivity / 1e5, "roughness_nm": roughness}
 
 
-FUNCTIONS: dict[str, GroundTruth] = {"branin": branin, "thin_film": thin_film}
+FUNCTIONS: dict[str, GroundTruth] = {"branin": branin, "branin_screen": branin_screen, "thin_film": thin_film}
 
 
 def resolve_function(spec: str) -> GroundTruth:

@@ -92,16 +92,8 @@ class GPSurrogate(Surrogate, SamplesPaths):
             if Yvar is None:
                 raise SurrogateError("noise = 'observed' needs Yvar in the dataset")
             Yvar = Yvar.double().clamp_min(1e-9)
-        d, m = X.shape[-1], Y.shape[-1]
-        batch_shape = torch.Size([m]) if m > 1 else torch.Size()
-        model = SingleTaskGP(
-            X,
-            Y,
-            train_Yvar=Yvar if self.noise == "observed" else None,
-            covar_module=self._covar_module(d, batch_shape),
-            input_transform=Normalize(d, bounds=self.input_bounds),
-            outcome_transform=Standardize(m),
-        )
+        model = self._model(X, Y, Yvar if self.noise == "observed" else None)
+        m = Y.shape[-1]
         previous = self.model
         if self.warm_start and previous is not None and previous.num_outputs == m:
             model.covar_module.load_state_dict(previous.covar_module.state_dict())
@@ -114,6 +106,19 @@ class GPSurrogate(Surrogate, SamplesPaths):
         model.eval()
         self.model = model
         return self
+
+    def _model(self, X: Tensor, Y: Tensor, Yvar: Tensor | None) -> SingleTaskGP:
+        """The GP to fit: ``n x d`` inputs, ``n x m`` outcomes, optional observed variances."""
+        d, m = X.shape[-1], Y.shape[-1]
+        batch_shape = torch.Size([m]) if m > 1 else torch.Size()
+        return SingleTaskGP(
+            X,
+            Y,
+            train_Yvar=Yvar,
+            covar_module=self._covar_module(d, batch_shape),
+            input_transform=Normalize(d, bounds=self.input_bounds),
+            outcome_transform=Standardize(m),
+        )
 
     def _covar_module(self, d: int, batch_shape: torch.Size) -> torch.nn.Module:
         covar: torch.nn.Module  # gpytorch's constructors are untyped

@@ -304,6 +304,55 @@ def calibration_command(
     typer.echo(json.dumps(result["verdict"], indent=2))
 
 
+@app.command("multifidelity")
+def multifidelity_command(
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds (pools) per problem and method.")] = 10,
+    problems: Annotated[str, typer.Option(help="Comma-separated: branin, hartmann.")] = "branin,hartmann",
+    methods: Annotated[str, typer.Option(help="Comma-separated: single, mf_ucb, funnel, mf_mes.")] = (
+        "single,mf_ucb,funnel"
+    ),
+    budget: Annotated[float, typer.Option("--budget", min=1.0, help="Total cost per run.")] = 20.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
+) -> None:
+    """Total cost to reach a regret target on BoTorch's AugmentedBranin and AugmentedHartmann:
+    cost-aware multi-fidelity against single-fidelity qLogNEI and the fixed funnel, at equal
+    total cost (benchmarks/RESULTS.md, "Multi-fidelity")."""
+    from loop.bench.multifidelity import METHODS, PROBLEMS, Run, Settings, run_benchmark
+
+    chosen_problems, chosen_methods = problems.split(","), methods.split(",")
+    for name, chosen, known in (
+        ("--problems", chosen_problems, PROBLEMS),
+        ("--methods", chosen_methods, METHODS),
+    ):
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            raise typer.BadParameter(f"unknown {unknown}; known: {list(known)}", param_hint=name)
+
+    def progress(problem: str, method: str, seed: int, run: Run) -> None:
+        if not quiet:
+            print(f"{problem} {method} seed {seed}: cost to target {run.cost_to_target:g}", file=sys.stderr)
+
+    settings = Settings(budget=budget)
+    result = run_benchmark(chosen_problems, chosen_methods, range(seeds), settings, progress)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for problem, numbers in result["problems"].items():
+        table = Table(title=f"{problem}: cost to the regret target ({seeds} seeds, budget {budget:g})")
+        for column in ("method", "reached", "median cost", "median target evaluations"):
+            table.add_column(column)
+        for method, row in numbers["methods"].items():
+            table.add_row(
+                method,
+                f"{row['reached']}/{seeds}",
+                _fmt(row["median_cost_to_target"]),
+                _fmt(row["median_target_evaluations"]),
+            )
+        Console().print(table)
+        typer.echo(json.dumps(numbers["decision"]))
+
+
 @app.command("otf")
 def otf_command(
     config: Annotated[

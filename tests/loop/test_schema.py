@@ -204,3 +204,31 @@ def test_a_newer_ledger_is_refused(ledger_location: Path | str) -> None:
     _execute(ledger_location, f"UPDATE schema SET version = {SCHEMA_VERSION + 1}")
     with pytest.raises(LedgerError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
         Ledger(ledger_location)
+
+
+def test_version_5_gives_every_old_evaluation_the_default_fidelity_and_keys_on_it(
+    ledger_location: Path | str,
+) -> None:
+    from loop.candidate import Candidate
+    from loop.errors import DuplicateCandidateError
+    from loop.ledger import Proposal
+    from loop.schema import DEFAULT_FIDELITY
+
+    _old_ledger(ledger_location)
+    with Ledger(ledger_location) as ledger:
+        old = {e.id: e for campaign in (1, 2) for e in ledger.evaluations(campaign)}
+        assert sorted(old) == [1, 2, 3, 4, 5] and {e.fidelity for e in old.values()} == {DEFAULT_FIDELITY}
+        assert ledger.spent_by_fidelity(1) == {DEFAULT_FIDELITY: (2, 1.0)}
+        run = ledger.start_run(1)
+        c1 = Candidate({"x": 0.5}, "c1")
+        with pytest.raises(DuplicateCandidateError):  # the old key still holds at its fidelity
+            ledger.propose(1, run, 1, [Proposal(c1)], "random", None)
+        (new,) = ledger.propose(1, run, 1, [Proposal(c1, fidelity="screen", cost=0.1)], "mf_ucb", None)
+        assert ledger.spent_by_fidelity(1) == {DEFAULT_FIDELITY: (2, 1.0), "screen": (1, 0.1)}
+        (done,) = ledger.evaluations(1, ["done"])
+        assert done.values == {"y": 0.25}  # results still point at their evaluations
+    width = len(ROWS["evaluations"][0])
+    assert [r[: width - 1] for r in _rows(ledger_location, "evaluations", width)][:5] == [
+        r[: width - 1] for r in _expected("evaluations")
+    ]
+    assert new > 5  # the ids go on after the old rows (PostgreSQL may skip the refused one)

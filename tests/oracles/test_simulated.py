@@ -346,7 +346,9 @@ def test_thin_film_optimum_region():
 
 def test_resolve_function():
     assert resolve_function("branin") is branin
-    assert set(FUNCTIONS) == {"branin", "thin_film"}
+    assert set(FUNCTIONS) == {"branin", "branin_screen", "thin_film"}
+    point = {"x1": 1.0, "x2": 2.0}
+    assert resolve_function("branin_screen")(point)["y"] != branin(point)["y"]  # a biased screen
     assert resolve_function("oracles.functions:thin_film") is thin_film
     assert resolve_function("math:hypot") is math.hypot
 

@@ -1,0 +1,291 @@
+"""Multi-fidelity campaigns: ``[[oracles]]`` configuration, the policies that choose (candidate,
+fidelity) pairs, whole campaigns with two emulated fidelities and with the reference lab over
+HTTP as the expensive one, and a campaign killed with evaluations pending at two fidelities."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from loop.campaign import Campaign
+from loop.config import load_config, parse_config
+from loop.errors import ConfigError
+from loop.fidelity import Fidelities
+from loop.fidelity_acquisition import FidelityPolicy, PairState
+from loop.fidelity_campaign import MultiFidelityCampaign
+from loop.ledger import EvaluationRecord, Ledger
+from loop.report import campaign_status, evaluations_table
+from oracles.lab import Lab, LabServer, LabStore
+from oracles.simulated import read_journal
+from tests.helpers import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "mf-test-token-5b1d9e"
+
+CAMPAIGN = """
+[campaign]
+name = "mf"
+seed = 1
+ledger = "ledger.db"
+
+[space.pool]
+path = "pool.csv"
+inputs = ["x1", "x2"]
+
+[[objectives]]
+name = "y"
+direction = "minimize"
+
+[acquisition]
+type = "{kind}"
+batch_size = {batch_size}
+initial_designs = 4
+
+[[oracles]]
+fidelity = "screen"
+cost = 0.25
+type = "emulator"
+function = "branin_screen"
+noise_sd = 1.0
+{screen_extra}
+
+[[oracles]]
+fidelity = "lab"
+cost = 1.0
+{lab}
+
+[stopping]
+max_cost = {max_cost}
+"""
+
+EMULATED_LAB = 'type = "emulator"\nfunction = "branin"'
+
+
+def _write(tmp_path: Path, kind: str = "mf_ucb", **fields: Any) -> Path:
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"x1": rng.uniform(-5, 10, 30), "x2": rng.uniform(0, 15, 30)}).to_csv(
+        tmp_path / "pool.csv", index=False
+    )
+    values: dict[str, Any] = {
+        "kind": kind,
+        "batch_size": 2,
+        "max_cost": 6,
+        "screen_extra": "",
+        "lab": EMULATED_LAB,
+    }
+    values.update(fields)
+    path = tmp_path / "campaign.toml"
+    path.write_text(textwrap.dedent(CAMPAIGN.format(**values)))
+    return path
+
+
+def _evaluations(path: Path) -> list[EvaluationRecord]:
+    with Ledger(path.parent / "ledger.db") as ledger:
+        return ledger.evaluations(ledger.campaign("mf")["id"])
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, **fields: Any) -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads(_write(tmp_path, **fields).read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["oracles"][0].update(cost=0), "oracles.0.cost: Input should be greater than 0"),
+        (
+            lambda c: c["oracles"][1].update(cost=float("nan")),
+            "oracles.1.cost: Input should be a finite number",
+        ),
+        (lambda c: c["oracles"][1].update(cost=-1.0), "oracles.1.cost: Input should be greater than 0"),
+        (lambda c: c["oracles"][1].update(fidelity="screen"), "oracles: fidelity names must be unique"),
+        (lambda c: c["oracles"].pop(), "oracles: give two or more entries"),
+        (lambda c: c.update(oracle={"type": "emulator", "function": "branin"}), "oracles: give [oracle]"),
+        (lambda c: c["oracles"][0].update(cost=1.0), "oracles: ['screen', 'lab'] cost the most alike"),
+        (
+            lambda c: [e.update(target=True) for e in c["oracles"]],
+            "oracles: only one fidelity may be the target",
+        ),
+        (lambda c: c["acquisition"].update(type="qlognei"), "acquisition.type: 'qlognei' chooses candidates"),
+        (lambda c: c["stopping"].update(min_expected_improvement=0.1), "stopping.min_expected_improvement"),
+        (lambda c: c["oracles"][0].update(noise_sd=-1), "oracles.0.noise_sd"),
+    ],
+)
+def test_a_bad_fidelity_configuration_is_one_error_naming_the_key(
+    tmp_path: Path, change: Any, message: str
+) -> None:
+    data = _config(tmp_path)
+    change(data)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, base_dir=tmp_path)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "ledger.db").exists()
+
+
+def test_the_fidelity_kinds_need_several_oracles(tmp_path: Path) -> None:
+    data = _config(tmp_path)
+    data["oracle"] = {k: v for k, v in data.pop("oracles")[1].items() if k not in ("fidelity", "cost")}
+    with pytest.raises(ConfigError, match=re.escape("acquisition.type: 'mf_ucb' needs several fidelities")):
+        parse_config(data, base_dir=tmp_path)
+
+
+def test_the_target_is_the_dearest_fidelity_unless_marked(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path))
+    fidelities = Fidelities.from_config(config)
+    assert fidelities is not None and fidelities.target == "lab" and fidelities.names == ["screen", "lab"]
+    assert [f.value for f in fidelities.levels] == [0.25, 1.0]
+    data = _config(tmp_path)
+    data["oracles"][0]["target"] = True
+    marked = Fidelities.from_config(parse_config(data, base_dir=tmp_path))
+    assert marked is not None and marked.target == "screen"
+
+
+# --- policies --------------------------------------------------------------------------------
+
+
+def _state(values: list[list[float]], pending: list[list[bool]] | None = None) -> PairState:
+    measured = torch.tensor(values, dtype=torch.double)
+    busy = torch.tensor(pending) if pending else torch.zeros(measured.shape, dtype=torch.bool)
+    return PairState(torch.isnan(measured) & ~busy, busy, measured)
+
+
+def test_the_funnel_screens_everything_before_promoting_the_best() -> None:
+    fidelities = Fidelities.from_costs({"cheap": 0.1, "lab": 1.0}, "lab")
+    policy = FidelityPolicy("funnel", fidelities)
+    nan = float("nan")
+    screening = policy.select(
+        None, torch.zeros(3, 1), _state([[1.0, nan], [nan, nan], [nan, nan]]), 5, None, 0
+    )
+    assert [(p.row, p.fidelity) for p in screening] == [(1, "cheap"), (2, "cheap"), (0, "lab")]
+    promoted = policy.select(
+        None, torch.zeros(3, 1), _state([[1.0, nan], [3.0, nan], [2.0, 5.0]]), 2, None, 0
+    )
+    assert [(p.row, p.fidelity) for p in promoted] == [(1, "lab"), (0, "lab")]
+
+
+# --- campaigns -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mf_ucb", "mf_mes", "funnel"])
+def test_a_two_fidelity_campaign_records_rows_and_cost_per_fidelity(tmp_path: Path, kind: str) -> None:
+    path = _write(tmp_path, kind=kind, max_cost=12 if kind == "funnel" else 5)
+    campaign = Campaign.from_file(path)
+    try:
+        assert isinstance(campaign, MultiFidelityCampaign)
+        report = campaign.run()
+    finally:
+        campaign.close()
+    evaluations = _evaluations(path)
+    by_fidelity = Counter(e.fidelity for e in evaluations)
+    costs = {"screen": 0.25, "lab": 1.0}
+    assert all(e.status == "done" and e.cost == costs[e.fidelity] for e in evaluations)
+    assert report.cost == pytest.approx(sum(costs[e.fidelity] for e in evaluations))
+    assert report.cost <= (12 if kind == "funnel" else 5)
+    assert len({(e.candidate_id, e.fidelity) for e in evaluations}) == len(evaluations)
+    assert by_fidelity["screen"] > 0 and by_fidelity["lab"] > 0
+    if kind == "funnel":
+        assert by_fidelity["screen"] == 30  # every candidate screened before any promotion
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        status = campaign_status(ledger)
+        table = evaluations_table(ledger)
+    assert status["target_fidelity"] == "lab"
+    assert {name: row["experiments"] for name, row in status["fidelities"].items()} == dict(by_fidelity)
+    assert status["fidelities"]["screen"]["cost"] == pytest.approx(0.25 * by_fidelity["screen"])
+    lab_values = [e.values["y"] for e in evaluations if e.fidelity == "lab"]
+    assert status["best"]["values"]["y"] == min(lab_values)  # only the target's results count
+    assert list(table["fidelity"]) == [e.fidelity for e in evaluations]
+
+
+def test_the_reference_lab_over_http_is_the_expensive_fidelity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOOP_LAB_TOKEN", TOKEN)
+    lab = Lab(LabStore(tmp_path / "lab.db"), instruments=2, latency_s=0.05)
+    with LabServer(lab, TOKEN) as server:
+        robot = f'type = "robot"\nurl = "{server.url}"\nprogram = "branin"\npoll_interval_s = 0.05'
+        path = _write(tmp_path, kind="mf_ucb", lab=robot, max_cost=5)
+        campaign = Campaign.from_file(path)
+        try:
+            campaign.run()
+        finally:
+            campaign.close()
+        runs = server.lab.store.runs("mf")
+    evaluations = _evaluations(path)
+    at_lab = [e for e in evaluations if e.fidelity == "lab"]
+    assert at_lab and all(e.status == "done" and e.cost == 1.0 for e in at_lab)
+    assert sorted(r.candidate_id for r in runs) == sorted(e.candidate_id for e in at_lab)
+    assert any(e.fidelity == "screen" for e in evaluations)
+
+
+@pytest.mark.slow
+def test_killed_with_evaluations_pending_at_two_fidelities_resumes_losing_and_repeating_nothing(
+    tmp_path: Path,
+) -> None:
+    screen, lab = tmp_path / "screen.jsonl", tmp_path / "lab.jsonl"
+    path = _write(
+        tmp_path,
+        batch_size=2,
+        max_cost=5,
+        screen_extra=f'latency_s = 0.4\njournal = "{screen}"',
+        lab=f'{EMULATED_LAB}\nlatency_s = 1.0\njournal = "{lab}"',
+    )
+    command = [sys.executable, "-m", "loop.cli", "run", str(path), "--quiet"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def pending_at_both() -> bool:  # the first design: two candidates at each fidelity, at once
+        events = {j: read_journal(j) if j.exists() else [] for j in (screen, lab)}
+        return (
+            sum(e["event"] == "finished" for e in events[screen]) >= 1
+            and events[screen][-1]["event"] == "started"
+            and bool(events[lab])
+            and events[lab][-1]["event"] == "started"
+        )
+
+    try:
+        wait_for(pending_at_both, 120)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    in_flight = {name: read_journal(j)[-1]["candidate"] for name, j in (("screen", screen), ("lab", lab))}
+    before = {(e.candidate_id, e.fidelity): e for e in _evaluations(path)}
+    assert {before[(c, f)].status for f, c in in_flight.items()} == {"submitted"}
+
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+
+    after = {(e.candidate_id, e.fidelity): e for e in _evaluations(path)}
+    assert len(after) == len(_evaluations(path)), "one evaluation per (candidate, fidelity)"
+    for key, old in before.items():  # nothing lost: every result kept as it was
+        assert key in after
+        if old.status == "done":
+            assert after[key].values == old.values
+    for fidelity, candidate in in_flight.items():
+        settled = after[(candidate, fidelity)]
+        assert settled.status == "failed" and "interrupted" in (settled.error or "")
+    for fidelity, journal in (("screen", screen), ("lab", lab)):
+        started = Counter(e["candidate"] for e in read_journal(journal) if e["event"] == "started")
+        assert max(started.values()) == 1, f"a candidate was sent to {fidelity} twice"
+        assert set(started) == {c for c, f in after if f == fidelity}
+    assert all(e.status in ("done", "failed") for e in after.values())
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        _, cost = ledger.spent(ledger.campaign("mf")["id"])
+    assert cost == pytest.approx(sum(0.25 if f == "screen" else 1.0 for _, f in after)) and cost <= 5
