@@ -85,8 +85,8 @@ def build_oracle(config: CampaignConfig, space: SearchSpace | None) -> Oracle:
         if spec.type == "dft":  # it may pre-relax with a universal potential, which it cannot load itself
             from surrogates.universal import universal_calculator
 
-            return builder(spec.options, config, universal_calculator)  # type: ignore[no-any-return]
-        return builder(spec.options, config)  # type: ignore[no-any-return]
+            return builder(spec.options, config, universal_calculator)
+        return builder(spec.options, config)
     if isinstance(spec, EmulatorOracle):
         function = resolve_function(spec.function)
         if space is not None:
