@@ -54,16 +54,13 @@ def run(
     on_candidate: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Relax every candidate with and without ``prerelaxation``; rows and a summary."""
-    plain = DFTRunner(settings, workdir / "plain", wall_time_s=wall_time_s, retryable=())
-    pre = DFTRunner(
-        settings, workdir / "prerelaxed", wall_time_s=wall_time_s, retryable=(), prerelaxation=prerelaxation
-    )
-    for runner in (plain, pre):  # elemental references first, outside the timed jobs
-        runner.references(sorted(elements_of(candidates)))
+    runner = DFTRunner(settings, workdir, wall_time_s=wall_time_s, retryable=())
+    runner.references(sorted(elements_of(candidates)))  # once, outside the timed jobs
     rows = []
     for candidate in candidates:
         row: dict[str, Any] = {"candidate": candidate.id, "n_atoms": _n_atoms(candidate)}
-        for arm, runner in (("plain", plain), ("prerelaxed", pre)):
+        for arm, potential in (("plain", None), ("prerelaxed", prerelaxation)):
+            runner.prerelaxation = potential
             start = time.perf_counter()
             try:
                 result = runner.evaluate(candidate)
