@@ -118,3 +118,21 @@ def test_absent_weights_fail_the_build_with_the_universal_models_message(
 def test_a_builder_given_no_universal_potentials_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"oracle.prerelax: no universal potentials were given"):
         oracle_from_config({"prerelax": "chgnet"}, context(tmp_path))
+
+
+class NaNEMT(EMT):
+    """EMT whose energy comes out NaN: a potential that wrecks the structure."""
+
+    def calculate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().calculate(*args, **kwargs)
+        self.results["energy"] = float("nan")
+
+
+def test_a_pre_relaxation_that_goes_wrong_is_dropped_and_dft_starts_from_the_candidate(
+    tmp_path: Path,
+) -> None:
+    prerelaxation = PreRelaxation(NaNEMT(), "broken", steps=3)
+    result = DFTRunner(JobSettings(), tmp_path, prerelaxation=prerelaxation).evaluate(rattled_cu3au())
+    record = result.metadata["prerelax"]
+    assert record["used"] is False and "not finite" in record["reason"] and record["steps"] <= 3
+    assert np.isfinite(result.measurements["energy_per_atom"].value)
