@@ -86,7 +86,12 @@ def build_oracle(
     units = {o.name: o.unit for o in config.objectives}
     spec = spec if spec is not None else config.primary_oracle
     if isinstance(spec, PluginSection):
-        return plugin(ORACLE_PLUGINS, spec.type)(spec.options, config)
+        builder = plugin(ORACLE_PLUGINS, spec.type)
+        if spec.type == "dft":  # it may pre-relax with a universal potential, which it cannot load itself
+            from surrogates.universal import universal_calculator
+
+            return builder(spec.options, config, universal_calculator)
+        return builder(spec.options, config)
     if isinstance(spec, EmulatorOracle):
         function = resolve_function(spec.function)
         if space is not None:

@@ -15,7 +15,10 @@ started. Outcomes map onto :mod:`oracles.errors`:
 
 Results carry ``energy_per_atom`` and ``formation_energy_per_atom`` (eV/atom) against the
 elements in their reference crystals, computed once per calculator settings with the same
-calculator and settings, and cached in ``<workdir>/references-<settings>.json``. Their
+calculator and settings, and cached in ``<workdir>/references-<settings>.json``.
+With a :class:`~oracles.prerelax.PreRelaxation` (``prerelax = "chgnet"``), a universal
+potential relaxes the candidate first and DFT starts from its structure; the metadata's
+``prerelax`` records its steps and wall time beside the DFT job's ``n_steps`` and ``wall_s``. Their
 ``frame`` is the final structure with its energy (eV), forces (eV/Å) and stress (eV/Å³), which
 :mod:`loop.extxyz` exports; the metadata holds provenance (steps, the job folder, settings).
 """
@@ -28,20 +31,22 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from ase import Atoms
+from ase.calculators.calculator import BaseCalculator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loop.candidate import Candidate
-from loop.errors import ConfigError, SpaceError, describe_validation_error
+from loop.errors import AlloopError, ConfigError, SpaceError, describe_validation_error
 from loop.frame import Frame, structure_as_dict, structure_from_dict
 from oracles.base import Measurement, Oracle, Result
 from oracles.calculators import CalculatorSpec, check_available
 from oracles.dft_job import JobSettings, min_distance
 from oracles.errors import EvaluationFailed, EvaluationTimeout, InvalidResult, OracleSetupError
+from oracles.prerelax import PreRelaxation
 
 FAILURES = ("scf_not_converged", "relaxation_not_converged", "exploded", "calculator_error", "timeout")
 
@@ -61,6 +66,7 @@ class DFTRunner(Oracle):
         retryable: Failure kinds (of :data:`FAILURES`) recorded as retryable.
         capacity: Jobs that may run at once.
         start_method: ``multiprocessing`` start method of the job processes.
+        prerelaxation: Relaxes each candidate with a cheap potential before its DFT job.
     """
 
     implemented_properties = ("energy_per_atom", "formation_energy_per_atom")
@@ -73,6 +79,7 @@ class DFTRunner(Oracle):
         retryable: tuple[str, ...] = ("scf_not_converged", "timeout"),
         capacity: int = 1,
         start_method: Literal["fork", "forkserver", "spawn"] = "forkserver",
+        prerelaxation: PreRelaxation | None = None,
     ) -> None:
         unknown = sorted(set(retryable) - set(FAILURES))
         if unknown:
@@ -87,6 +94,7 @@ class DFTRunner(Oracle):
         self.wall_time_s = float(wall_time_s)
         self.retryable = tuple(retryable)
         self.capacity = int(capacity)
+        self.prerelaxation = prerelaxation
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._context.set_forkserver_preload(list(JOB_PRELOAD))
@@ -102,7 +110,10 @@ class DFTRunner(Oracle):
         atoms = candidate_atoms(candidate)
         self.check_geometry(atoms, candidate.id)
         references = self.references(sorted(set(atoms.get_chemical_symbols())))
-        outcome, folder = self.run(atoms, candidate.id)
+        start, prerelax = atoms, None
+        if self.prerelaxation is not None:
+            start, prerelax = self.prerelaxation.relax(atoms)
+        outcome, folder = self.run(start, candidate.id)
         final = structure_from_dict(outcome["atoms"])
         try:
             frame = Frame.from_atoms(
@@ -115,12 +126,14 @@ class DFTRunner(Oracle):
         metadata = {
             "formula": final.get_chemical_formula(mode="metal"),
             "initial_structure": structure_as_dict(atoms),
+            "prerelax": prerelax,
             "n_steps": outcome["n_steps"],
             "workdir": str(folder),
             "trajectory": outcome.get("trajectory"),
             "wall_s": outcome.get("wall_s"),
             "calculator": self.settings.calculator.name,
-            "settings": self.settings.as_dict(),
+            "settings": self.settings.as_dict()
+            | {"prerelax": None if self.prerelaxation is None else self.prerelaxation.as_dict()},
             "references_ev_per_atom": {s: references[s] for s in sorted(set(final.get_chemical_symbols()))},
         }
         return Result(
@@ -283,13 +296,35 @@ class DFTOracleOptions(BaseModel):
     """The run folder, relative to the config file; jobs go to ``<workdir>/<campaign>/<id>``."""
     capacity: int = Field(default=1, ge=1)
     start_method: Literal["fork", "forkserver", "spawn"] = "forkserver"
+    prerelax: str | None = None
+    """A universal potential (``"chgnet"``, ``"mace-mp"``...) that relaxes each candidate
+    before DFT; ``None``: DFT starts from the candidate."""
+    prerelax_options: dict[str, Any] = {}
+    """Keyword arguments of the potential's loader (``model = "small"`` for mace-mp, say)."""
+    prerelax_device: Literal["cpu", "cuda"] = "cpu"
+    prerelax_optimizer: str = "FIRE"
+    prerelax_fmax: float = Field(default=0.1, gt=0)
+    """Force criterion of the pre-relaxation (eV/Å)."""
+    prerelax_steps: int = Field(default=300, ge=1, le=5000)
 
 
-def oracle_from_config(options: Mapping[str, Any], config: Any) -> DFTRunner:
+def oracle_from_config(
+    options: Mapping[str, Any],
+    config: Any,
+    calculators: Callable[..., BaseCalculator] | None = None,
+) -> DFTRunner:
     """Builder for ``[oracle] type = "dft"``.
 
+    Args:
+        options: The section's options (:class:`DFTOracleOptions`).
+        config: The campaign (:class:`~oracles.context.BuildContext`).
+        calculators: ``calculators(name, device, **options)`` builds a universal potential
+            for ``prerelax``; the composition root passes
+            :func:`surrogates.universal.universal_calculator`.
+
     Raises:
-        ConfigError: an option is unknown or invalid (the message names ``oracle.<key>``).
+        ConfigError: an option is unknown or invalid, or the ``prerelax`` potential cannot be
+            loaded (the message names ``oracle.<key>``).
     """
     import ase.optimize
 
@@ -297,8 +332,9 @@ def oracle_from_config(options: Mapping[str, Any], config: Any) -> DFTRunner:
         parsed = DFTOracleOptions.model_validate(dict(options))
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, "oracle")) from None
-    if not isinstance(getattr(ase.optimize, parsed.optimizer, None), type):
-        raise ConfigError(f"oracle.optimizer: ASE has no optimizer {parsed.optimizer!r}")
+    for key in ("optimizer", "prerelax_optimizer"):
+        if not isinstance(getattr(ase.optimize, getattr(parsed, key), None), type):
+            raise ConfigError(f"oracle.{key}: ASE has no optimizer {getattr(parsed, key)!r}")
     spec = CalculatorSpec(
         parsed.calculator, parsed.calculator_options, parsed.kpoint_density, parsed.ecut_ev, parsed.xc
     )
@@ -311,6 +347,7 @@ def oracle_from_config(options: Mapping[str, Any], config: Any) -> DFTRunner:
         parsed.steps,
         parsed.min_distance_a,
     )
+    prerelaxation = None if parsed.prerelax is None else _prerelaxation(parsed, calculators)
     workdir = config.resolve(parsed.workdir) / config.campaign.name
     try:
         return DFTRunner(
@@ -320,6 +357,36 @@ def oracle_from_config(options: Mapping[str, Any], config: Any) -> DFTRunner:
             retryable=tuple(parsed.retryable),
             capacity=parsed.capacity,
             start_method=parsed.start_method,
+            prerelaxation=prerelaxation,
         )
     except OracleSetupError as exc:
         raise ConfigError(f"oracle.calculator: {exc}") from exc
+
+
+def _prerelaxation(
+    parsed: DFTOracleOptions, calculators: Callable[..., BaseCalculator] | None
+) -> PreRelaxation:
+    """The pre-relaxation ``prerelax`` names, its potential loaded now so that a missing
+    package or absent weights fail the build, not the first job."""
+    name = str(parsed.prerelax)
+    if parsed.mode != "relax":
+        raise ConfigError(
+            f"oracle.prerelax: {name!r} would change the structure a single point labels; use mode = 'relax'"
+        )
+    if calculators is None:
+        raise ConfigError(
+            f"oracle.prerelax: no universal potentials were given to this builder to load {name!r}"
+        )
+    try:
+        calculator = calculators(name, parsed.prerelax_device, **parsed.prerelax_options)
+    except (AlloopError, ImportError, OSError, TypeError) as exc:
+        raise ConfigError(f"oracle.prerelax: {exc}") from None
+    return PreRelaxation(
+        calculator,
+        name,
+        parsed.prerelax_optimizer,
+        parsed.prerelax_fmax,
+        parsed.prerelax_steps,
+        parsed.relax_cell,
+        parsed.min_distance_a,
+    )

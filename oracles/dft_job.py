@@ -179,18 +179,49 @@ def _single_threaded_blas() -> None:
 
 
 def _relax(atoms: Atoms, settings: JobSettings, directory: Path) -> tuple[int, bool, str]:
+    trajectory = str(directory / "relax.traj")
+    n_steps, converged = relax(
+        atoms,
+        settings.optimizer,
+        settings.fmax_ev_per_a,
+        settings.steps,
+        settings.relax_cell,
+        logfile=str(directory / "relax.log"),
+        trajectory=trajectory,
+    )
+    return n_steps, converged, trajectory
+
+
+def relax(
+    atoms: Atoms,
+    optimizer: str,
+    fmax_ev_per_a: float,
+    steps: int,
+    relax_cell: bool,
+    logfile: str | None = None,
+    trajectory: str | None = None,
+) -> tuple[int, bool]:
+    """Relax ``atoms`` in place with their calculator and the ASE optimizer ``optimizer``
+    (positions, and the cell through ``FrechetCellFilter`` when ``relax_cell``).
+
+    Returns:
+        The optimizer steps taken and whether the largest force fell below ``fmax_ev_per_a``
+        (eV/Å) within ``steps``.
+
+    Raises:
+        OracleSetupError: ASE has no optimizer of that name.
+    """
     import ase.optimize
     from ase.filters import FrechetCellFilter
 
-    optimizer_cls = getattr(ase.optimize, settings.optimizer, None)
+    optimizer_cls = getattr(ase.optimize, optimizer, None)
     if optimizer_cls is None:
-        raise OracleSetupError(f"ASE has no optimizer {settings.optimizer!r}")
-    target = FrechetCellFilter(atoms) if settings.relax_cell else atoms
-    trajectory = str(directory / "relax.traj")
-    optimizer = optimizer_cls(target, logfile=str(directory / "relax.log"), trajectory=trajectory)
-    converged = bool(optimizer.run(fmax=settings.fmax_ev_per_a, steps=settings.steps))
-    optimizer.close() if hasattr(optimizer, "close") else None
-    return int(optimizer.nsteps), converged, trajectory
+        raise OracleSetupError(f"ASE has no optimizer {optimizer!r}")
+    target = FrechetCellFilter(atoms) if relax_cell else atoms
+    dynamics = optimizer_cls(target, logfile=logfile, trajectory=trajectory)
+    converged = bool(dynamics.run(fmax=fmax_ev_per_a, steps=steps))
+    dynamics.close() if hasattr(dynamics, "close") else None
+    return int(dynamics.nsteps), converged
 
 
 def _stress(atoms: Atoms) -> list[float] | None:

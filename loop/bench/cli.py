@@ -582,3 +582,45 @@ def discovery_command(
         typer.echo(json.dumps(result, indent=2))
     else:
         Console().print_json(json.dumps({k: result[k] for k in result if k != "runs"}))
+
+
+@app.command("prerelax")
+def prerelax_command(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the DFT jobs run.")] = Path(
+        "runs/bench-prerelax"
+    ),
+    calculator: Annotated[str, typer.Option("--calculator", help="The 'DFT': emt or gpaw.")] = "emt",
+    model: Annotated[
+        str, typer.Option("--model", help="The universal potential that pre-relaxes.")
+    ] = "chgnet",
+    elements: Annotated[
+        str, typer.Option("--elements", help="Comma-separated elements of the alloy.")
+    ] = "Cu,Au",
+    max_atoms: Annotated[int, typer.Option("--max-atoms", min=1, max=12, help="Largest fcc cell.")] = 4,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Orderings relaxed twice.")] = 30,
+    rattle_a: Annotated[float, typer.Option("--rattle", min=0, help="Position rattle (Å, std).")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Draw of candidates and rattles.")] = 0,
+    fmax: Annotated[float, typer.Option("--fmax", min=0.001, help="DFT force criterion (eV/Å).")] = 0.05,
+    prerelax_fmax: Annotated[float, typer.Option("--prerelax-fmax", min=0.001, help="eV/Å.")] = 0.1,
+    ecut_ev: Annotated[float, typer.Option("--ecut", min=50, help="GPAW plane-wave cut-off (eV).")] = 300.0,
+    kpoint_density: Annotated[float, typer.Option("--kpoint-density", min=0.5, help="GPAW k/Å⁻¹.")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """DFT ionic steps and wall time per relaxation, with and without universal-potential pre-relaxation."""
+    from loop.bench import prerelax
+    from oracles.dft_job import JobSettings
+    from oracles.prerelax import PreRelaxation
+    from surrogates.universal import universal_calculator
+
+    chosen = prerelax.pick_candidates(elements.split(","), max_atoms, candidates, rattle_a, seed)
+    settings = JobSettings(prerelax.calculator_spec(calculator, ecut_ev, kpoint_density), fmax_ev_per_a=fmax)
+    potential = PreRelaxation(universal_calculator(model), model, fmax_ev_per_a=prerelax_fmax)
+
+    def show(row: dict[str, Any]) -> None:
+        Console(stderr=True).print(row, highlight=False)
+
+    start = time.perf_counter()
+    result = prerelax.run(chosen, settings, potential, workdir, on_candidate=show)
+    result["wall_s"] = time.perf_counter() - start
+    result["command"] = " ".join(["alloop bench prerelax", *sys.argv[3:]])
+    typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result["summary"]))
