@@ -533,3 +533,35 @@ def discovery_command(
         typer.echo(json.dumps(result, indent=2))
     else:
         Console().print_json(json.dumps({k: result[k] for k in result if k != "runs"}))
+
+
+@app.command("moo")
+def moo_command(
+    cases: Annotated[
+        str, typer.Option("--cases", help="Comma-separated problem:q (branincurrin, dtlz2, thinfilm).")
+    ] = "branincurrin:1,branincurrin:4,dtlz2:1,dtlz2:4,thinfilm:1",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
+    initial: Annotated[int, typer.Option("--initial", min=2, help="Sobol initial designs.")] = 6,
+    evaluations: Annotated[
+        int, typer.Option("--evaluations", min=1, help="Evaluations after the initial designs.")
+    ] = 12,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Hypervolume after a fixed budget: alloop's qLogNEHVI and qParEGO against random and BayBE."""
+    from loop.bench import moo
+
+    def parse(item: str) -> tuple[str, int]:
+        name, _, q = item.strip().partition(":")
+        if name not in moo.problems() or not q.isdigit() or int(q) < 1:
+            raise typer.BadParameter(f"--cases: {item!r} is not problem:q with a known problem")
+        return name, int(q)
+
+    def show(case: str, arm: str, seed: int, result: dict[str, Any]) -> None:
+        Console(stderr=True).print(f"{case} {arm} seed {seed}: {result}", highlight=False)
+
+    result = moo.run([parse(c) for c in cases.split(",")], seeds, initial, evaluations, on_run=show)
+    result["command"] = (
+        f"alloop bench moo --cases {cases} --seeds {seeds} --initial {initial} --evaluations {evaluations}"
+        + (" --json" if as_json else "")
+    )
+    typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))
