@@ -565,3 +565,33 @@ def moo_command(
         + (" --json" if as_json else "")
     )
     typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))
+
+
+@app.command("transfer")
+def transfer_command(
+    data: Annotated[Path, typer.Option("--data", help="Folder of the plates.")] = Path("../shared/data"),
+    target: Annotated[str, typer.Option("--target", help="The new campaign's plate.")] = "oer_plate_3860",
+    source: Annotated[str, typer.Option("--source", help="The past campaign's plate.")] = "oer_plate_3496",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
+    source_size: Annotated[int, typer.Option("--source-size", min=4, help="Source results used.")] = 100,
+    budget: Annotated[int, typer.Option("--budget", min=3, help="Experiments per campaign at most.")] = 150,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """A new OER plate with a past plate (or unrelated data) as source, against a cold start."""
+    from loop.bench import transfer
+
+    paths = [data / name / f"{name}.csv" for name in (target, source)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        typer.echo(json.dumps({"benchmark": "transfer", "skipped": f"data not found: {missing}"}))
+        return
+
+    def show(arm: str, seed: int, result: dict[str, Any]) -> None:
+        Console(stderr=True).print(f"{arm} seed {seed}: {result}", highlight=False)
+
+    result = transfer.run(*paths, seeds=seeds, source_size=source_size, budget=budget, on_run=show)
+    result["command"] = (
+        f"alloop bench transfer --target {target} --source {source} --seeds {seeds} "
+        f"--source-size {source_size} --budget {budget}" + (" --json" if as_json else "")
+    )
+    typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))
