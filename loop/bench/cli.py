@@ -589,7 +589,9 @@ def transfer_command(
     def show(arm: str, seed: int, result: dict[str, Any]) -> None:
         Console(stderr=True).print(f"{arm} seed {seed}: {result}", highlight=False)
 
-    result = transfer.run(*paths, seeds=seeds, source_size=source_size, budget=budget, on_run=show)
+    result = transfer.run(
+        paths[0], paths[1], seeds=seeds, source_size=source_size, budget=budget, on_run=show
+    )
     result["command"] = (
         f"alloop bench transfer --target {target} --source {source} --seeds {seeds} "
         f"--source-size {source_size} --budget {budget}" + (" --json" if as_json else "")
