@@ -1,5 +1,6 @@
 """What a campaign shows in the Prefect UI: the proposed batch, the budget spent, a report
-(with the surrogate's prequential calibration and its reliability diagram).
+(with the Pareto front and hypervolume per cycle of a Pareto search, and the surrogate's prequential
+calibration and its reliability diagram).
 
 Artifact keys are stable per campaign (``<campaign>-batch``, ``<campaign>-progress``,
 ``<campaign>-report``), so the UI keeps one history per campaign across flow runs. Every
@@ -12,6 +13,7 @@ import base64
 import io
 import math
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -27,8 +29,10 @@ from prefect.artifacts import (
 
 from loop.calibration import LEVELS, plot_reliability
 from loop.campaign import Campaign, CampaignReport
+from loop.labreport import pareto_title
 from loop.ledger import EvaluationRecord
-from loop.report import campaign_calibration, describe_best
+from loop.pareto import plot_pareto
+from loop.report import campaign_calibration, campaign_status, describe_best
 
 
 def artifact_key(campaign: str, kind: str) -> str:
@@ -184,7 +188,36 @@ def report_markdown(campaign: Campaign, report: CampaignReport, plot: str | None
         )
     if plot:
         lines += ["", plot]
-    return "\n".join(lines + calibration_markdown(campaign))
+    return "\n".join(lines + pareto_markdown(campaign) + calibration_markdown(campaign))
+
+
+def pareto_markdown(campaign: Campaign) -> list[str]:
+    """A Pareto search's section: the front and the hypervolume per cycle (the data of
+    ``alloop status``, feasible results only), and the two-panel plot inline."""
+    pareto = campaign_status(campaign.ledger, campaign.name).get("pareto")
+    if not pareto:
+        return []
+    names = pareto["objectives"]
+    lines = [
+        "",
+        f"## {pareto_title(pareto)}",
+        "",
+        "| candidate | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for point in pareto["front"]:
+        lines.append(
+            f"| {point['candidate_id'][:10]} | " + " | ".join(f"{point[n]:.4g}" for n in names) + " |"
+        )
+    lines += ["", "| cycle | hypervolume |", "|---|---|"]
+    lines += [f"| {h['cycle']} | {h['hypervolume']:.4g} |" for h in pareto["hypervolume_by_cycle"]]
+    with tempfile.TemporaryDirectory() as folder:
+        png = plot_pareto(pareto, Path(folder) / "pareto.png").read_bytes()
+    return [*lines, "", f"![Pareto front and hypervolume per cycle](data:image/png;base64,{_b64(png)})"]
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
 
 
 def calibration_markdown(campaign: Campaign) -> list[str]:
@@ -212,8 +245,7 @@ def calibration_markdown(campaign: Campaign) -> list[str]:
     if any(curves.values()):
         buffer = io.BytesIO()
         plot_reliability(buffer, curves, f"{campaign.name}: reliability")
-        png = base64.b64encode(buffer.getvalue()).decode()
-        lines += ["", f"![reliability diagram](data:image/png;base64,{png})"]
+        lines += ["", f"![reliability diagram](data:image/png;base64,{_b64(buffer.getvalue())})"]
     return lines
 
 
@@ -228,7 +260,7 @@ def publish_report(campaign: Campaign, report: CampaignReport) -> UUID:
     plot = None
     if trace:
         png = plot_best_so_far(trace, campaign.name)
-        plot = f"![best so far](data:image/png;base64,{base64.b64encode(png).decode()})"
+        plot = f"![best so far](data:image/png;base64,{_b64(png)})"
         if campaign.ledger.url.startswith("sqlite:///"):
             path = Path(campaign.ledger.url.removeprefix("sqlite:///")).with_name(
                 f"{artifact_key(campaign.name, 'best-so-far')}.png"

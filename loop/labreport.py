@@ -86,14 +86,17 @@ def constraint_columns(ledger: Ledger, row: Mapping[str, Any], table: pd.DataFra
     return table
 
 
+def pareto_title(pareto: Mapping[str, Any]) -> str:
+    """``Pareto front: hypervolume H (reference r1, r2, inferred|given)``."""
+    how = "inferred" if pareto["reference_point_inferred"] else "given"
+    reference = ", ".join(f"{v:.4g}" for v in pareto["reference_point"])
+    return f"Pareto front: hypervolume {pareto['hypervolume']:.4g} (reference {reference}, {how})"
+
+
 def pareto_table(pareto: Mapping[str, Any]) -> Table:
     """The front, its hypervolume and the reference point, for the terminal."""
     names = pareto["objectives"]
-    how = "inferred" if pareto["reference_point_inferred"] else "given"
-    reference = ", ".join(f"{v:.4g}" for v in pareto["reference_point"])
-    table = Table(
-        title=f"Pareto front: hypervolume {pareto['hypervolume']:.4g} (reference {reference}, {how})"
-    )
+    table = Table(title=pareto_title(pareto))
     for column in ["candidate", *names]:
         table.add_column(column)
     for point in pareto["front"]:

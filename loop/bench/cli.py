@@ -624,3 +624,67 @@ def prerelax_command(
     result["wall_s"] = time.perf_counter() - start
     result["command"] = " ".join(["alloop bench prerelax", *sys.argv[3:]])
     typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result["summary"]))
+
+
+@app.command("moo")
+def moo_command(
+    cases: Annotated[
+        str, typer.Option("--cases", help="Comma-separated problem:q (branincurrin, dtlz2, thinfilm).")
+    ] = "branincurrin:1,branincurrin:4,dtlz2:1,dtlz2:4,thinfilm:1",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
+    initial: Annotated[int, typer.Option("--initial", min=2, help="Sobol initial designs.")] = 6,
+    evaluations: Annotated[
+        int, typer.Option("--evaluations", min=1, help="Evaluations after the initial designs.")
+    ] = 12,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Hypervolume after a fixed budget: alloop's qLogNEHVI and qParEGO against random and BayBE."""
+    from loop.bench import moo
+
+    def parse(item: str) -> tuple[str, int]:
+        name, _, q = item.strip().partition(":")
+        if name not in moo.problems() or not q.isdigit() or int(q) < 1:
+            raise typer.BadParameter(f"--cases: {item!r} is not problem:q with a known problem")
+        return name, int(q)
+
+    def show(case: str, arm: str, seed: int, result: dict[str, Any]) -> None:
+        Console(stderr=True).print(f"{case} {arm} seed {seed}: {result}", highlight=False)
+
+    result = moo.run([parse(c) for c in cases.split(",")], seeds, initial, evaluations, on_run=show)
+    result["command"] = (
+        f"alloop bench moo --cases {cases} --seeds {seeds} --initial {initial} --evaluations {evaluations}"
+        + (" --json" if as_json else "")
+    )
+    typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))
+
+
+@app.command("transfer")
+def transfer_command(
+    data: Annotated[Path, typer.Option("--data", help="Folder of the plates.")] = Path("../shared/data"),
+    target: Annotated[str, typer.Option("--target", help="The new campaign's plate.")] = "oer_plate_3860",
+    source: Annotated[str, typer.Option("--source", help="The past campaign's plate.")] = "oer_plate_3496",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
+    source_size: Annotated[int, typer.Option("--source-size", min=4, help="Source results used.")] = 100,
+    budget: Annotated[int, typer.Option("--budget", min=3, help="Experiments per campaign at most.")] = 150,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """A new OER plate with a past plate (or unrelated data) as source, against a cold start."""
+    from loop.bench import transfer
+
+    paths = [data / name / f"{name}.csv" for name in (target, source)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        typer.echo(json.dumps({"benchmark": "transfer", "skipped": f"data not found: {missing}"}))
+        return
+
+    def show(arm: str, seed: int, result: dict[str, Any]) -> None:
+        Console(stderr=True).print(f"{arm} seed {seed}: {result}", highlight=False)
+
+    result = transfer.run(
+        paths[0], paths[1], seeds=seeds, source_size=source_size, budget=budget, on_run=show
+    )
+    result["command"] = (
+        f"alloop bench transfer --target {target} --source {source} --seeds {seeds} "
+        f"--source-size {source_size} --budget {budget}" + (" --json" if as_json else "")
+    )
+    typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))

@@ -1,0 +1,149 @@
+"""``alloop bench transfer``: a new OER plate with a past plate as source, against a cold start.
+
+Two plates of Rohr et al. (2020) share Fe, Co and Mn; both are encoded over the union of
+their elements (shared features: a composition is a composition), so a finished campaign on
+one plate can inform a new one on the other. The source is a past campaign's results: a
+seeded random sample of the source plate. The unrelated source is the same sample with its
+overpotentials shuffled across compositions (data that says nothing about the target), which
+the negative-transfer guard of :class:`~surrogates.transfer.TransferGP` must not let make
+things worse than a cold start. Every arm starts from the same random designs per seed and
+picks by lower confidence bound (minimise overpotential) over the unmeasured compositions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import pandas as pd
+import torch
+from botorch.utils.datasets import SupervisedDataset
+from torch import Tensor
+
+from loop.acquisition import Acquisition
+from surrogates.base import Surrogate
+from surrogates.gp import GPSurrogate
+from surrogates.transfer import TransferGP
+
+ARMS = ("cold", "transfer", "unrelated")
+
+
+def read_plate(path: Path) -> tuple[list[str], pd.DataFrame]:
+    """A plate's element names and its rows (element fractions, ``overpotential``)."""
+    frame = pd.read_csv(path)
+    elements = [c.removesuffix("_load") for c in frame.columns if c.endswith("_load")]
+    frame = frame.rename(columns={f"{e}_load": e for e in elements})
+    return elements, frame.groupby(elements, as_index=False)["overpotential"].mean()
+
+
+def encode(frame: pd.DataFrame, features: list[str]) -> tuple[Tensor, Tensor]:
+    """``n x len(features)`` fractions (0 for elements the plate lacks) and ``n x 1`` outcomes."""
+    X = torch.tensor(frame.reindex(columns=features, fill_value=0.0).to_numpy(), dtype=torch.double)
+    return X, torch.tensor(frame[["overpotential"]].to_numpy(), dtype=torch.double)
+
+
+def _dataset(X: Tensor, Y: Tensor) -> SupervisedDataset:
+    return SupervisedDataset(X, Y, feature_names=[f"x{i}" for i in range(X.shape[-1])], outcome_names=["y"])
+
+
+def _surrogate(bounds: Tensor, name: str, source: SupervisedDataset | None) -> Surrogate:
+    """The cold-start GP, or a guarded transfer GP over ``source``."""
+    return GPSurrogate(input_bounds=bounds) if source is None else TransferGP([(name, source)], bounds)
+
+
+def experiments_to_find(
+    X: Tensor,
+    y: Tensor,
+    make: Callable[[], Surrogate],
+    good: set[int],
+    wanted: int,
+    initial: int,
+    budget: int,
+    seed: int,
+) -> tuple[int | None, int]:
+    """One campaign on a pool (``y`` minimised): experiments until ``wanted`` of the ``good``
+    rows are measured (``None`` past ``budget``), and how many were found by then."""
+    order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))
+    measured = order[:initial].tolist()
+    acquisition = Acquisition("ucb", [-1.0])
+    surrogate = make()
+    while len(good.intersection(measured)) < wanted and len(measured) < budget:
+        rows = torch.tensor(measured)
+        torch.manual_seed(seed * 1000 + len(measured))
+        surrogate.fit(_dataset(X[rows], y[rows]))
+        free = torch.ones(X.shape[0], dtype=torch.bool)
+        free[rows] = False
+        left = torch.nonzero(free).reshape(-1)
+        pick = acquisition.select_from_pool(surrogate, X[left], 1, X[rows], y[rows], None, seed)[0]
+        assert pick.index is not None
+        measured.append(int(left[pick.index]))
+    found = len(good.intersection(measured))
+    return (len(measured) if found >= wanted else None), found
+
+
+def run(
+    target: Path,
+    source: Path,
+    seeds: int,
+    source_size: int = 100,
+    budget: int = 150,
+    initial: int = 2,
+    on_run: Callable[[str, int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Every arm over seeds ``0..seeds-1`` and the decision rule of benchmarks/RESULTS.md."""
+    started = time.perf_counter()
+    target_elements, target_frame = read_plate(target)
+    source_elements, source_frame = read_plate(source)
+    features = sorted(set(target_elements) | set(source_elements))
+    X, y = encode(target_frame, features)
+    good_count = math.ceil(0.01 * X.shape[0])
+    good = set(torch.argsort(y.reshape(-1))[:good_count].tolist())
+    wanted = math.ceil(0.8 * good_count)
+    bounds = torch.stack([torch.zeros(len(features)), torch.ones(len(features))]).double()
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    for seed in range(seeds):
+        sample = source_frame.sample(n=source_size, random_state=seed)
+        sX, sY = encode(sample, features)
+        shuffled = sY[torch.randperm(sY.shape[0], generator=torch.Generator().manual_seed(seed))]
+        sources = {"cold": None, "transfer": _dataset(sX, sY), "unrelated": _dataset(sX, shuffled)}
+        for arm, data in sources.items():
+            tic = time.perf_counter()
+            make = partial(_surrogate, bounds, arm, data)
+            n, found = experiments_to_find(X, y, make, good, wanted, initial, budget, seed)
+            result = {"experiments": n, "found": found, "seconds": round(time.perf_counter() - tic, 1)}
+            runs[arm].append(result)
+            if on_run is not None:
+                on_run(arm, seed, result)
+
+    def typical(arm: str) -> float:  # "not reached" counts as past the budget
+        return median(budget + 1 if r["experiments"] is None else r["experiments"] for r in runs[arm])
+
+    cold = typical("cold")
+    return {
+        "benchmark": "transfer",
+        "target": target.name,
+        "source": source.name,
+        "features": features,
+        "pool": X.shape[0],
+        "good": good_count,
+        "wanted": wanted,
+        "seeds": seeds,
+        "source_size": source_size,
+        "budget": budget,
+        "arms": {
+            arm: {
+                "experiments_median": typical(arm),
+                "experiments": [r["experiments"] for r in rs],
+                "found": [r["found"] for r in rs],
+            }
+            for arm, rs in runs.items()
+        },
+        "fewer_experiments_fraction": 1 - typical("transfer") / cold,
+        "goal_met": typical("transfer") <= 0.7 * cold and typical("unrelated") <= cold,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
