@@ -27,8 +27,8 @@ from prefect.artifacts import (
 
 from loop.calibration import LEVELS, plot_reliability
 from loop.campaign import Campaign, CampaignReport
-from loop.ledger import EvaluationRecord
-from loop.report import campaign_calibration, describe_best
+from loop.ledger import EvaluationRecord, Ledger
+from loop.report import campaign_calibration, campaign_discovery, describe_best
 
 
 def artifact_key(campaign: str, kind: str) -> str:
@@ -184,7 +184,30 @@ def report_markdown(campaign: Campaign, report: CampaignReport, plot: str | None
         )
     if plot:
         lines += ["", plot]
-    return "\n".join(lines + calibration_markdown(campaign))
+    return "\n".join(
+        lines + calibration_markdown(campaign) + discovery_markdown(campaign.ledger, campaign.name)
+    )
+
+
+def discovery_markdown(ledger: Ledger, name: str) -> list[str]:
+    """A structure campaign's discovery per round (:func:`loop.report.campaign_discovery`):
+    evaluated, hits, hit rate, coverage of the predicted interval; nothing for other campaigns."""
+    report = campaign_discovery(ledger, ledger.campaign(name))
+    if report is None:
+        return []
+    lines = [
+        "",
+        f"## Discovery (hits: within {report.within_mev:g} meV/atom of the hull of what was evaluated)",
+        "",
+        f"| cycle | evaluated | hits | hit rate | cumulative hit rate | {report.level:.0%} coverage |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in report.cycles:
+        lines.append(
+            f"| {c.cycle} | {c.evaluated} | {c.hits} | {_short(c.hit_rate)} | "
+            f"{_short(c.cumulative_hit_rate)} | {_short(c.coverage)} |"
+        )
+    return lines
 
 
 def calibration_markdown(campaign: Campaign) -> list[str]:
