@@ -30,9 +30,9 @@ from prefect.artifacts import (
 from loop.calibration import LEVELS, plot_reliability
 from loop.campaign import Campaign, CampaignReport
 from loop.labreport import pareto_title
-from loop.ledger import EvaluationRecord
+from loop.ledger import EvaluationRecord, Ledger
 from loop.pareto import plot_pareto
-from loop.report import campaign_calibration, campaign_status, describe_best
+from loop.report import campaign_calibration, campaign_discovery, campaign_status, describe_best
 
 
 def artifact_key(campaign: str, kind: str) -> str:
@@ -188,7 +188,12 @@ def report_markdown(campaign: Campaign, report: CampaignReport, plot: str | None
         )
     if plot:
         lines += ["", plot]
-    return "\n".join(lines + pareto_markdown(campaign) + calibration_markdown(campaign))
+    return "\n".join(
+        lines
+        + pareto_markdown(campaign)
+        + calibration_markdown(campaign)
+        + discovery_markdown(campaign.ledger, campaign.name)
+    )
 
 
 def pareto_markdown(campaign: Campaign) -> list[str]:
@@ -218,6 +223,27 @@ def pareto_markdown(campaign: Campaign) -> list[str]:
 
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode()
+
+
+def discovery_markdown(ledger: Ledger, name: str) -> list[str]:
+    """A structure campaign's discovery per round (:func:`loop.report.campaign_discovery`):
+    evaluated, hits, hit rate, coverage of the predicted interval; nothing for other campaigns."""
+    report = campaign_discovery(ledger, ledger.campaign(name))
+    if report is None:
+        return []
+    lines = [
+        "",
+        f"## Discovery (hits: within {report.within_mev:g} meV/atom of the hull of what was evaluated)",
+        "",
+        f"| cycle | evaluated | hits | hit rate | cumulative hit rate | {report.level:.0%} coverage |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in report.cycles:
+        lines.append(
+            f"| {c.cycle} | {c.evaluated} | {c.hits} | {_short(c.hit_rate)} | "
+            f"{_short(c.cumulative_hit_rate)} | {_short(c.coverage)} |"
+        )
+    return lines
 
 
 def calibration_markdown(campaign: Campaign) -> list[str]:

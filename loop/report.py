@@ -9,6 +9,7 @@ import pandas as pd
 
 from loop.calibration import calibration_report
 from loop.database import masked
+from loop.discovery import OBJECTIVE, DiscoveryReport, ledger_discovery
 from loop.fidelity import target_fidelity
 from loop.labreport import constraint_columns, lab_status, meets_constraints, outcome_constraints
 from loop.ledger import EvaluationRecord, Ledger
@@ -95,6 +96,7 @@ def campaign_status(ledger: Ledger, name: str | None = None) -> dict[str, Any]:
         "units": {o["name"]: o.get("unit", "") for o in row["config"]["objectives"]},
         "stop_reason": row["stop_reason"],
         "stopped_at": row["stopped_at"],
+        "discovery": None if (found := campaign_discovery(ledger, row)) is None else found.as_dict(),
         **lab,
         **fidelity_status(ledger, row),
     }
@@ -118,6 +120,18 @@ def fidelity_status(ledger: Ledger, row: Mapping[str, Any]) -> dict[str, Any]:
             for e in entries
         },
     }
+
+
+def campaign_discovery(ledger: Ledger, row: Mapping[str, Any]) -> DiscoveryReport | None:
+    """Per-round discovery metrics (:mod:`loop.discovery`) of a structure campaign (a generated
+    pool, formation energy measured) against the hull of what it evaluated, a hit being within
+    the hull acquisition's ``within_mev`` (default 1 meV/atom); ``None`` for other campaigns."""
+    config = row["config"]
+    names = [o["name"] for o in config["objectives"]]
+    if not (config.get("space") or {}).get("generator") or OBJECTIVE not in names:
+        return None
+    within = (config.get("acquisition") or {}).get("within_mev") or 1.0
+    return ledger_discovery(ledger, row["name"], float(within))
 
 
 def campaign_calibration(ledger: Ledger, name: str | None = None) -> dict[str, Any]:

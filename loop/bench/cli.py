@@ -552,8 +552,19 @@ def discovery_command(
     ] = "Cu,Ag,Au,Pd,Pt,Ni",
     prototypes: Annotated[bool, typer.Option(help="Substitute the built-in prototypes too.")] = True,
     variants: Annotated[
-        str | None, typer.Option("--variants", help="Comma-separated variants [default: all].")
+        str | None,
+        typer.Option(
+            "--variants", help="Comma-separated variants [default: random and the two pair-feature GPs]."
+        ),
     ] = None,
+    committee_probe: Annotated[
+        int,
+        typer.Option(
+            "--committee-probe",
+            min=0,
+            help="Time one committee decision, scoring this many candidates (0: not).",
+        ),
+    ] = 0,
     decision_sizes: Annotated[
         str, typer.Option("--decision-sizes", help="Pool sizes of the seconds-per-decision timing.")
     ] = "10000,100000",
@@ -563,7 +574,7 @@ def discovery_command(
     from loop.bench.discovery import VARIANTS, DiscoveryProtocol, run_benchmark
     from loop.structures import StructureSpaceOptions
 
-    chosen = tuple(variants.split(",")) if variants else tuple(VARIANTS)
+    chosen = tuple(variants.split(",")) if variants else DiscoveryProtocol().variants
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
@@ -577,7 +588,13 @@ def discovery_command(
         pool, tuple(range(seeds)), budget, batch_size, min(batch_size, budget), variants=chosen
     )
     sizes = [int(s) for s in decision_sizes.split(",") if s]
-    result = run_benchmark(protocol, workdir, sizes, progress=lambda line: print(line, file=sys.stderr))
+    result = run_benchmark(
+        protocol,
+        workdir,
+        sizes,
+        committee_probe=committee_probe,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

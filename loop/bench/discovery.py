@@ -13,6 +13,7 @@ relaxation failed are left out of the pool (their count is reported).
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import time
@@ -27,19 +28,26 @@ from botorch.utils.datasets import SupervisedDataset
 from torch import Tensor
 
 from loop.acquisition import Acquisition
+from loop.bench.discovery_mlip import chgnet_pool, committee_surrogate, keys_pool, references
+from loop.bench.discovery_mlip import committee_probe as probe
 from loop.bench.discovery_truth import CAMPAIGN_SETTINGS, cache_key, cached_pool, ground_truth
 from loop.discovery import EvaluatedStructure, discovery_report
 from loop.featurize import StructureFeaturizer
 from loop.hull_acquisition import HullTarget
 from loop.stability import hull_points, near_hull
 from loop.structures import StructurePool, StructureSpaceOptions
+from surrogates.base import Surrogate
+from surrogates.committee_surrogate import CommitteeSurrogate
 from surrogates.gp import GPSurrogate
 
-#: Variant name → (acquisition kind, uses a surrogate).
-VARIANTS: dict[str, str] = {
-    "random": "random",
-    "gp_pair_thompson": "thompson",
-    "gp_pair_hull_probability": "hull_probability",
+#: Variant name → (acquisition kind, model inputs: ``pairs`` features, ``chgnet`` embedding,
+#: ``keys`` of the committee; ``random`` fits nothing).
+VARIANTS: dict[str, tuple[str, str]] = {
+    "random": ("random", "pairs"),
+    "gp_pair_thompson": ("thompson", "pairs"),
+    "gp_pair_hull_probability": ("hull_probability", "pairs"),
+    "gp_chgnet_thompson": ("thompson", "chgnet"),
+    "committee_thompson": ("thompson", "keys"),
 }
 
 
@@ -60,7 +68,7 @@ class DiscoveryProtocol:
     batch_size: int = 50
     initial: int = 50
     within_mev: float = 1.0
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = ("random", "gp_pair_thompson", "gp_pair_hull_probability")
 
 
 @dataclass
@@ -72,6 +80,22 @@ class Truth:
     formulas: list[str]
     targets: set[str]
     failed: int
+    path: Path
+    """The ground truth's rows (``truth-<key>.jsonl``); other caches of the pool sit beside it."""
+    inputs: dict[str, StructurePool] = field(default_factory=dict)
+    """The pool with model inputs other than pair features, by kind, built once."""
+
+    def with_inputs(self, kind: str) -> StructurePool:
+        """The pool featurised as ``kind`` (see :data:`VARIANTS`)."""
+        if kind == "pairs":
+            return self.pool
+        if kind not in self.inputs:
+            key = self.path.stem.removeprefix("truth-")
+            if kind == "chgnet":
+                self.inputs[kind] = chgnet_pool(self.pool, self.path.with_name(f"pool-{key}.chgnet.npz"))
+            else:
+                self.inputs[kind] = keys_pool(self.pool)
+        return self.inputs[kind]
 
 
 def load_truth(
@@ -83,7 +107,8 @@ def load_truth(
     """Generate (or read) the pool and its ground truth, relaxing what is not cached yet."""
     key = cache_key(protocol.pool, CAMPAIGN_SETTINGS)
     candidates = cached_pool(protocol.pool, workdir, key)
-    rows = ground_truth(candidates, workdir / f"truth-{key}.jsonl", workers=workers, progress=progress)
+    path = workdir / f"truth-{key}.jsonl"
+    rows = ground_truth(candidates, path, workers=workers, progress=progress)
     ok = [c for c in candidates if rows[c.id].status == "ok"]
     pool = StructurePool(ok, StructureFeaturizer(protocol.pool.elements))
     formation = [float(rows[c.id].formation_energy_per_atom or 0.0) for c in ok]
@@ -95,16 +120,24 @@ def load_truth(
         formulas,
         near_hull(points, protocol.within_mev),
         len(candidates) - len(ok),
+        path,
     )
 
 
 def run_variant(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: int) -> dict[str, Any]:
     """One simulated campaign: the evaluation order, per-round metrics and decision times."""
-    X, pool = truth.pool.X, truth.pool
+    pool = truth.pool
     acquisition = _acquisition(variant, protocol, pool.feature_names)
-    surrogate = GPSurrogate(input_bounds=_bounds(X)) if VARIANTS[variant] != "random" else None
+    kind, inputs = VARIANTS[variant]
+    featurised = truth.with_inputs(inputs)
+    X = featurised.X
     rng = np.random.default_rng(seed)
     order = [int(i) for i in rng.choice(len(pool), size=min(protocol.initial, len(pool)), replace=False)]
+    surrogate: Surrogate | None = None
+    if inputs == "keys":
+        surrogate = committee_surrogate(featurised, order, references(truth.path), seed)
+    elif kind != "random":
+        surrogate = GPSurrogate(input_bounds=_bounds(X))
     cycles = [0] * len(order)
     decisions: list[float] = []
     budget = min(protocol.budget, len(pool))
@@ -117,13 +150,16 @@ def run_variant(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: i
         Y = truth.energies[order].unsqueeze(-1)
         start = time.perf_counter()
         if surrogate is not None:
-            surrogate.fit(
-                SupervisedDataset(X[order], Y, feature_names=pool.feature_names, outcome_names=["e"])
+            dataset = SupervisedDataset(
+                X[order], Y, feature_names=featurised.feature_names, outcome_names=["e"]
             )
+            surrogate.fit(dataset)
         picks = acquisition.select_from_pool(surrogate, X[free], q, X[order], Y, None, seed * 1000 + cycle)  # type: ignore[arg-type]
         decisions.append(time.perf_counter() - start)
-        order += [free[p.index] for p in picks if p.index is not None]
+        order += [free[p.index] for p in picks if p.index is not None]  # in place: the committee reads it
         cycles += [cycle] * len(picks)
+    if isinstance(surrogate, CommitteeSurrogate):
+        surrogate.close()
     return _summary(variant, seed, order, cycles, decisions, truth, protocol)
 
 
@@ -165,9 +201,12 @@ def run_benchmark(
     workdir: Path,
     decision_sizes: Sequence[int] = (10_000, 100_000),
     workers: int = 1,
+    committee_probe: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark: ground truth, every variant and seed, decision timings."""
+    """The whole benchmark: ground truth, every variant and seed, decision timings (with
+    ``committee_probe`` > 0, one committee decision timed on that many candidates:
+    :func:`~loop.bench.discovery_mlip.committee_probe`)."""
     start = time.perf_counter()
     truth = load_truth(protocol, workdir, workers)
     runs = []
@@ -175,7 +214,7 @@ def run_benchmark(
         for seed in protocol.seeds:
             runs.append(run_variant(variant, truth, protocol, seed))
             if progress is not None:
-                progress(f"{variant} seed {seed}: {runs[-1]['evaluations_to_95']} evaluations to 95%")
+                progress(json.dumps({k: v for k, v in runs[-1].items() if k != "rounds"}))
     observations = min(1000, len(truth.pool) // 2)
     return {
         "protocol": {
@@ -193,6 +232,9 @@ def run_benchmark(
         "prevalence": len(truth.targets) / len(truth.pool),
         "summary": aggregate(runs, truth),
         "decision_timing": decision_seconds(truth, decision_sizes, observations, protocol.batch_size),
+        "committee_probe": None
+        if committee_probe == 0
+        else probe(truth.pool, truth.energies, truth.path, protocol.initial, committee_probe),
         "runs": runs,
         "wall_s": time.perf_counter() - start,
     }
@@ -284,7 +326,7 @@ def _summary(
 def _acquisition(variant: str, protocol: DiscoveryProtocol, feature_names: list[str]) -> Acquisition:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
-    kind = VARIANTS[variant]
+    kind = VARIANTS[variant][0]
     hull = None
     if kind.startswith("hull"):
         elements = sorted(protocol.pool.elements)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,31 +97,35 @@ def test_interval_coverage_and_within_hull() -> None:
         within_hull([0.0], -1.0)
 
 
+def hand_made_ledger(path: Path, config: dict[str, Any]) -> Ledger:
+    """A ledger whose campaign ``hull`` evaluated :data:`CYCLES` with :data:`PREDICTED`."""
+    ledger = Ledger(path)
+    campaign = ledger.open_campaign("hull", config, "hash", seed=0)
+    run = ledger.start_run(campaign)
+    for cycle in range(3):
+        assert ledger.open_cycle(campaign, run) == cycle
+        chosen = [cid for cid, c in CYCLES.items() if c == cycle]
+        proposals = [
+            Proposal(
+                Candidate({"formula": FORMULA[cid], "label": cid}, cid),
+                0.5,
+                None if cid not in PREDICTED else [PREDICTED[cid][0]],
+                None if cid not in PREDICTED else [PREDICTED[cid][1]],
+            )
+            for cid in chosen
+        ]
+        for evaluation_id, cid in zip(
+            ledger.propose(campaign, run, cycle, proposals, "hull_probability", None), chosen, strict=True
+        ):
+            ledger.mark_submitted(evaluation_id)
+            measurement = Measurement(ENERGY[cid], None, "eV/atom")
+            ledger.record_result(evaluation_id, Result(cid, {"formation_energy_per_atom": measurement}), run)
+        ledger.close_cycle(campaign, cycle)
+    return ledger
+
+
 def test_ledger_discovery_reads_cycles_energies_and_predictions(tmp_path: Path) -> None:
     config = {"objectives": [{"name": "formation_energy_per_atom", "direction": "minimize"}]}
-    with Ledger(tmp_path / "ledger.db") as ledger:
-        campaign = ledger.open_campaign("hull", config, "hash", seed=0)
-        run = ledger.start_run(campaign)
-        for cycle in range(3):
-            assert ledger.open_cycle(campaign, run) == cycle
-            chosen = [cid for cid, c in CYCLES.items() if c == cycle]
-            proposals = [
-                Proposal(
-                    Candidate({"formula": FORMULA[cid], "label": cid}, cid),
-                    0.5,
-                    None if cid not in PREDICTED else [PREDICTED[cid][0]],
-                    None if cid not in PREDICTED else [PREDICTED[cid][1]],
-                )
-                for cid in chosen
-            ]
-            for evaluation_id, cid in zip(
-                ledger.propose(campaign, run, cycle, proposals, "hull_probability", None), chosen, strict=True
-            ):
-                ledger.mark_submitted(evaluation_id)
-                measurement = Measurement(ENERGY[cid], None, "eV/atom")
-                ledger.record_result(
-                    evaluation_id, Result(cid, {"formation_energy_per_atom": measurement}), run
-                )
-            ledger.close_cycle(campaign, cycle)
+    with hand_made_ledger(tmp_path / "ledger.db", config) as ledger:
         from_ledger = ledger_discovery(ledger, "hull", within_mev=1.0, truth=TRUTH)
     assert from_ledger == discovery_report(evaluated(), within_mev=1.0, truth=TRUTH)

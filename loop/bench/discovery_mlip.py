@@ -1,0 +1,154 @@
+"""The discovery benchmark's MLIP-based variants: what they read of the pool and how they learn.
+
+``gp_chgnet_thompson``: the campaign's GP on CHGNet's per-structure embedding
+(:class:`~surrogates.descriptors.EmbeddingFeaturizer`, rows cached beside the pool in
+``pool-<key>.chgnet.npz``), so only the inputs differ from ``gp_pair_thompson``.
+``committee_thompson``: the MACE committee surrogate
+(:class:`~surrogates.committee_surrogate.CommitteeSurrogate`, its defaults) learning the EMT
+frames (relaxed structure, energy, forces) of the candidates evaluated so far; EMT relaxes each
+evaluated candidate once more for its frame, at the ground truth's settings.
+:func:`committee_probe` times one committee decision on a sample of the pool, the evidence of
+whether a whole campaign fits the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from botorch.utils.datasets import SupervisedDataset
+from torch import Tensor
+
+from loop.acquisition import Acquisition
+from loop.bench.discovery_truth import CAMPAIGN_SETTINGS, read_truth
+from loop.frame import Frame, structure_from_dict
+from loop.structures import StructurePool
+from oracles.dft import candidate_atoms
+from oracles.dft_job import JobSettings, execute
+from surrogates.committee_surrogate import CommitteeSurrogate, TrainingSet
+from surrogates.descriptors import EmbeddingFeaturizer
+from surrogates.mlip import MACESettings, MLIPCommittee
+from surrogates.structure_keys import StructureKeys
+
+
+def chgnet_pool(pool: StructurePool, cache: Path) -> StructurePool:
+    """The pool with CHGNet's ``N x 64`` embeddings as inputs (computed once, kept in ``cache``)."""
+    return StructurePool(pool.candidates, EmbeddingFeaturizer("chgnet", cache))  # type: ignore[arg-type]
+
+
+class EMTFrames:
+    """The labelled frames of the evaluated candidates: each relaxed with EMT once, kept.
+
+    Args:
+        pool: The benchmark's pool.
+        evaluated: The pool indices evaluated so far (read at every call; the campaign appends).
+        references: Elemental reference energies (eV/atom) of the ground truth.
+    """
+
+    def __init__(self, pool: StructurePool, evaluated: list[int], references: dict[str, float]) -> None:
+        self.pool, self.evaluated, self.references = pool, evaluated, references
+        self.settings = JobSettings.from_dict(CAMPAIGN_SETTINGS)
+        self._frames: dict[int, Frame] = {}
+
+    def __call__(self) -> TrainingSet:
+        with tempfile.TemporaryDirectory() as folder:
+            for index in self.evaluated:
+                if index not in self._frames:
+                    self._frames[index] = self._frame(index, folder)
+        frames = [self._frames[i] for i in self.evaluated]
+        return TrainingSet(frames, self.references)
+
+    def _frame(self, index: int, folder: str) -> Frame:
+        outcome = execute(candidate_atoms(self.pool.candidates[index]), self.settings, folder)
+        atoms = structure_from_dict(outcome["atoms"])
+        stress = None if outcome.get("stress") is None else np.asarray(outcome["stress"])
+        return Frame.from_atoms(
+            atoms, float(outcome["energy"]), np.asarray(outcome["forces"]), stress, self.pool.ids[index]
+        )
+
+
+def keys_pool(pool: StructurePool) -> StructurePool:
+    """The pool with ``N x 1`` structure keys as inputs, the committee's model inputs."""
+    return StructurePool(pool.candidates, StructureKeys())  # type: ignore[arg-type]
+
+
+def committee_surrogate(
+    keyed: StructurePool,
+    evaluated: list[int],
+    references: dict[str, float],
+    seed: int,
+    settings: MACESettings | None = None,
+    executor: Executor | None = None,
+) -> CommitteeSurrogate:
+    """The committee surrogate over ``keyed`` (a :func:`keys_pool`): MACE at ``settings``
+    (default: its defaults), members trained in ``executor`` (default: one process of its own)."""
+    keys = keyed.featurizer
+    assert isinstance(keys, StructureKeys)
+    elements = sorted(references)
+    committee = MLIPCommittee(elements, settings or MACESettings(), seed=seed, workers=1, executor=executor)
+    training = EMTFrames(keyed, evaluated, references)
+    return CommitteeSurrogate(committee, keys, training)
+
+
+def references(truth_path: Path) -> dict[str, float]:
+    """The ground truth's elemental references (eV/atom), written beside its rows."""
+    if not read_truth(truth_path):
+        raise FileNotFoundError(f"no ground truth at {truth_path}")
+    return dict(json.loads(truth_path.with_name(truth_path.stem + "-references.json").read_text()))
+
+
+def committee_probe(
+    pool: StructurePool,
+    energies: Tensor,
+    truth_path: Path,
+    observations: int,
+    sample: int,
+    seed: int = 0,
+    settings: MACESettings | None = None,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Time one committee decision: EMT frames and fit on ``observations`` random candidates,
+    then relaxing and scoring ``sample`` others (Thompson, one pick); the scoring cost per
+    candidate, times the free pool, gives the decision's seconds at this pool size."""
+    keyed = keys_pool(pool)
+    X = keyed.X
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(pool), size=observations + sample, replace=False)
+    observed: list[int] = [int(i) for i in chosen[:observations]]
+    scored: Sequence[int] = [int(i) for i in chosen[observations:]]
+    surrogate = committee_surrogate(keyed, observed, references(truth_path), seed, settings, executor)
+    try:
+        start = time.perf_counter()
+        training = surrogate.frames_source()  # the EMT frames, outside the fit's time
+        frames_s = time.perf_counter() - start
+        Y = energies[observed].unsqueeze(-1)
+        dataset = SupervisedDataset(X[observed], Y, feature_names=["key"], outcome_names=["e"])
+        start = time.perf_counter()
+        surrogate.frames_source = lambda: training
+        surrogate.fit(dataset)
+        fit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        Acquisition("thompson", [-1.0]).select_from_pool(
+            surrogate, X[list(scored)], 1, X[observed], Y, None, seed
+        )
+        score_s = time.perf_counter() - start
+    finally:
+        surrogate.close()
+    free = len(pool) - observations
+    return {
+        "observations": observations,
+        "frames": len(training.frames),
+        "emt_frames_s": frames_s,
+        "fit_s": fit_s,
+        "scored": len(scored),
+        "score_s": score_s,
+        "score_s_per_candidate": score_s / len(scored),
+        "free_candidates": free,
+        "seconds_per_decision_estimate": fit_s + score_s / len(scored) * free,
+    }

@@ -1,0 +1,53 @@
+"""The discovery benchmark's MLIP-based variants on a tiny Cu-Au pool."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from pathlib import Path
+
+import pytest
+from ase.data import chemical_symbols
+
+from loop.bench.discovery import DiscoveryProtocol, load_truth, run_variant
+from loop.bench.discovery_mlip import EMTFrames, committee_probe, keys_pool, references
+from loop.structures import StructureSpaceOptions
+from surrogates.mlip import MACESettings
+
+CUAU = StructureSpaceOptions(elements=["Cu", "Au"], lattice=["fcc"], max_atoms=4)
+TINY = MACESettings(channels=8, interactions=1, epochs=4, warm_epochs=1, min_steps=2, r_max=4.0)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("discovery-mlip")
+
+
+@pytest.mark.slow
+def test_gp_on_chgnet_descriptors_runs_the_protocol(workdir: Path) -> None:
+    pytest.importorskip("chgnet")
+    protocol = DiscoveryProtocol(CUAU, seeds=(0,), budget=15, batch_size=5, initial=10)
+    truth = load_truth(protocol, workdir)
+    run = run_variant("gp_chgnet_thompson", truth, protocol, 0)
+    assert run["evaluations"] == 15 and len(run["decision_s"]) == 1
+    # One embedding row per candidate, cached beside the pool for the next run.
+    assert truth.with_inputs("chgnet").X.shape == (len(truth.pool), 64)
+    (cache,) = workdir.glob("pool-*.chgnet.npz")
+    assert cache.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_committee_probe_times_fit_and_scoring(workdir: Path, mlip_workers: Executor) -> None:
+    protocol = DiscoveryProtocol(CUAU)
+    truth = load_truth(protocol, workdir)
+    # The committee learns EMT frames: relaxed structures at the energies of the ground truth.
+    frames = EMTFrames(keys_pool(truth.pool), [0, 1], references(truth.path))()
+    for index, frame in zip([0, 1], frames.frames, strict=True):
+        reference = sum(frames.references_ev_per_atom[chemical_symbols[z]] for z in frame.numbers)
+        expected = float(truth.energies[index])
+        assert (frame.energy - reference) / len(frame.numbers) == pytest.approx(expected, abs=1e-6)
+    out = committee_probe(truth.pool, truth.energies, truth.path, 5, 3, settings=TINY, executor=mlip_workers)
+    assert (out["observations"], out["frames"], out["scored"]) == (5, 5, 3)
+    assert out["free_candidates"] == len(truth.pool) - 5
+    assert out["seconds_per_decision_estimate"] == pytest.approx(
+        out["fit_s"] + out["score_s"] / 3 * out["free_candidates"]
+    )
