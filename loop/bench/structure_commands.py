@@ -1,0 +1,168 @@
+"""``alloop bench`` commands of structure discovery: discovery, pre-relaxation, multi-fidelity."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loop.bench.display import fmt
+
+
+def discovery_command(
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="Where the pool and its EMT ground truth are cached.")
+    ] = Path("runs/bench-discovery"),
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per variant (0, 1, ...).")] = 5,
+    budget: Annotated[int, typer.Option("--budget", min=2, help="EMT evaluations per campaign.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Candidates per round.")] = 50,
+    max_atoms: Annotated[
+        int, typer.Option("--max-atoms", min=1, help="Largest cell of the enumeration.")
+    ] = 5,
+    elements: Annotated[
+        str, typer.Option("--elements", help="Comma-separated chemical system.")
+    ] = "Cu,Ag,Au,Pd,Pt,Ni",
+    prototypes: Annotated[bool, typer.Option(help="Substitute the built-in prototypes too.")] = True,
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            "--variants", help="Comma-separated variants [default: random and the two pair-feature GPs]."
+        ),
+    ] = None,
+    committee_probe: Annotated[
+        int,
+        typer.Option(
+            "--committee-probe",
+            min=0,
+            help="Time one committee decision, scoring this many candidates (0: not).",
+        ),
+    ] = 0,
+    decision_sizes: Annotated[
+        str, typer.Option("--decision-sizes", help="Pool sizes of the seconds-per-decision timing.")
+    ] = "10000,100000",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Structure discovery against an exhaustive EMT ground truth: evaluations to 95%/100% hull recall."""
+    from loop.bench.discovery import VARIANTS, DiscoveryProtocol, run_benchmark
+    from loop.structures import StructureSpaceOptions
+
+    chosen = tuple(variants.split(",")) if variants else DiscoveryProtocol().variants
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise typer.BadParameter(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    pool = StructureSpaceOptions(
+        elements=elements.split(","),
+        lattice=["fcc", "bcc", "hcp"],
+        max_atoms=max_atoms,
+        prototypes=["built-in"] if prototypes else [],
+    )
+    protocol = DiscoveryProtocol(
+        pool, tuple(range(seeds)), budget, batch_size, min(batch_size, budget), variants=chosen
+    )
+    sizes = [int(s) for s in decision_sizes.split(",") if s]
+    result = run_benchmark(
+        protocol,
+        workdir,
+        sizes,
+        committee_probe=committee_probe,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        Console().print_json(json.dumps({k: result[k] for k in result if k != "runs"}))
+
+
+def prerelax_command(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the DFT jobs run.")] = Path(
+        "runs/bench-prerelax"
+    ),
+    calculator: Annotated[str, typer.Option("--calculator", help="The 'DFT': emt or gpaw.")] = "emt",
+    model: Annotated[
+        str, typer.Option("--model", help="The universal potential that pre-relaxes.")
+    ] = "chgnet",
+    elements: Annotated[
+        str, typer.Option("--elements", help="Comma-separated elements of the alloy.")
+    ] = "Cu,Au",
+    max_atoms: Annotated[int, typer.Option("--max-atoms", min=1, max=12, help="Largest fcc cell.")] = 4,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Orderings relaxed twice.")] = 30,
+    rattle_a: Annotated[float, typer.Option("--rattle", min=0, help="Position rattle (Å, std).")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Draw of candidates and rattles.")] = 0,
+    fmax: Annotated[float, typer.Option("--fmax", min=0.001, help="DFT force criterion (eV/Å).")] = 0.05,
+    prerelax_fmax: Annotated[float, typer.Option("--prerelax-fmax", min=0.001, help="eV/Å.")] = 0.1,
+    ecut_ev: Annotated[float, typer.Option("--ecut", min=50, help="GPAW plane-wave cut-off (eV).")] = 300.0,
+    kpoint_density: Annotated[float, typer.Option("--kpoint-density", min=0.5, help="GPAW k/Å⁻¹.")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """DFT ionic steps and wall time per relaxation, with and without universal-potential pre-relaxation."""
+    from loop.bench import prerelax
+    from oracles.dft_job import JobSettings
+    from oracles.prerelax import PreRelaxation
+    from surrogates.universal import universal_calculator
+
+    chosen = prerelax.pick_candidates(elements.split(","), max_atoms, candidates, rattle_a, seed)
+    settings = JobSettings(prerelax.calculator_spec(calculator, ecut_ev, kpoint_density), fmax_ev_per_a=fmax)
+    potential = PreRelaxation(universal_calculator(model), model, fmax_ev_per_a=prerelax_fmax)
+
+    def show(row: dict[str, Any]) -> None:
+        Console(stderr=True).print(row, highlight=False)
+
+    start = time.perf_counter()
+    result = prerelax.run(chosen, settings, potential, workdir, on_candidate=show)
+    result["wall_s"] = time.perf_counter() - start
+    result["command"] = " ".join(["alloop bench prerelax", *sys.argv[3:]])
+    typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result["summary"]))
+
+
+def multifidelity_command(
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds (pools) per problem and method.")] = 10,
+    problems: Annotated[str, typer.Option(help="Comma-separated: branin, hartmann.")] = "branin,hartmann",
+    methods: Annotated[str, typer.Option(help="Comma-separated: single, mf_ucb, funnel, mf_mes.")] = (
+        "single,mf_ucb,funnel"
+    ),
+    budget: Annotated[float, typer.Option("--budget", min=1.0, help="Total cost per run.")] = 20.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
+) -> None:
+    """Total cost to reach a regret target on BoTorch's AugmentedBranin and AugmentedHartmann:
+    cost-aware multi-fidelity against single-fidelity qLogNEI and the fixed funnel, at equal
+    total cost (benchmarks/RESULTS.md, "Multi-fidelity")."""
+    from loop.bench.multifidelity import METHODS, PROBLEMS, Run, Settings, run_benchmark
+
+    chosen_problems, chosen_methods = problems.split(","), methods.split(",")
+    for name, chosen, known in (
+        ("--problems", chosen_problems, PROBLEMS),
+        ("--methods", chosen_methods, METHODS),
+    ):
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            raise typer.BadParameter(f"unknown {unknown}; known: {list(known)}", param_hint=name)
+
+    def progress(problem: str, method: str, seed: int, run: Run) -> None:
+        if not quiet:
+            print(f"{problem} {method} seed {seed}: cost to target {run.cost_to_target:g}", file=sys.stderr)
+
+    settings = Settings(budget=budget)
+    result = run_benchmark(chosen_problems, chosen_methods, range(seeds), settings, progress)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for problem, numbers in result["problems"].items():
+        table = Table(title=f"{problem}: cost to the regret target ({seeds} seeds, budget {budget:g})")
+        for column in ("method", "reached", "median cost", "median target evaluations"):
+            table.add_column(column)
+        for method, row in numbers["methods"].items():
+            table.add_row(
+                method,
+                f"{row['reached']}/{seeds}",
+                fmt(row["median_cost_to_target"]),
+                fmt(row["median_target_evaluations"]),
+            )
+        Console().print(table)
+        typer.echo(json.dumps(numbers["decision"]))
