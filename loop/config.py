@@ -481,13 +481,17 @@ class FidelitySection(_Strict):
 
 def check_fidelities(entries: list[FidelitySection]) -> list[FidelitySection]:
     """Refuse ``[[oracles]]`` that do not make a multi-fidelity campaign: fewer than two
-    entries, a fidelity named twice, several targets, or no single most expensive one."""
+    entries, a fidelity named twice, two robot fidelities, several targets, or no single most
+    expensive one."""
     if len(entries) < 2:
         raise ValueError("give two or more entries (one oracle is [oracle])")
     names = [e.fidelity for e in entries]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"fidelity names must be unique, repeated: {repeated}")
+    robots = [e.fidelity for e in entries if isinstance(e.oracle, PluginSection) and e.oracle.type == "robot"]
+    if len(robots) > 1:  # a robot run is keyed by (campaign, candidate): two would share their runs
+        raise ValueError(f"at most one fidelity may use the robot oracle, these do: {robots}")
     marked = [e.fidelity for e in entries if e.target]
     if len(marked) > 1:
         raise ValueError(f"only one fidelity may be the target, marked: {marked}")

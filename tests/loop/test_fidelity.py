@@ -125,6 +125,10 @@ def _config(tmp_path: Path, **fields: Any) -> dict[str, Any]:
         (lambda c: c["acquisition"].update(type="qlognei"), "acquisition.type: 'qlognei' chooses candidates"),
         (lambda c: c["stopping"].update(min_expected_improvement=0.1), "stopping.min_expected_improvement"),
         (lambda c: c["oracles"][0].update(noise_sd=-1), "oracles.0.noise_sd"),
+        (
+            lambda c: [e.update(type="robot") for e in c["oracles"]],
+            "oracles: at most one fidelity may use the robot oracle, these do: ['screen', 'lab']",
+        ),
     ],
 )
 def test_a_bad_fidelity_configuration_is_one_error_naming_the_key(
