@@ -148,30 +148,20 @@ class ModelledAcquisition(Acquisition):
         constraints = self._constraint_callables()
         m = self.signs.numel()
         if self.kind in PARETO_KINDS:
-            pareto_objective = WeightedMCMultiOutputObjective(self.signs, outcomes=list(range(m)))
+            noisy: dict[str, Any] = {
+                "X_baseline": X_baseline,
+                "sampler": sampler,
+                "objective": WeightedMCMultiOutputObjective(self.signs, outcomes=list(range(m))),
+                "constraints": constraints,
+                "X_pending": X_pending,
+                "prune_baseline": True,
+                "cache_root": False,
+            }
             if self.kind == "qparego":
-                return qLogNParEGO(
-                    model,
-                    X_baseline,
-                    sampler=sampler,
-                    objective=pareto_objective,
-                    constraints=constraints,
-                    X_pending=X_pending,
-                    prune_baseline=True,
-                    cache_root=False,
-                )
+                return qLogNParEGO(model, **noisy)
             signed = Y_baseline.double()[:, :m] * self.signs
-            return qLogNoisyExpectedHypervolumeImprovement(
-                model,
-                ref_point=reference_point(signed, self.reference_point, self.signs),
-                X_baseline=X_baseline,
-                sampler=sampler,
-                objective=pareto_objective,
-                constraints=constraints,
-                X_pending=X_pending,
-                prune_baseline=True,
-                cache_root=False,
-            )
+            ref_point = reference_point(signed, self.reference_point, self.signs)
+            return qLogNoisyExpectedHypervolumeImprovement(model, ref_point=ref_point, **noisy)
         if constraints is None:
             return super().build(model, X_baseline, Y_baseline, X_pending, q)
         objective = LinearMCObjective(self.padded_weights)
