@@ -29,10 +29,10 @@ from prefect.artifacts import (
 
 from loop.calibration import LEVELS, plot_reliability
 from loop.campaign import Campaign, CampaignReport
-from loop.labreport import pareto_title
+from loop.labreport import lab_status, pareto_title
 from loop.ledger import EvaluationRecord, Ledger
 from loop.pareto import plot_pareto
-from loop.report import campaign_calibration, campaign_discovery, campaign_status, describe_best
+from loop.report import campaign_calibration, campaign_discovery, describe_best
 
 
 def artifact_key(campaign: str, kind: str) -> str:
@@ -199,7 +199,9 @@ def report_markdown(campaign: Campaign, report: CampaignReport, plot: str | None
 def pareto_markdown(campaign: Campaign) -> list[str]:
     """A Pareto search's section: the front and the hypervolume per cycle (the data of
     ``alloop status``, feasible results only), and the two-panel plot inline."""
-    pareto = campaign_status(campaign.ledger, campaign.name).get("pareto")
+    # Only the Pareto part of ``alloop status`` (its calibration and discovery parts read the ledger again).
+    row = campaign.ledger.campaign(campaign.name)
+    pareto = lab_status(campaign.ledger, row, campaign.ledger.evaluations(row["id"], ["done"])).get("pareto")
     if not pareto:
         return []
     names = pareto["objectives"]
