@@ -212,6 +212,8 @@ def test_bad_settings_are_value_errors():
         GPSurrogate(kernel="periodic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="noise"):
         GPSurrogate(noise="heteroscedastic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="warm_max_iterations must be >= 1"):
+        GPSurrogate(warm_max_iterations=0)
 
 
 def test_refit_with_warm_start_uses_all_the_new_data(sine):
@@ -223,3 +225,27 @@ def test_refit_with_warm_start_uses_all_the_new_data(sine):
     assert gp.model is not first
     assert gp.summary()["n_train"] == 10
     assert (gp.predict(X)[0] - Y).abs().max() < 0.05
+
+
+def test_warm_fits_on_large_datasets_are_capped(monkeypatch):
+    # A cold fit, or a warm one on a small dataset, runs max_iterations; a warm fit on
+    # LARGE_FIT observations or more starts near the optimum and stops at warm_max_iterations.
+    import surrogates.gp as gp_module
+
+    iterations: list[int] = []
+    real_fit = gp_module.fit_gpytorch_mll
+
+    def recording_fit(mll, optimizer_kwargs):
+        iterations.append(optimizer_kwargs["options"]["maxiter"])
+        return real_fit(mll, optimizer_kwargs={"options": {"maxiter": 2}})
+
+    monkeypatch.setattr(gp_module, "fit_gpytorch_mll", recording_fit)
+    torch.manual_seed(3)
+    X = torch.rand(gp_module.LARGE_FIT, 2, dtype=torch.double)
+    Y = (X**2).sum(-1, keepdim=True)
+    unit = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    gp = GPSurrogate(input_bounds=unit, max_iterations=80, warm_max_iterations=7)
+    gp.fit(dataset(X[:50], Y[:50])).fit(dataset(X[:60], Y[:60]))  # cold, then warm but small
+    gp.fit(dataset(X, Y))  # warm and large
+    GPSurrogate(max_iterations=80, warm_start=False).fit(dataset(X, Y))  # large but cold
+    assert iterations == [80, 80, 7, 80]
