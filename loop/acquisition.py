@@ -5,7 +5,7 @@ Every strategy is BoTorch's own: analytic UCB/LCB and posterior standard deviati
 ``qPosteriorStandardDeviation``; Thompson sampling draws whole posterior functions (pathwise,
 when the surrogate can) and takes their arg-max; ``random`` picks uniformly. Structure pools
 may rank by the predicted height above the current convex hull instead
-(``hull_probability``, ``hull_lcb``: :mod:`loop.hull_acquisition`).
+(``hull_probability``, ``hull_lcb``, ``hull_thompson``: :mod:`loop.hull_acquisition`).
 
 Finite pools are scored in memory-bounded chunks: single picks of UCB/LCB and pure
 exploration straight from the surrogate's chunked marginal predictions; batches and
@@ -48,15 +48,41 @@ from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
 from loop.errors import CampaignError
-from loop.hull_acquisition import HULL_KINDS, HullEnergy, HullTarget, hull_acquisition, hull_scores
+from loop.hull_acquisition import (
+    HULL_AWARE,
+    HULL_KINDS,
+    HULL_THOMPSON,
+    HullEnergy,
+    HullTarget,
+    hull_acquisition,
+    hull_scores,
+)
 from loop.space import Categorical, SearchSpace
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate
 from surrogates.gp import SamplesPaths
 
 Kind = Literal[
-    "ucb", "qlogei", "qlognei", "max_variance", "thompson", "random", "hull_probability", "hull_lcb"
+    "ucb",
+    "qlogei",
+    "qlognei",
+    "max_variance",
+    "thompson",
+    "random",
+    "hull_probability",
+    "hull_lcb",
+    "hull_thompson",
 ]
-KINDS: tuple[Kind, ...] = ("ucb", "qlogei", "qlognei", "max_variance", "thompson", "random", *HULL_KINDS)
+KINDS: tuple[Kind, ...] = (
+    "ucb",
+    "qlogei",
+    "qlognei",
+    "max_variance",
+    "thompson",
+    "random",
+    *HULL_KINDS,
+    "hull_thompson",
+)
+_THOMPSON_KINDS = ("thompson", HULL_THOMPSON)
 _MARGINAL_KINDS = ("ucb", "max_variance", *HULL_KINDS)
 _MAX_CATEGORY_COMBINATIONS = 64
 _THOMPSON_SPACE_SAMPLES = 4096
@@ -108,7 +134,7 @@ class Acquisition:
             raise ValueError(f"objective weights must be finite and non-zero, got {list(weights)}")
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
-        if kind in HULL_KINDS and (hull is None or len(weights) != 1 or weights[0] > 0):
+        if kind in HULL_AWARE and (hull is None or len(weights) != 1 or weights[0] > 0):
             raise ValueError(
                 f"acquisition {kind!r} needs the candidates' compositions and one minimised "
                 "objective (formation energy per atom)"
@@ -219,10 +245,10 @@ class Acquisition:
         if self.kind == "random":
             drawn = np.random.default_rng(seed).choice(choices.shape[0], size=q, replace=False)
             return [Pick(choices[i], math.nan, int(i)) for i in drawn]
-        if self.kind == "thompson":
-            return self._thompson(model, choices, q, seed)
         if self.hull is not None:
             self.hull.fractions(choices)  # refuses inputs that carry no compositions
+        if self.kind in _THOMPSON_KINDS:
+            return self._thompson(model, choices, q, seed, self._hull_margin(choices, X_baseline, Y_baseline))
         if q == 1 and X_pending is None and self.kind in _MARGINAL_KINDS:
             scores = self._marginal_scores(model, choices, X_baseline, Y_baseline)
             best = int(torch.argmax(scores))
@@ -259,26 +285,48 @@ class Acquisition:
             return scalar_std
         return scalar_mean + math.sqrt(self.beta) * scalar_std
 
-    def _thompson(self, model: Surrogate, choices: Tensor, q: int, seed: int) -> list[Pick]:
+    def _hull_margin(
+        self, choices: Tensor, X_baseline: Tensor | None, Y_baseline: Tensor | None
+    ) -> Tensor | None:
+        """``hull_thompson``: what a draw of ``-E`` is offset by, ``E_hull + X`` (``N``); else ``None``."""
+        if self.kind != HULL_THOMPSON:
+            return None
+        assert self.hull is not None
+        return self.current_hull(X_baseline, Y_baseline)(choices.double()) + self.hull.within_ev
+
+    def _thompson(
+        self, model: Surrogate, choices: Tensor, q: int, seed: int, offset: Tensor | None = None
+    ) -> list[Pick]:
+        """Batch Thompson sampling: one posterior draw per pick, each taking its best row not
+        taken yet (of the draw plus ``offset``, ``N``, where given). With path-sampling models
+        the ``q`` draws are made together, so the training-set solve and the pool's
+        cross-covariance are shared by the whole batch."""
         torch.manual_seed(seed)
+        draws = self._sample_functions(model, choices, q)
         picks: list[Pick] = []
-        taken: set[int] = set()
-        for _ in range(q):
-            values = self._sample_function(model, choices)
-            if taken:
-                values[list(taken)] = -math.inf
+        taken: list[int] = []
+        for i in range(q):
+            values = draws[i] if draws is not None else self._sample_function(model, choices)
+            if offset is not None:
+                values = values + offset.to(values)
+            values[taken] = -math.inf
             best = int(torch.argmax(values))
-            taken.add(best)
+            taken.append(best)
             picks.append(Pick(choices[best], float(values[best]), best))
         return picks
 
+    def _sample_functions(self, model: Surrogate, X: Tensor, num: int) -> Tensor | None:
+        """``num`` joint posterior draws of the scalarised objective at every row of ``X``
+        (``num x N``), or ``None`` for models that cannot sample paths."""
+        if not isinstance(model, SamplesPaths):
+            return None
+        paths = model.sample_paths(num)
+        parts = [paths(X[s : s + self.chunk_size]) for s in range(0, X.shape[0], self.chunk_size)]
+        return torch.cat(parts, dim=-2) @ self.weights
+
     def _sample_function(self, model: Surrogate, X: Tensor) -> Tensor:
-        """One posterior draw of the scalarised objective at every row of ``X`` (``N``)."""
-        if isinstance(model, SamplesPaths):
-            path = model.sample_paths(1)
-            parts = [path(X[s : s + self.chunk_size])[0] for s in range(0, X.shape[0], self.chunk_size)]
-            return torch.cat(parts) @ self.weights
-        # Without paths: one joint draw over all of X (fine for pools of a few thousand).
+        """One joint posterior draw over all of ``X`` (``N``), for models without paths (fine
+        for pools of a few thousand)."""
         return model.posterior(X, posterior_transform=self.posterior_transform).rsample().reshape(-1)
 
     # --- continuous and mixed spaces --------------------------------------------------------
@@ -294,11 +342,12 @@ class Acquisition:
         seed: int,
     ) -> list[Pick]:
         """Choose ``q`` points of ``space`` by optimising the acquisition under its constraints."""
-        if self.kind in ("random", "thompson"):
-            pool = space.encode(space.sample(_THOMPSON_SPACE_SAMPLES if self.kind == "thompson" else q, seed))
+        if self.kind == "random" or self.kind in _THOMPSON_KINDS:
+            pool = space.encode(space.sample(q if self.kind == "random" else _THOMPSON_SPACE_SAMPLES, seed))
             if self.kind == "random":
                 return [Pick(x, math.nan) for x in pool]
-            return [Pick(p.X, p.value) for p in self._thompson(model, pool, q, seed)]
+            offset = self._hull_margin(pool, X_baseline, Y_baseline)
+            return [Pick(p.X, p.value) for p in self._thompson(model, pool, q, seed, offset)]
         torch.manual_seed(seed)
         acqf = self.build(model, X_baseline, Y_baseline, X_pending, q)
         inequality, equality = space.botorch_constraints()

@@ -10,7 +10,12 @@ surrogate's Gaussian posterior ``N(μ, σ²)`` of formation energy per atom:
 * ``hull_probability``: ``P(E ≤ E_hull + X) = Φ((E_hull + X - μ) / σ)``, the probability of
   landing within ``X`` (``within_mev``) of the current hull;
 * ``hull_lcb``: ``E_hull - (μ - √β σ)``, minus the lower confidence bound of the height above
-  the hull (an optimistic distance, largest for the most promising candidate).
+  the hull (an optimistic distance, largest for the most promising candidate);
+* ``hull_thompson``: per pick, one posterior draw ``f`` of the whole pool and the row deepest
+  below the hull in that draw, ``argmax E_hull - f`` (:class:`~loop.acquisition.Acquisition`
+  draws the batch's functions together). Its cost grows linearly with the pool, where the
+  Monte-Carlo batches below grow with the pool times the batch squared: it is the batch
+  acquisition for screening pools of 10^4-10^5 structures.
 
 Single picks use the closed forms; batches and pending candidates use their Monte-Carlo
 versions (BoTorch's ``qProbabilityOfImprovement`` and ``qUpperConfidenceBound`` on the
@@ -44,7 +49,11 @@ from loop.errors import CampaignError
 from loop.stability import hull_planes, phase_diagram
 
 HullKind = Literal["hull_probability", "hull_lcb"]
+#: The hull-aware kinds with a closed form (and a Monte-Carlo batch version).
 HULL_KINDS: tuple[HullKind, ...] = ("hull_probability", "hull_lcb")
+HULL_THOMPSON = "hull_thompson"
+#: Every kind that needs the current hull (a :class:`HullTarget`).
+HULL_AWARE: tuple[str, ...] = (*HULL_KINDS, HULL_THOMPSON)
 #: Temperature (eV/atom) of the sigmoid that smooths the Monte-Carlo "within X" indicator.
 MC_TAU_EV = 1e-4
 _FRACTION_TOL = 1e-6

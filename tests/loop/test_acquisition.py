@@ -179,6 +179,18 @@ def test_thompson_follows_the_posterior(model):
     assert upper[pick.index] > torch.quantile(upper, 0.5)
 
 
+def test_a_thompson_batch_draws_its_functions_together(model, monkeypatch):
+    # One path draw of q functions serves the whole batch: the training solve and the pool's
+    # cross-covariance are paid once, not once per pick.
+    gp, X, Y, pool = model
+    calls: list[int] = []
+    draw = gp.sample_paths
+    monkeypatch.setattr(gp, "sample_paths", lambda num: calls.append(num) or draw(num))
+    picks = Acquisition("thompson", [1.0]).select_from_pool(gp, pool, 4, X, Y, None, seed=5)
+    assert calls == [4]
+    assert len({p.index for p in picks}) == 4
+
+
 def test_pool_smaller_than_batch_and_empty_pool(model):
     gp, X, Y, pool = model
     picks = Acquisition("ucb", [1.0]).select_from_pool(gp, pool[:2], 5, X, Y, None, 0)
@@ -284,4 +296,5 @@ def test_kinds_are_the_documented_ones():
         "random",
         "hull_probability",
         "hull_lcb",
+        "hull_thompson",
     }

@@ -46,7 +46,9 @@ class TableModel(Surrogate):
         same = (group.unsqueeze(-1) == group.unsqueeze(-2)).to(X)
         covariance = std.unsqueeze(-1) * std.unsqueeze(-2) * same
         eye = torch.eye(X.shape[-2], dtype=X.dtype)
-        return GPyTorchPosterior(MultivariateNormal(mean, covariance + 1e-12 * eye))
+        posterior = GPyTorchPosterior(MultivariateNormal(mean, covariance + 1e-12 * eye))
+        transform = kwargs.get("posterior_transform")
+        return posterior if transform is None else transform(posterior)
 
 
 def row(x_b: float, mean: float, std: float, group: int) -> list[float]:
@@ -153,19 +155,53 @@ def test_batched_hull_lcb_is_botorch_qucb_on_the_margin() -> None:
     assert values == pytest.approx(expected, abs=0.01)
 
 
+def certain(choices: Tensor) -> Tensor:
+    """The candidates with their posterior narrowed to (nearly) a point."""
+    narrow = choices.clone()
+    narrow[:, 3] *= 1e-6
+    return narrow
+
+
+def test_hull_thompson_takes_the_deepest_below_the_current_hull_per_draw() -> None:
+    # With a certain posterior every draw is the mean: the batch is ordered by the margin
+    # E_hull + X - mean (10, 3.3, -5, -10 meV/atom ...), and each pick reports its margin.
+    picks = acquisition("hull_thompson", 5.0).select_from_pool(
+        TableModel(), certain(CHOICES), 3, X_DONE, Y_DONE, None, seed=0
+    )
+    assert [p.index for p in picks] == [0, 3, 4]
+    margins = [hull_at(x) + 0.005 - m for x, m, _ in CANDIDATES]
+    assert [p.value for p in picks] == pytest.approx([margins[0], margins[3], margins[4]], abs=1e-5)
+
+
+def test_hull_thompson_follows_the_hull_not_the_lowest_energy() -> None:
+    choices = certain(CHOICES)
+    done = X_DONE, Y_DONE
+    (lowest,) = Acquisition("thompson", [-1.0]).select_from_pool(TableModel(), choices, 1, *done, None, 0)
+    assert lowest.index == 1  # the lowest formation energy, 10 meV/atom above the hull
+    (deepest,) = acquisition("hull_thompson").select_from_pool(TableModel(), choices, 1, *done, None, 0)
+    assert deepest.index == 0
+    # Before anything is evaluated the hull is the elements' (0 everywhere): lowest energy wins.
+    nothing = X_DONE[:0], Y_DONE[:0]
+    (first,) = acquisition("hull_thompson").select_from_pool(TableModel(), choices, 1, *nothing, None, 0)
+    assert first.index == 1
+
+
 def test_inputs_without_compositions_are_refused() -> None:
     bad = CHOICES.clone()
     bad[:, 0] = 0.9
     with pytest.raises(CampaignError, match=r"input columns \[0, 1\] are not atomic fractions"):
         acquisition("hull_probability").select_from_pool(TableModel(), bad, 1, X_DONE, Y_DONE, None, 0)
+    with pytest.raises(CampaignError, match=r"input columns \[0, 1\] are not atomic fractions"):
+        acquisition("hull_thompson").select_from_pool(TableModel(), bad, 1, X_DONE, Y_DONE, None, 0)
     with pytest.raises(CampaignError, match=r"lack composition feature\(s\) \['x_C'\]"):
         HullTarget.from_feature_names(["A", "C"], FEATURES)
 
 
+@pytest.mark.parametrize("kind", ["hull_probability", "hull_lcb", "hull_thompson"])
 @pytest.mark.parametrize(("weights", "target"), [([-1.0], None), ([1.0], TARGET), ([-1.0, 1.0], TARGET)])
-def test_hull_kinds_need_compositions_and_one_minimised_objective(weights, target) -> None:
+def test_hull_kinds_need_compositions_and_one_minimised_objective(kind, weights, target) -> None:
     with pytest.raises(ValueError, match="one minimised objective"):
-        Acquisition("hull_probability", weights, hull=target)
+        Acquisition(kind, weights, hull=target)
 
 
 # --- configuration ------------------------------------------------------------------------------
