@@ -4,7 +4,9 @@
 with what a universal potential pretrained on the Materials Project sees of each structure
 (:func:`surrogates.universal.structure_embedding`). An embedding costs a forward pass of the
 model, so each structure's row is computed once and kept: in memory, and in an ``.npz`` file
-(beside the pool's cache) that later runs read back.
+(beside the pool's cache) that later runs read back. Given the chemical system, the rows start
+with the atomic fractions ``x_<element>`` (computed, not cached): an averaged embedding blurs
+the exact composition, and the hull-aware acquisitions read the hull's coordinates there.
 """
 
 from __future__ import annotations
@@ -33,10 +35,19 @@ class EmbeddingFeaturizer:
         model: A universal model that offers an embedding (``"chgnet"``, ``"mace-mp"``).
         cache: An ``.npz`` file that keeps the rows between runs; ``None`` keeps them in memory.
         device: ``"cpu"`` or ``"cuda"``.
+        elements: The chemical system, whose atomic fractions lead each row; ``None``: the
+            embedding alone.
     """
 
-    def __init__(self, model: str, cache: str | Path | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str,
+        cache: str | Path | None = None,
+        device: str = "cpu",
+        elements: Sequence[str] | None = None,
+    ) -> None:
         self.model, self.device = model, device
+        self.elements = tuple(sorted(elements or ()))
         self.cache = None if cache is None else Path(cache)
         self._rows: dict[str, np.ndarray] = {}
         if self.cache is not None and self.cache.is_file():
@@ -46,13 +57,20 @@ class EmbeddingFeaturizer:
 
     @property
     def feature_names(self) -> list[str]:
-        """Names of the ``k`` embedding columns (known after the first structure)."""
+        """Names of the ``e + k`` columns: the fractions of the ``e`` elements, the ``k`` of the
+        embedding (known after the first structure)."""
         if self._width is None:
             raise RuntimeError("the embedding's width is known once a structure has been featurised")
-        return [f"{self.model}_{i}" for i in range(self._width)]
+        return [f"x_{el}" for el in self.elements] + [f"{self.model}_{i}" for i in range(self._width)]
 
     def features(self, structures: Sequence[Structure]) -> np.ndarray:
-        """``n x k`` embeddings of ``structures``; only unseen structures run the model."""
+        """``n x (e + k)`` atomic fractions and embeddings of ``structures``; only unseen
+        structures run the model.
+
+        Raises:
+            ValueError: a structure holds an element outside the chemical system.
+        """
+        fractions = self._fractions(structures)
         digests = [structure_digest(s) for s in structures]
         missing = {d: s for d, s in zip(digests, structures, strict=True) if d not in self._rows}
         if missing:
@@ -61,7 +79,22 @@ class EmbeddingFeaturizer:
             self._rows.update(zip(missing, np.asarray(rows, dtype=float), strict=True))
             self._width = rows.shape[1]
             self._save()
-        return np.stack([self._rows[d] for d in digests]) if digests else np.zeros((0, self._width or 0))
+        if not digests:
+            return np.zeros((0, len(self.elements) + (self._width or 0)))
+        return np.hstack([fractions, np.stack([self._rows[d] for d in digests])])
+
+    def _fractions(self, structures: Sequence[Structure]) -> np.ndarray:
+        """``n x e`` atomic fractions of the chemical system's elements."""
+        rows = np.zeros((len(structures), len(self.elements)))
+        for i, structure in enumerate(structures):
+            composition = structure.composition.fractional_composition
+            outside = {el.symbol for el in composition.elements} - set(self.elements)
+            if self.elements and outside:
+                raise ValueError(
+                    f"structure holds {sorted(outside)}, outside the chemical system {list(self.elements)}"
+                )
+            rows[i] = [composition[el] for el in self.elements]
+        return rows
 
     def _save(self) -> None:
         if self.cache is None:

@@ -46,7 +46,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "random": ("random", "pairs"),
     "gp_pair_thompson": ("thompson", "pairs"),
     "gp_pair_hull_probability": ("hull_probability", "pairs"),
+    "gp_pair_hull_thompson": ("hull_thompson", "pairs"),
     "gp_chgnet_thompson": ("thompson", "chgnet"),
+    "gp_chgnet_hull_thompson": ("hull_thompson", "chgnet"),
     "committee_thompson": ("thompson", "keys"),
 }
 
@@ -68,7 +70,13 @@ class DiscoveryProtocol:
     batch_size: int = 50
     initial: int = 50
     within_mev: float = 1.0
-    variants: tuple[str, ...] = ("random", "gp_pair_thompson", "gp_pair_hull_probability")
+    variants: tuple[str, ...] = (
+        "random",
+        "gp_pair_thompson",
+        "gp_pair_hull_thompson",
+        "gp_chgnet_thompson",
+        "gp_chgnet_hull_thompson",
+    )
 
 
 @dataclass

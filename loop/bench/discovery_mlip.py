@@ -38,8 +38,10 @@ from surrogates.structure_keys import StructureKeys
 
 
 def chgnet_pool(pool: StructurePool, cache: Path) -> StructurePool:
-    """The pool with CHGNet's ``N x 64`` embeddings as inputs (computed once, kept in ``cache``)."""
-    return StructurePool(pool.candidates, EmbeddingFeaturizer("chgnet", cache))  # type: ignore[arg-type]
+    """The pool with its atomic fractions and CHGNet's 64-wide embedding as inputs (``N x (e + 64)``;
+    the embedding computed once, kept in ``cache``)."""
+    featurizer = EmbeddingFeaturizer("chgnet", cache, elements=pool.featurizer.elements)
+    return StructurePool(pool.candidates, featurizer)  # type: ignore[arg-type]
 
 
 class EMTFrames:

@@ -32,7 +32,7 @@ def discovery_command(
     variants: Annotated[
         str | None,
         typer.Option(
-            "--variants", help="Comma-separated variants [default: random and the two pair-feature GPs]."
+            "--variants", help="Comma-separated variants [default: random and the four GP variants]."
         ),
     ] = None,
     committee_probe: Annotated[

@@ -169,3 +169,24 @@ def test_embedding_rows_are_computed_once_and_kept_on_disk(
     reread = EmbeddingFeaturizer("chgnet", cache)
     assert np.array_equal(reread.features(list(reversed(structures))), first[::-1])
     assert reread.feature_names[:2] == ["chgnet_0", "chgnet_1"]
+
+
+def test_embedding_rows_lead_with_the_atomic_fractions_of_the_chemical_system(tmp_path: Path) -> None:
+    # The hull-aware acquisitions read compositions from x_<element> columns; the cache keeps
+    # only the embedding, so the same file serves with or without them.
+    pytest.importorskip("chgnet")
+    from surrogates.descriptors import EmbeddingFeaturizer
+
+    structures = _cuau_structures()[:2]
+    cache = tmp_path / "candidates.chgnet.npz"
+    plain = EmbeddingFeaturizer("chgnet", cache).features(structures)
+    featurizer = EmbeddingFeaturizer("chgnet", cache, elements=["Cu", "Au", "Ag"])
+    rows = featurizer.features(structures)
+    assert featurizer.feature_names[:4] == ["x_Ag", "x_Au", "x_Cu", "chgnet_0"]
+    assert rows.shape == (2, 3 + 64) and np.array_equal(rows[:, 3:], plain)
+    for row, structure in zip(rows, structures, strict=True):
+        composition = structure.composition.fractional_composition
+        assert row[:3].tolist() == pytest.approx([0.0, composition["Au"], composition["Cu"]])
+    outside = r"structure holds \['Au'\], outside the chemical system \['Cu', 'Ni'\]"
+    with pytest.raises(ValueError, match=outside):
+        EmbeddingFeaturizer("chgnet", cache, elements=["Cu", "Ni"]).features(structures)

@@ -29,8 +29,12 @@ def test_gp_on_chgnet_descriptors_runs_the_protocol(workdir: Path) -> None:
     truth = load_truth(protocol, workdir)
     run = run_variant("gp_chgnet_thompson", truth, protocol, 0)
     assert run["evaluations"] == 15 and len(run["decision_s"]) == 1
-    # One embedding row per candidate, cached beside the pool for the next run.
-    assert truth.with_inputs("chgnet").X.shape == (len(truth.pool), 64)
+    # One row per candidate, the atomic fractions then the embedding (cached beside the pool).
+    featurised = truth.with_inputs("chgnet")
+    assert featurised.X.shape == (len(truth.pool), 2 + 64)
+    assert featurised.feature_names[:3] == ["x_Au", "x_Cu", "chgnet_0"]
+    run = run_variant("gp_chgnet_hull_thompson", truth, protocol, 0)
+    assert run["evaluations"] == 15
     (cache,) = workdir.glob("pool-*.chgnet.npz")
     assert cache.stat().st_size > 0
 
