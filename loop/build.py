@@ -14,19 +14,13 @@ from typing import Any, cast
 import torch
 
 from loop.acquisition import Acquisition, Kind
-from loop.config import (
-    ORACLE_PLUGINS,
-    POOL_PLUGINS,
-    CampaignConfig,
-    DatasetOracle,
-    EmulatorOracle,
-    OracleSection,
-    PluginSection,
-)
+from loop.config import CampaignConfig
+from loop.config_oracles import DatasetOracle, EmulatorOracle, OracleSection
 from loop.errors import ConfigError
 from loop.featurize import StructureFeaturizer
 from loop.fidelity import FIDELITY_KINDS
 from loop.hull_acquisition import HULL_KINDS, HullTarget
+from loop.plugins import ORACLE_PLUGINS, POOL_PLUGINS, PluginSection
 from loop.pool import CandidatePool, Pool, drop_missing_objectives, read_table
 from loop.preflight import (
     check_columns,

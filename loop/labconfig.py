@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from loop.config_base import Strict
 
 if TYPE_CHECKING:
     from loop.config import CampaignConfig
@@ -21,11 +23,7 @@ PARETO_KINDS = ("qlognehvi", "qparego")
 MODELLED_KINDS = ("qlogei", "qlognei", *PARETO_KINDS)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OutcomeConstraintConfig(_Strict):
+class OutcomeConstraintConfig(Strict):
     """``name op value``: an outcome the surrogate models and the acquisition keeps in limits."""
 
     name: str = Field(min_length=1)
@@ -33,18 +31,18 @@ class OutcomeConstraintConfig(_Strict):
     value: float = Field(allow_inf_nan=False)
 
 
-class ConstraintsSection(_Strict):
-    outcomes: list[OutcomeConstraintConfig] = []
+class ConstraintsSection(Strict):
+    outcomes: list[OutcomeConstraintConfig] = []  # noqa: RUF012 (a pydantic default, copied per instance)
 
 
-class FeasibilitySection(_Strict):
+class FeasibilitySection(Strict):
     learn: bool = False
     """Learn P(success) from evaluations that failed for good, and weight the acquisition by it."""
     floor: float = Field(default=0.1, gt=0, le=1)
     """The least weight a candidate keeps, so uncertain regions stay within reach."""
 
 
-class TransferSection(_Strict):
+class TransferSection(Strict):
     campaigns: list[str] = Field(min_length=1)
     """Past campaigns whose results feed a multi-task GP (task = campaign)."""
     ledger: str | None = None

@@ -1,0 +1,111 @@
+"""``[surrogate]``: a GP on a pool's features, or a MACE committee on structures.
+
+Each key belongs to one ``type``; given with the other it is refused, naming the key. The
+section is checked against the space and the objectives once the whole file is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from loop.config_base import Strict
+from loop.config_space import ObjectiveConfig, SpaceSection
+
+#: Universal potentials by name (:data:`surrogates.universal.KNOWN_MODELS`).
+UniversalModel = Literal["chgnet", "mace-mp", "sevennet", "mattersim", "orb"]
+_GP_KEYS = ("kernel", "lengthscale_prior", "noise", "warm_start", "descriptors", "calibration")
+_COMMITTEE_KEYS = ("size", "mace", "baseline", "prerelax", "relax_steps", "fmax", "relax_cell", "workers")
+
+
+class SurrogateSection(Strict):
+    """``[surrogate]``: a GP (``type = "gp"``) on a pool's features, or a MACE committee
+    (``type = "committee"``) that relaxes and scores structure candidates itself. A key of one
+    type given with the other is refused, naming the key."""
+
+    type: Literal["gp", "committee"] = "gp"
+    kernel: Literal["matern52", "rbf"] = "matern52"
+    lengthscale_prior: bool = True
+    noise: Literal["inferred", "observed"] = "inferred"
+    warm_start: bool = True
+    calibration: Literal["none", "scale", "conformal"] = "none"
+    """Recalibration of the predictive std from the campaign's own z-scores
+    (:mod:`loop.calibration`), used by the stopping rules and the acquisition."""
+    descriptors: Literal["pairs", "chgnet", "mace-mp"] = "pairs"
+    """Structure pools: the GP's inputs, pair features or the embedding of a universal model
+    that offers one (:func:`surrogates.universal.structure_embedding`)."""
+    size: int = Field(default=4, ge=2, le=64)
+    """Committee members."""
+    mace: dict[str, Any] = {}  # noqa: RUF012 (a pydantic default, copied per instance)
+    """A member's architecture and training (:class:`surrogates.mlip.MACESettings` keys)."""
+    baseline: str | None = None
+    """A universal potential the members correct: ``"chgnet"`` or an ASE calculator ``"module:Class"``."""
+    prerelax: UniversalModel | None = None
+    """A universal potential that relaxes candidates before the committee does."""
+    relax_steps: int = Field(default=20, ge=0, le=10_000)
+    """FIRE steps of each relaxation before a candidate is scored (0: scored as generated)."""
+    fmax: float = Field(default=0.05, gt=0, allow_inf_nan=False)
+    """Relaxations stop once every force is below this (eV/Å)."""
+    relax_cell: bool = False
+    """Relax the cell too, not only the positions (as the oracle's ``relax_cell``)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where universal models run (baseline, pre-relaxation, descriptors)."""
+    workers: int = Field(default=2, ge=1, le=64)
+    """Processes the committee's members train in."""
+
+    @field_validator(*_GP_KEYS, *_COMMITTEE_KEYS)
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        owner = "gp" if info.field_name in _GP_KEYS else "committee"
+        if info.data.get("type", owner) != owner:
+            raise ValueError(f"applies only to type = {owner!r}")
+        return value
+
+    @field_validator("mace")
+    @classmethod
+    def _mace_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value:
+            from surrogates.mlip.settings import MACESettings
+
+            known = set(MACESettings.__dataclass_fields__)
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown} (known: {sorted(known)})")
+            try:
+                MACESettings(**value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_name(cls, value: str | None) -> str | None:
+        if value is not None and value != "chgnet" and ":" not in value:
+            raise ValueError(f"'chgnet' or an ASE calculator 'module:Class', got {value!r}")
+        return value
+
+    def check_space(self, space: SpaceSection, objectives: list[ObjectiveConfig]) -> None:
+        """Refuse a structure surrogate where there are no structures to look at.
+
+        Raises:
+            ValueError: naming ``surrogate.type`` or ``surrogate.descriptors``.
+        """
+        structures = space.generator is not None and space.generator.type == "structures"
+        if self.type == "committee":
+            names = [o.name for o in objectives]
+            if not structures:
+                raise ValueError(
+                    "surrogate.type: 'committee' needs a structure pool "
+                    "([space.generator] type = 'structures')"
+                )
+            if names != ["formation_energy_per_atom"]:
+                raise ValueError(
+                    "surrogate.type: 'committee' predicts the one objective 'formation_energy_per_atom'; "
+                    f"the objectives are {names}"
+                )
+        if self.descriptors != "pairs" and not structures:
+            raise ValueError(
+                "surrogate.descriptors: learned descriptors need a structure pool "
+                "([space.generator] type = 'structures')"
+            )
