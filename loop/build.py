@@ -6,8 +6,6 @@ campaign whose parts cannot work together fails before its ledger is opened.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, cast
 
@@ -20,7 +18,7 @@ from loop.errors import ConfigError
 from loop.featurize import StructureFeaturizer
 from loop.fidelity import FIDELITY_KINDS
 from loop.hull_acquisition import HULL_KINDS, HullTarget
-from loop.plugins import ORACLE_PLUGINS, POOL_PLUGINS, PluginSection
+from loop.plugins import ORACLE_PLUGINS, POOL_PLUGINS, PluginContext, PluginSection, plugin
 from loop.pool import CandidatePool, Pool, drop_missing_objectives, read_table
 from loop.preflight import (
     check_columns,
@@ -59,7 +57,7 @@ def build_space(config: CampaignConfig) -> tuple[SearchSpace | None, Pool | None
             raise ConfigError(
                 "oracle.safety restricts parameter spaces and table pools, not [space.generator]"
             )
-        pool = plugin(POOL_PLUGINS, section.generator.type)(section.generator.options, config)
+        pool = plugin(POOL_PLUGINS, section.generator.type)(section.generator.options, PluginContext(config))
         return None, surrogate_inputs(config, pool)
     space = section.build()
     check_feasible(space)
@@ -80,12 +78,7 @@ def build_oracle(
     units = {o.name: o.unit for o in config.objectives}
     spec = spec if spec is not None else config.primary_oracle
     if isinstance(spec, PluginSection):
-        builder = plugin(ORACLE_PLUGINS, spec.type)
-        if spec.type == "dft":  # it may pre-relax with a universal potential, which it cannot load itself
-            from surrogates.universal import universal_calculator
-
-            return builder(spec.options, config, universal_calculator)
-        return builder(spec.options, config)
+        return plugin(ORACLE_PLUGINS, spec.type)(spec.options, PluginContext(config))
     if isinstance(spec, EmulatorOracle):
         function = resolve_function(spec.function)
         if space is not None:
@@ -288,17 +281,3 @@ def _hull_target(config: CampaignConfig) -> HullTarget | None:
     elements = sorted(config.space.generator.options["elements"])
     names = StructureFeaturizer(elements).feature_names
     return HullTarget.from_feature_names(elements, names, section.within_mev or 0.0)
-
-
-def plugin(registry: dict[str, str], kind: str) -> Callable[..., Any]:
-    """The builder registered for ``kind``: ``builder(options, config)``.
-
-    Raises:
-        ConfigError: the plug-in's module cannot be imported (an optional dependency is
-            missing, say).
-    """
-    module_name, _, attr = registry[kind].partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"type {kind!r} is not available: {exc}") from exc

@@ -31,12 +31,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from ase import Atoms
-from ase.calculators.calculator import BaseCalculator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loop.candidate import Candidate
@@ -44,6 +43,7 @@ from loop.errors import AlloopError, ConfigError, SpaceError, describe_validatio
 from loop.frame import Frame, structure_as_dict, structure_from_dict
 from oracles.base import Measurement, Oracle, Result
 from oracles.calculators import CalculatorSpec, check_available
+from oracles.context import UniversalPotentials
 from oracles.dft_job import JobSettings, min_distance
 from oracles.errors import EvaluationFailed, EvaluationTimeout, InvalidResult, OracleSetupError
 from oracles.prerelax import PreRelaxation
@@ -308,19 +308,14 @@ class DFTOracleOptions(BaseModel):
     prerelax_steps: int = Field(default=300, ge=1, le=5000)
 
 
-def oracle_from_config(
-    options: Mapping[str, Any],
-    config: Any,
-    calculators: Callable[..., BaseCalculator] | None = None,
-) -> DFTRunner:
+def oracle_from_config(options: Mapping[str, Any], context: Any) -> DFTRunner:
     """Builder for ``[oracle] type = "dft"``.
 
     Args:
         options: The section's options (:class:`DFTOracleOptions`).
-        config: The campaign (:class:`~oracles.context.BuildContext`).
-        calculators: ``calculators(name, device, **options)`` builds a universal potential
-            for ``prerelax``; the composition root passes
-            :func:`surrogates.universal.universal_calculator`.
+        context: The campaign's name and path resolution (as
+            :class:`~oracles.context.BuildContext`); for ``prerelax``, it must also load universal
+            potentials (:class:`~oracles.context.UniversalPotentials`), as the campaign's does.
 
     Raises:
         ConfigError: an option is unknown or invalid, or the ``prerelax`` potential cannot be
@@ -347,8 +342,8 @@ def oracle_from_config(
         parsed.steps,
         parsed.min_distance_a,
     )
-    prerelaxation = None if parsed.prerelax is None else _prerelaxation(parsed, calculators)
-    workdir = config.resolve(parsed.workdir) / config.campaign.name
+    prerelaxation = None if parsed.prerelax is None else _prerelaxation(parsed, context)
+    workdir = context.resolve(parsed.workdir) / context.campaign.name
     try:
         return DFTRunner(
             settings,
@@ -363,9 +358,7 @@ def oracle_from_config(
         raise ConfigError(f"oracle.calculator: {exc}") from exc
 
 
-def _prerelaxation(
-    parsed: DFTOracleOptions, calculators: Callable[..., BaseCalculator] | None
-) -> PreRelaxation:
+def _prerelaxation(parsed: DFTOracleOptions, context: object) -> PreRelaxation:
     """The pre-relaxation ``prerelax`` names, its potential loaded now so that a missing
     package or absent weights fail the build, not the first job."""
     name = str(parsed.prerelax)
@@ -373,12 +366,12 @@ def _prerelaxation(
         raise ConfigError(
             f"oracle.prerelax: {name!r} would change the structure a single point labels; use mode = 'relax'"
         )
-    if calculators is None:
+    if not isinstance(context, UniversalPotentials):
         raise ConfigError(
             f"oracle.prerelax: no universal potentials were given to this builder to load {name!r}"
         )
     try:
-        calculator = calculators(name, parsed.prerelax_device, **parsed.prerelax_options)
+        calculator = context.universal_calculator(name, parsed.prerelax_device, **parsed.prerelax_options)
     except (AlloopError, ImportError, OSError, TypeError) as exc:
         raise ConfigError(f"oracle.prerelax: {exc}") from None
     return PreRelaxation(

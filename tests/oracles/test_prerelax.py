@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.calculators.calculator import BaseCalculator
 from ase.calculators.emt import EMT
 from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -30,8 +32,10 @@ def rattled_cu3au(seed: int = 0) -> Candidate:
     return Candidate(structure_to_params(AseAtomsAdaptor.get_structure(atoms), "L1_2"))
 
 
-def context(tmp_path: Path) -> SimpleNamespace:
-    return SimpleNamespace(campaign=SimpleNamespace(name="pre"), resolve=lambda p: tmp_path / p)
+def context(tmp_path: Path, potentials: Callable[..., BaseCalculator] | None = None) -> SimpleNamespace:
+    """A build context; with ``potentials``, one that loads universal potentials too."""
+    offered = {} if potentials is None else {"universal_calculator": potentials}
+    return SimpleNamespace(campaign=SimpleNamespace(name="pre"), resolve=lambda p: tmp_path / p, **offered)
 
 
 def test_pre_relaxed_candidate_takes_fewer_dft_steps_and_says_so(tmp_path: Path) -> None:
@@ -55,7 +59,7 @@ def test_pre_relaxed_candidate_takes_fewer_dft_steps_and_says_so(tmp_path: Path)
 def test_chgnet_pre_relaxation_from_the_campaign_file_reaches_the_same_emt_minimum(tmp_path: Path) -> None:
     pytest.importorskip("chgnet", reason="CHGNet is not installed (pip install chgnet)")
     options = {"prerelax": "chgnet", "prerelax_steps": 100, "prerelax_fmax": 0.1, "fmax": 0.01}
-    oracle = oracle_from_config(options, context(tmp_path), universal_calculator)
+    oracle = oracle_from_config(options, context(tmp_path, universal_calculator))
     result = oracle.evaluate(rattled_cu3au(seed=1))
 
     record = result.metadata["prerelax"]
@@ -65,20 +69,30 @@ def test_chgnet_pre_relaxation_from_the_campaign_file_reaches_the_same_emt_minim
     assert frame is not None and np.abs(frame.forces).max() < 0.01  # DFT (EMT) finished the job
 
 
-def test_a_campaign_builds_its_dft_oracle_with_the_universal_potential(tmp_path: Path) -> None:
-    pytest.importorskip("chgnet", reason="CHGNet is not installed (pip install chgnet)")
-    config = CampaignConfig.model_validate(
+def dft_campaign(tmp_path: Path, prerelax: str) -> CampaignConfig:
+    """A structure campaign whose DFT oracle pre-relaxes with ``prerelax``."""
+    return CampaignConfig.model_validate(
         {
             "campaign": {"name": "pre", "seed": 1, "ledger": str(tmp_path / "ledger.db")},
             "space": {"generator": {"type": "structures", "elements": ["Cu", "Au"], "max_atoms": 2}},
             "objectives": [{"name": "formation_energy_per_atom", "direction": "minimize", "unit": "eV/atom"}],
-            "oracle": {"type": "dft", "prerelax": "chgnet", "workdir": str(tmp_path / "runs")},
+            "oracle": {"type": "dft", "prerelax": prerelax, "workdir": str(tmp_path / "runs")},
             "stopping": {"max_experiments": 2},
         }
     )
-    oracle = build_oracle(config, None)
+
+
+def test_a_campaign_builds_its_dft_oracle_with_the_universal_potential(tmp_path: Path) -> None:
+    pytest.importorskip("chgnet", reason="CHGNet is not installed (pip install chgnet)")
+    oracle = build_oracle(dft_campaign(tmp_path, "chgnet"), None)
     assert isinstance(oracle, DFTRunner) and oracle.prerelaxation is not None
     assert oracle.prerelaxation.name == "chgnet" and oracle.prerelaxation.optimizer == "FIRE"
+
+
+def test_a_campaign_offers_its_plug_in_builders_the_universal_potentials(tmp_path: Path) -> None:
+    # The DFT builder asks the campaign's build context, which loads by name (here: none such).
+    with pytest.raises(ConfigError, match=r"oracle.prerelax: unknown universal model 'nope'; known: \["):
+        build_oracle(dft_campaign(tmp_path, "nope"), None)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +111,7 @@ def test_bad_pre_relaxation_options_are_refused_at_build_time(
     tmp_path: Path, options: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        oracle_from_config(options, context(tmp_path), universal_calculator)
+        oracle_from_config(options, context(tmp_path, universal_calculator))
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -111,7 +125,7 @@ def test_absent_weights_fail_the_build_with_the_universal_models_message(
     with pytest.raises(
         ConfigError, match=r"oracle.prerelax: universal model 'mace-mp': weights 'small' are not"
     ):
-        oracle_from_config(options, context(tmp_path / "campaign"), universal_calculator)
+        oracle_from_config(options, context(tmp_path / "campaign", universal_calculator))
     assert not (tmp_path / "campaign").exists()
 
 
