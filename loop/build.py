@@ -17,7 +17,7 @@ from loop.config_oracles import DatasetOracle, EmulatorOracle, OracleSection
 from loop.errors import ConfigError
 from loop.featurize import StructureFeaturizer
 from loop.fidelity import FIDELITY_KINDS
-from loop.hull_acquisition import HULL_KINDS, HullTarget
+from loop.hull_acquisition import HULL_AWARE, HullTarget
 from loop.plugins import ORACLE_PLUGINS, POOL_PLUGINS, PluginContext, PluginSection, plugin
 from loop.pool import CandidatePool, Pool, drop_missing_objectives, read_table
 from loop.preflight import (
@@ -117,22 +117,24 @@ def build_oracle(
 def surrogate_inputs(config: CampaignConfig, pool: Pool) -> Pool:
     """A generated pool with the model inputs its surrogate reads: structure keys for the
     committee (which looks at the structures itself), a universal model's embedding for
-    ``descriptors``, else the pool as generated (pair features)."""
+    ``descriptors``, else the pool as generated (pair features). Keys and embeddings follow
+    the atomic fractions, which the hull-aware acquisitions read."""
     from loop.structures import StructurePool
 
     section = config.surrogate
     if not isinstance(pool, StructurePool) or (section.type == "gp" and section.descriptors == "pairs"):
         return pool
+    elements = pool.featurizer.elements
     if section.type == "committee":
         from surrogates.structure_keys import StructureKeys
 
-        return StructurePool(pool.candidates, StructureKeys())  # type: ignore[arg-type]
+        return StructurePool(pool.candidates, StructureKeys(elements))  # type: ignore[arg-type]
     from surrogates.descriptors import EmbeddingFeaturizer
 
     generated = config.space.generator.options.get("cache") if config.space.generator else None
     suffix = f".{section.descriptors}.npz"
     cache = None if generated is None else config.resolve(generated).with_suffix(suffix)
-    featurizer = EmbeddingFeaturizer(section.descriptors, cache, section.device)
+    featurizer = EmbeddingFeaturizer(section.descriptors, cache, section.device, elements)
     return StructurePool(pool.candidates, featurizer)  # type: ignore[arg-type]
 
 
@@ -252,7 +254,7 @@ def build_acquisition(
         # A multi-fidelity policy (loop.fidelity_acquisition) chooses the pairs; the strategy
         # here only scalarises for it.
         kind = cast(Kind, "ucb" if section.type in FIDELITY_KINDS else section.type)
-        return Acquisition(kind, weights, hull=_hull_target(config), **options)
+        return Acquisition(kind, weights, hull=_hull_target(config, pool), **options)
     from loop.labconfig import modelled_outcomes
     from loop.multiobjective import ModelledAcquisition, OutcomeConstraint
 
@@ -273,11 +275,13 @@ def build_acquisition(
     )
 
 
-def _hull_target(config: CampaignConfig) -> HullTarget | None:
+def _hull_target(config: CampaignConfig, pool: Pool | None) -> HullTarget | None:
+    """The hull-aware kinds' target, on the columns of the model inputs (``pool``'s, else the
+    pair featurizer's) that hold the atomic fractions."""
     section = config.acquisition
-    if section.type not in HULL_KINDS:
+    if section.type not in HULL_AWARE:
         return None
     assert config.space.generator is not None  # the configuration checked it
     elements = sorted(config.space.generator.options["elements"])
-    names = StructureFeaturizer(elements).feature_names
+    names = pool.feature_names if pool is not None else StructureFeaturizer(elements).feature_names
     return HullTarget.from_feature_names(elements, names, section.within_mev or 0.0)

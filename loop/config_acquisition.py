@@ -26,6 +26,7 @@ class AcquisitionSection(Strict):
         "qparego",
         "hull_probability",
         "hull_lcb",
+        "hull_thompson",
         "mf_mes",
         "mf_ucb",
         "funnel",
@@ -70,7 +71,7 @@ class AcquisitionSection(Strict):
         Raises:
             ValueError: naming ``acquisition.type``.
         """
-        if self.type not in ("hull_probability", "hull_lcb"):
+        if self.type not in ("hull_probability", "hull_lcb", "hull_thompson"):
             return
         if [(o.name, o.direction) for o in objectives] != [("formation_energy_per_atom", "minimize")]:
             raise ValueError(

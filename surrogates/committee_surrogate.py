@@ -10,9 +10,9 @@ dimension of a BoTorch ``EnsembleModel`` (:class:`FormationEnsemble`, a
 :class:`~surrogates.mlip.StructureEnsemble`), so every acquisition works unchanged: the
 posterior mean is the members' mean, its variance their spread.
 
-Model inputs are ``n x 1`` structure keys (:class:`~surrogates.structure_keys.StructureKeys`,
-the pool's featurizer). Relaxed candidates are kept per key for one fit; pre-relaxed ones, which
-do not depend on the fit, for the surrogate's life.
+Model inputs are rows ending in a structure key (:class:`~surrogates.structure_keys.StructureKeys`,
+the pool's featurizer, which may put the atomic fractions first). Relaxed candidates are kept
+per key for one fit; pre-relaxed ones, which do not depend on the fit, for the surrogate's life.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class CommitteeSurrogate(Surrogate):
         return torch.Size()
 
     def posterior(self, X: Tensor, *args: Any, **kwargs: Any) -> Posterior:
-        """The ensemble posterior at ``batch x q x 1`` keys: ``batch x s x q x 1`` values."""
+        """The ensemble posterior at ``batch x q x d`` rows (keys last): ``batch x s x q x 1`` values."""
         return self.fitted.posterior(X, *args, **kwargs)
 
     def summary(self) -> dict[str, Any]:

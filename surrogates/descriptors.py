@@ -19,6 +19,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from loop.structure_codec import structure_to_params
+from surrogates.composition import atomic_fractions, fraction_names
 from surrogates.universal import structure_embedding
 
 
@@ -61,7 +62,7 @@ class EmbeddingFeaturizer:
         embedding (known after the first structure)."""
         if self._width is None:
             raise RuntimeError("the embedding's width is known once a structure has been featurised")
-        return [f"x_{el}" for el in self.elements] + [f"{self.model}_{i}" for i in range(self._width)]
+        return fraction_names(self.elements) + [f"{self.model}_{i}" for i in range(self._width)]
 
     def features(self, structures: Sequence[Structure]) -> np.ndarray:
         """``n x (e + k)`` atomic fractions and embeddings of ``structures``; only unseen
@@ -70,7 +71,7 @@ class EmbeddingFeaturizer:
         Raises:
             ValueError: a structure holds an element outside the chemical system.
         """
-        fractions = self._fractions(structures)
+        fractions = atomic_fractions(structures, self.elements) if self.elements else None
         digests = [structure_digest(s) for s in structures]
         missing = {d: s for d, s in zip(digests, structures, strict=True) if d not in self._rows}
         if missing:
@@ -81,20 +82,8 @@ class EmbeddingFeaturizer:
             self._save()
         if not digests:
             return np.zeros((0, len(self.elements) + (self._width or 0)))
-        return np.hstack([fractions, np.stack([self._rows[d] for d in digests])])
-
-    def _fractions(self, structures: Sequence[Structure]) -> np.ndarray:
-        """``n x e`` atomic fractions of the chemical system's elements."""
-        rows = np.zeros((len(structures), len(self.elements)))
-        for i, structure in enumerate(structures):
-            composition = structure.composition.fractional_composition
-            outside = {el.symbol for el in composition.elements} - set(self.elements)
-            if self.elements and outside:
-                raise ValueError(
-                    f"structure holds {sorted(outside)}, outside the chemical system {list(self.elements)}"
-                )
-            rows[i] = [composition[el] for el in self.elements]
-        return rows
+        embedded = np.stack([self._rows[d] for d in digests])
+        return embedded if fractions is None else np.hstack([fractions, embedded])
 
     def _save(self) -> None:
         if self.cache is None:

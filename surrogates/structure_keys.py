@@ -2,9 +2,10 @@
 
 A surrogate that looks at the structure itself (the MACE committee relaxes and scores it) needs
 from the campaign only *which* structure a model input means. :class:`StructureKeys` is a
-structure pool's featurizer whose one feature is a key: the index of the structure in a table
+structure pool's featurizer whose last feature is a key: the index of the structure in a table
 that grows as structures are seen (a pool's candidates get keys in pool order). The surrogate
-holds the same table and turns keys back into structures.
+holds the same table and turns keys back into structures. Given the chemical system, the atomic
+fractions come first (:mod:`surrogates.composition`), for the hull-aware acquisitions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ase import Atoms
 from pymatgen.core import Structure
 
 from loop.structure_codec import structure_from_params, structure_to_params
+from surrogates.composition import atomic_fractions, fraction_names
 
 
 class StructureKeys:
@@ -25,9 +27,8 @@ class StructureKeys:
     (:func:`~loop.structure_codec.structure_to_params`) are; the table keeps that form only.
     """
 
-    feature_names: list[str] = ["structure_key"]  # noqa: RUF012 (read-only, as a featurizer's)
-
-    def __init__(self) -> None:
+    def __init__(self, elements: Sequence[str] | None = None) -> None:
+        self.elements = tuple(sorted(elements or ()))
         self._bodies: list[str] = []
         self._keys: dict[str, int] = {}
 
@@ -43,9 +44,21 @@ class StructureKeys:
             self._bodies.append(body)
         return key
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The atomic fractions' names (given the elements), then ``structure_key``."""
+        return [*fraction_names(self.elements), "structure_key"]
+
     def features(self, structures: Sequence[Structure]) -> np.ndarray:
-        """``n x 1``: the key of each structure."""
-        return np.array([[float(self.key(s))] for s in structures], dtype=float).reshape(-1, 1)
+        """``n x (e + 1)``: the atomic fractions (given the elements), then each structure's key.
+
+        Raises:
+            ValueError: a structure holds an element outside the chemical system.
+        """
+        keys = np.array([[float(self.key(s))] for s in structures], dtype=float).reshape(-1, 1)
+        if not self.elements:
+            return keys
+        return np.hstack([atomic_fractions(structures, self.elements), keys])
 
     def structure(self, key: int) -> Structure:
         """The structure of ``key``.

@@ -77,7 +77,7 @@ class EMTFrames:
 
 def keys_pool(pool: StructurePool) -> StructurePool:
     """The pool with ``N x 1`` structure keys as inputs, the committee's model inputs."""
-    return StructurePool(pool.candidates, StructureKeys())  # type: ignore[arg-type]
+    return StructurePool(pool.candidates, StructureKeys(pool.featurizer.elements))  # type: ignore[arg-type]
 
 
 def committee_surrogate(

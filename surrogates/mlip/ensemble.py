@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 class StructureEnsemble(EnsembleModel):
     """A BoTorch ``EnsembleModel`` over a fixed list of structures.
 
-    Inputs are ``batch x q x 1`` structure indices into ``structures``; outputs are the
-    members' energies per atom (eV/atom), ``batch x s x q x 1``. Every BoTorch acquisition
+    Inputs are ``batch x q x d`` rows whose last column is an index into ``structures`` (the
+    others, such as the atomic fractions a hull-aware acquisition reads, are passed over);
+    outputs are the members' energies per atom (eV/atom), ``batch x s x q x 1``. Every BoTorch acquisition
     works on it (its posterior is an ``EnsemblePosterior``); ``posterior(X).variance`` is the
     committee's spread, ``mean`` the predicted energy.
 
@@ -48,12 +49,12 @@ class StructureEnsemble(EnsembleModel):
         return self._cache[index]
 
     def forward(self, X: Tensor) -> Tensor:
-        """``batch x q x 1`` indices → ``batch x s x q x 1`` energies per atom (eV/atom).
+        """``batch x q x d`` rows (indices last) → ``batch x s x q x 1`` energies per atom (eV/atom).
 
         Raises:
             SurrogateError: an index is not an integer in ``[0, len(structures))``.
         """
-        indices = X[..., 0]
+        indices = X[..., -1]
         if (
             not torch.equal(indices, indices.round())
             or indices.min() < 0

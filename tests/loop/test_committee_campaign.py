@@ -77,7 +77,8 @@ def test_committee_campaign_runs_and_scores_the_pool_with_its_members(
         campaign.close()
 
     assert report.experiments == 8 and report.stop_reason is not None
-    assert pool_keys.shape == (5, 1)
+    assert pool_keys.shape == (5, 3)  # x_Au, x_Cu, then the structure key
+    assert campaign.pool.feature_names == ["x_Au", "x_Cu", "structure_key"]
     assert isinstance(posterior, MemberPosterior)
     assert posterior.values.shape == (5, 2, 1, 1)  # batch x members x q x m
     assert torch.allclose(posterior.mean, posterior.values.mean(dim=-3))
@@ -91,12 +92,11 @@ def test_committee_campaign_runs_and_scores_the_pool_with_its_members(
     assert len(chosen) == 4 and all(p["mean"] is not None and p["std"] is not None for p in chosen)
 
 
-def test_gp_on_a_universal_models_embedding_runs(tmp_path: Path) -> None:
+def test_gp_on_a_universal_models_embedding_runs_with_the_hull_aware_acquisition(tmp_path: Path) -> None:
     pytest.importorskip("chgnet")
-    config = parse_config(
-        _campaign({"type": "gp", "descriptors": "chgnet"}, max_experiments=6, cache="candidates.json"),
-        tmp_path,
-    )
+    settings = _campaign({"type": "gp", "descriptors": "chgnet"}, max_experiments=6, cache="candidates.json")
+    settings["acquisition"]["type"] = "hull_thompson"
+    config = parse_config(settings, tmp_path)
     campaign = Campaign.open(config, oracle=InProcessEMTRelax(tmp_path / "runs"))
     try:
         report = campaign.run()
@@ -107,9 +107,11 @@ def test_gp_on_a_universal_models_embedding_runs(tmp_path: Path) -> None:
         campaign.close()
 
     assert report.experiments == 6
-    assert features.shape[1] == 64 and features.std(dim=0).max() > 0
+    # The atomic fractions (the hull's coordinates), then the embedding.
+    assert features.shape[1] == 2 + 64 and features.std(dim=0).max() > 0
+    assert torch.allclose(features[:, :2].sum(dim=1), torch.ones(features.shape[0], dtype=features.dtype))
     assert (tmp_path / "candidates.chgnet.npz").is_file(), "the embedding is kept beside the pool's cache"
-    assert summary is not None and summary["type"] == "GPSurrogate" and len(summary["lengthscales"]) == 64
+    assert summary is not None and summary["type"] == "GPSurrogate" and len(summary["lengthscales"]) == 66
 
 
 @pytest.mark.parametrize(

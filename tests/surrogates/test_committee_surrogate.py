@@ -18,7 +18,9 @@ from botorch.utils.datasets import SupervisedDataset
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from loop.acquisition import Acquisition
 from loop.frame import Frame
+from loop.hull_acquisition import HullTarget
 from surrogates.base import SurrogateError
 from surrogates.committee_surrogate import CommitteeSurrogate, TrainingSet
 from surrogates.ensemble_posterior import MemberPosterior
@@ -78,6 +80,40 @@ def test_structure_keys_name_each_distinct_structure_once() -> None:
     assert keys.atoms(3).get_chemical_formula() == structures[3].to_ase_atoms().get_chemical_formula()
     with pytest.raises(IndexError, match="no structure has key 4"):
         keys.structure(4)
+
+
+def test_structure_keys_follow_the_atomic_fractions_of_the_chemical_system() -> None:
+    structures = _cuau_structures()
+    keys = StructureKeys(["Cu", "Au"])
+    rows = keys.features(structures)
+    assert keys.feature_names == ["x_Au", "x_Cu", "structure_key"]
+    assert rows[:, -1].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert rows[:, :2].tolist() == [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.25, 0.75]]
+    with pytest.raises(ValueError, match=r"structure holds \['Au'\], outside the chemical system"):
+        StructureKeys(["Cu", "Ni"]).features(structures[1:2])
+
+
+def test_hull_aware_picks_read_compositions_beside_the_committees_keys(
+    fitted: tuple[CommitteeSurrogate, StructureKeys, list[Structure]],
+) -> None:
+    # Rows of fractions then keys: the ensemble reads the key (last column), the hull-aware
+    # acquisition the fractions. Every draw is one member; each pick is that member's
+    # deepest candidate below the hull of the evaluated elements (0 at every composition).
+    surrogate, keys, structures = fitted
+    rows = torch.tensor(StructureKeys(["Cu", "Au"]).features(structures))
+    assert torch.equal(rows[:, -1], torch.tensor(keys.features(structures))[:, 0])
+    members = torch.stack([surrogate.fitted.member_energies(k) for k in range(4)])  # 4 x s
+    hull = HullTarget.from_feature_names(["Au", "Cu"], ["x_Au", "x_Cu", "structure_key"])
+    picks = Acquisition("hull_thompson", [-1.0], hull=hull).select_from_pool(
+        surrogate, rows[2:], 2, rows[:2], torch.zeros(2, 1, dtype=torch.double), None, seed=0
+    )
+    assert sorted(p.index for p in picks) == [0, 1]
+    first = picks[0]
+    assert any(
+        first.value == pytest.approx(-float(members[2 + first.index, s]), abs=1e-9)
+        and int(torch.argmin(members[2:, s])) == first.index
+        for s in range(members.shape[1])
+    )
 
 
 def test_posterior_is_the_members_formation_energies_of_relaxed_candidates(
