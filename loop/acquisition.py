@@ -11,10 +11,8 @@ Finite pools are scored in memory-bounded chunks: single picks of UCB/LCB and pu
 exploration straight from the surrogate's chunked marginal predictions; batches and
 Monte-Carlo strategies through ``optimize_acqf_discrete`` (sequential greedy, pending
 candidates passed as ``X_pending``). Continuous and mixed spaces go through ``optimize_acqf``
-under the space's linear constraints, started from the best of ``raw_samples`` feasible
-points (composition simplices sampled exactly), one categorical combination at a time and
-one batch member at a time (sequential greedy, as ``optimize_acqf_mixed``); integers are
-optimised relaxed and rounded.
+under the space's linear constraints, one categorical combination and one batch member at a
+time (:mod:`loop.space_optimization`).
 
 Several objectives are scalarised with signed weights (``+w`` to maximise, ``-w`` to
 minimise), so every strategy maximises.
@@ -22,7 +20,6 @@ minimise), so every strategy maximises.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,8 +39,7 @@ from botorch.acquisition import (
 from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.acquisition.objective import ScalarizedPosteriorTransform
 from botorch.models.model import Model
-from botorch.optim import optimize_acqf, optimize_acqf_discrete
-from botorch.optim.initializers import initialize_q_batch
+from botorch.optim import optimize_acqf_discrete
 from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
@@ -57,7 +53,8 @@ from loop.hull_acquisition import (
     hull_acquisition,
     hull_scores,
 )
-from loop.space import Categorical, SearchSpace
+from loop.space import SearchSpace
+from loop.space_optimization import optimize_acqf_in_space
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate
 from surrogates.gp import SamplesPaths
 
@@ -84,7 +81,6 @@ KINDS: tuple[Kind, ...] = (
 )
 _THOMPSON_KINDS = ("thompson", HULL_THOMPSON)
 _MARGINAL_KINDS = ("ucb", "max_variance", *HULL_KINDS)
-_MAX_CATEGORY_COMBINATIONS = 64
 _THOMPSON_SPACE_SAMPLES = 4096
 
 
@@ -350,38 +346,10 @@ class Acquisition:
             return [Pick(p.X, p.value) for p in self._thompson(model, pool, q, seed, offset)]
         torch.manual_seed(seed)
         acqf = self.build(model, X_baseline, Y_baseline, X_pending, q)
-        inequality, equality = space.botorch_constraints()
-        raw = space.encode(space.sample(self.raw_samples, seed))
-        chosen: list[Pick] = []
-        for _ in range(q):  # sequential greedy, as optimize_acqf_mixed does
-            best: Pick | None = None
-            for fixed in _category_combinations(space, seed) or [{}]:
-                starts = raw.clone()
-                for column, level in fixed.items():
-                    starts[:, column] = level
-                with torch.no_grad():
-                    start_values = acqf(starts.unsqueeze(-2))
-                initial, _ = initialize_q_batch(starts.unsqueeze(-2), start_values, n=self.num_restarts)
-                X, value = optimize_acqf(
-                    acqf,
-                    bounds=space.bounds,
-                    q=1,
-                    num_restarts=initial.shape[0],
-                    batch_initial_conditions=initial,
-                    fixed_features=fixed or None,
-                    inequality_constraints=inequality or None,
-                    equality_constraints=equality or None,
-                    options={"maxiter": self.max_iterations},
-                )
-                assert value is not None  # the acquisition values come back with the best candidates
-                if best is None or float(value) > best.value:
-                    best = Pick(X.detach()[0], float(value))
-            assert best is not None
-            chosen.append(best)
-            if len(chosen) < q:
-                picked = torch.stack([p.X for p in chosen])
-                acqf.set_X_pending(picked if X_pending is None else torch.cat([X_pending, picked]))
-        return chosen
+        X, values = optimize_acqf_in_space(
+            acqf, space, q, X_pending, seed, self.raw_samples, self.num_restarts, self.max_iterations
+        )
+        return [Pick(x, v) for x, v in zip(X, values.tolist(), strict=True)]
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -417,19 +385,3 @@ def rows_of(X: Tensor, choices: Tensor) -> list[int]:
             row_distances[rows] = math.inf
         rows.append(int(row_distances.argmin()))
     return rows
-
-
-def _category_combinations(space: SearchSpace, seed: int) -> list[dict[int, float]]:
-    """Fixed one-hot settings for every combination of categorical values (sampled if many)."""
-    groups = [
-        [{c: float(c == chosen) for c in space.columns(p.name)} for chosen in space.columns(p.name)]
-        for p in space.parameters
-        if isinstance(p, Categorical)
-    ]
-    if not groups:
-        return []
-    combos = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*groups)]
-    if len(combos) > _MAX_CATEGORY_COMBINATIONS:
-        rng = np.random.default_rng(seed)
-        combos = [combos[i] for i in rng.choice(len(combos), _MAX_CATEGORY_COMBINATIONS, replace=False)]
-    return combos
