@@ -24,7 +24,16 @@ from loop.candidate import Candidate
 from loop.errors import ConfigError
 from loop.frame import Frame
 from loop.ledger import Ledger
-from loop.otf import Calibration, OTFRun, OTFSettings, Walker, WalkerSpec, build_otf_run, load_otf_config
+from loop.otf import (
+    Calibration,
+    OTFRun,
+    OTFSettings,
+    Walker,
+    WalkerSpec,
+    build_otf_run,
+    load_otf_config,
+    parse_otf_config,
+)
 from oracles.base import Measurement, Oracle, Result
 from oracles.errors import EvaluationFailed
 from surrogates.mlip import CommitteePrediction, MACESettings, MLIPCommittee
@@ -501,8 +510,6 @@ def test_a_walker_runs_on_any_calculator_and_reports_each_step_its_guards_let_th
 
 
 def test_a_bad_config_value_is_one_config_error_naming_its_key() -> None:
-    from loop.otf import parse_otf_config
-
     base = {"run": {"name": "x"}, "walkers": [{"name": "a", "steps": 5}], "oracle": {"calculator": "emt"}}
     with pytest.raises(ConfigError, match=r"committee\.size: Input should be greater than or equal to 2"):
         parse_otf_config({**base, "committee": {"size": 1}})
@@ -512,3 +519,23 @@ def test_a_bad_config_value_is_one_config_error_naming_its_key() -> None:
         parse_otf_config({**base, "walkers": [{"name": "a", "steps": 0, "bogus": 1}]})
     with pytest.raises(ConfigError, match=r"oracle\.mode: Input should be 'single_point'"):
         parse_otf_config({**base, "oracle": {"calculator": "emt", "mode": "relax"}})
+
+
+def test_an_otf_oracle_refuses_a_pre_relaxation_its_single_point_labels_would_not_see(tmp_path: Path) -> None:
+    # An OTF run labels each MD frame as it is: a pre-relaxed frame would label another structure,
+    # so the DFT builder refuses `prerelax` before it asks for any universal potential.
+    settings = parse_otf_config(
+        {
+            "run": {"name": "x"},
+            "structure": {"element": "Cu", "a": 3.61},
+            "walkers": [{"name": "a", "steps": 5}],
+            "oracle": {"calculator": "emt", "prerelax": "nope"},
+        },
+        base_dir=tmp_path,
+    )
+    with (
+        Ledger(str(tmp_path / "otf.db")) as ledger,
+        pytest.raises(ConfigError, match=r"oracle\.prerelax: 'nope' would change the structure a single"),
+    ):
+        build_otf_run(settings, ledger)
+    assert not (tmp_path / "runs").exists()
