@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, dataclass_transform
 
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from loop.config import read_toml
@@ -211,6 +219,15 @@ class _OracleTable(BaseModel, extra="allow"):
 
     type: Literal["dft"] = "dft"
     mode: Literal["single_point"] = "single_point"
+
+    @model_validator(mode="after")
+    def _no_prerelax(self) -> _OracleTable:
+        if (self.model_extra or {}).get("prerelax") is not None:
+            raise ValueError(
+                "'prerelax' does not apply to an on-the-fly run: each MD frame is labelled as it is "
+                "(a single point), never relaxed first"
+            )
+        return self
 
 
 class _OTFFile(BaseModel, extra="forbid"):

@@ -523,19 +523,15 @@ def test_a_bad_config_value_is_one_config_error_naming_its_key() -> None:
 
 def test_an_otf_oracle_refuses_a_pre_relaxation_its_single_point_labels_would_not_see(tmp_path: Path) -> None:
     # An OTF run labels each MD frame as it is: a pre-relaxed frame would label another structure,
-    # so the DFT builder refuses `prerelax` before it asks for any universal potential.
-    settings = parse_otf_config(
-        {
-            "run": {"name": "x"},
-            "structure": {"element": "Cu", "a": 3.61},
-            "walkers": [{"name": "a", "steps": 5}],
-            "oracle": {"calculator": "emt", "prerelax": "nope"},
-        },
-        base_dir=tmp_path,
-    )
-    with (
-        Ledger(str(tmp_path / "otf.db")) as ledger,
-        pytest.raises(ConfigError, match=r"oracle\.prerelax: 'nope' would change the structure a single"),
-    ):
-        build_otf_run(settings, ledger)
+    # so the configuration refuses `prerelax`, naming the key, before anything is built.
+    with pytest.raises(ConfigError, match=r"oracle: .*'prerelax' does not apply to an on-the-fly run"):
+        parse_otf_config(
+            {
+                "run": {"name": "x"},
+                "structure": {"element": "Cu", "a": 3.61},
+                "walkers": [{"name": "a", "steps": 5}],
+                "oracle": {"calculator": "emt", "prerelax": "nope"},
+            },
+            base_dir=tmp_path,
+        )
     assert not (tmp_path / "runs").exists()
