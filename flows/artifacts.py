@@ -257,7 +257,8 @@ def calibration_markdown(campaign: Campaign) -> list[str]:
         "",
         "## Calibration (prequential: each result against the prediction that chose it)",
         "",
-        f"Decisions use the {report['decisions_use']}.",
+        f"The stopping rules use the {report['std_used']['stopping']}; "
+        f"the acquisition uses the {report['std_used']['acquisition']}.",
         "",
         f"| objective | std | results | {levels} | mean z | RMS z |",
         "|---|---|---|" + "---|" * len(LEVELS) + "---|---|",

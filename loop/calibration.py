@@ -16,7 +16,9 @@ factor per objective on the predictive std, fitted to the z-scores known so far:
   ``Φ⁻¹(0.95)`` (makes the 90% interval right, distribution-free);
 * ``"none"``: 1.
 
-Below ``min_count`` z-scores the factor stays 1. This module is pure (no torch, no ledger).
+Below ``min_count`` z-scores the factor stays 1. The recalibrated std serves the stopping
+rules, and the acquisition too unless the scope (``[surrogate] calibration_applies_to``) is
+``"stopping"``. This module is pure (no torch, no ledger).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import IO, Any, Literal
 Method = Literal["none", "scale", "conformal"]
 Std = Literal["latent", "predictive", "recalibrated"]
 METHODS: tuple[Method, ...] = ("none", "scale", "conformal")
+#: Which decisions a recalibration serves: all of them, or the stopping rules only.
+Scope = Literal["all", "stopping"]
 
 #: Central interval levels that reports give coverage for.
 LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
@@ -56,8 +60,9 @@ def half_width(level: float) -> float:
 class Prediction:
     """What the surrogate said of one objective at one candidate when it was proposed.
 
-    ``std_scale`` is the recalibration factor in force then: the decision's std was
-    ``std_scale · predictive_std``.
+    ``std_scale`` is the recalibration factor in force then: the stopping rules' std was
+    ``std_scale · predictive_std`` (the acquisition's was ``std_scale · latent_std`` where the
+    recalibration applied to it too).
     """
 
     mean: float
@@ -163,10 +168,12 @@ def calibration_report(
     objectives: Sequence[str],
     method: Method,
     min_count: int = MIN_COUNT,
+    scope: Scope = "all",
 ) -> dict[str, Any]:
     """The campaign's calibration, JSON-ready: per objective the summary of the latent, the
-    predictive and the recalibrated (as each decision used it) z-scores, its reliability
-    diagram, and the factor the next decision uses.
+    predictive and the recalibrated (as the stopping rules used it) z-scores, its reliability
+    diagram, and the factor the next decision uses; and which std each kind of decision
+    judges by (``std_used``, ``decisions_use`` in one line).
     """
     scales = current_scales(points, objectives, method, min_count)
     per_objective: dict[str, Any] = {}
@@ -178,20 +185,29 @@ def calibration_report(
             "reliability": {std: reliability(scores(mine, std)) for std in ("latent", "predictive")},
             "next_std_scale": scales[name],
         }
+    used = std_used(method, scope, scales)
     return {
         "method": method,
+        "applies_to": scope,
         "min_count": min_count,
-        "decisions_use": describe_std(method, scales),
+        "std_used": used,
+        "decisions_use": f"stopping rules: {used['stopping']}; acquisition: {used['acquisition']}",
         "objectives": per_objective,
     }
 
 
-def describe_std(method: Method, scales: Mapping[str, float]) -> str:
-    """Which std the stopping rules (and a recalibrated acquisition) use, in words."""
-    if method == "none":
-        return "predictive std (with the fitted noise), not recalibrated"
+def std_used(method: Method, scope: Scope, scales: Mapping[str, float]) -> dict[str, str]:
+    """Which std each kind of decision judges by, in words: ``stopping`` (the surrogate-based
+    stopping rules: a measurement's distribution) and ``acquisition`` (the latent function's)."""
     factors = ", ".join(f"{name} x {s:.3g}" for name, s in scales.items())
-    return f"predictive std (with the fitted noise) recalibrated by {method}: {factors}"
+    recalibrated = f"recalibrated by {method}: {factors}"
+    if method == "none":
+        recalibrated = "not recalibrated"
+    acquisition = recalibrated if scope == "all" else "not recalibrated"
+    return {
+        "stopping": f"predictive std (with the fitted noise), {recalibrated}",
+        "acquisition": f"latent std (the model's own), {acquisition}",
+    }
 
 
 def describe_summary(summary: Mapping[str, Any]) -> str:

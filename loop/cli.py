@@ -155,7 +155,9 @@ def status(
     for name, numbers in summary["calibration"]["objectives"].items():
         table.add_row(f"calibration {name}", f"predictive: {describe_summary(numbers['predictive'])}")
         table.add_row("", f"latent: {describe_summary(numbers['latent'])}")
-    table.add_row("decisions use", summary["calibration"]["decisions_use"])
+    used = summary["calibration"]["std_used"]
+    table.add_row("stopping rules use", used["stopping"])
+    table.add_row("acquisition uses", used["acquisition"])
     Console().print(table)
     if summary.get("pareto"):
         from loop.labreport import pareto_table

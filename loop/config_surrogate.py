@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SerializerFunctionWrapHandler, ValidationInfo, field_validator, model_serializer
 
 from loop.config_base import Strict
 from loop.config_space import ObjectiveConfig, SpaceSection
 
 #: Universal potentials by name (:data:`surrogates.universal.KNOWN_MODELS`).
 UniversalModel = Literal["chgnet", "mace-mp", "sevennet", "mattersim", "orb"]
-_GP_KEYS = ("kernel", "lengthscale_prior", "noise", "warm_start", "descriptors", "calibration")
+_GP_KEYS = (
+    "kernel",
+    "lengthscale_prior",
+    "noise",
+    "warm_start",
+    "descriptors",
+    "calibration",
+    "calibration_applies_to",
+)
 _COMMITTEE_KEYS = ("size", "mace", "baseline", "prerelax", "relax_steps", "fmax", "relax_cell", "workers")
 
 
@@ -31,7 +39,12 @@ class SurrogateSection(Strict):
     warm_start: bool = True
     calibration: Literal["none", "scale", "conformal"] = "none"
     """Recalibration of the predictive std from the campaign's own z-scores
-    (:mod:`loop.calibration`), used by the stopping rules and the acquisition."""
+    (:mod:`loop.calibration`), used by the stopping rules (and the acquisition, see
+    ``calibration_applies_to``)."""
+    calibration_applies_to: Literal["all", "stopping"] = "all"
+    """Which decisions judge by the recalibrated std: ``"all"`` (the stopping rules and the
+    acquisition), or ``"stopping"`` (the stopping rules only: the acquisition keeps the
+    model's own std, so it picks what ``calibration = "none"`` would)."""
     descriptors: Literal["pairs", "chgnet", "mace-mp"] = "pairs"
     """Structure pools: the GP's inputs, pair features or the embedding of a universal model
     that offers one (:func:`surrogates.universal.structure_embedding`)."""
@@ -61,6 +74,21 @@ class SurrogateSection(Strict):
         if info.data.get("type", owner) != owner:
             raise ValueError(f"applies only to type = {owner!r}")
         return value
+
+    @field_validator("calibration_applies_to")
+    @classmethod
+    def _scope_of_a_recalibration(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("calibration") == "none":
+            raise ValueError("applies only with calibration = 'scale' or 'conformal'")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_default_scope(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Campaigns written before 'calibration_applies_to' existed keep their configuration hash.
+        data: dict[str, Any] = handler(self)
+        if data.get("calibration_applies_to") == "all":
+            data.pop("calibration_applies_to", None)
+        return data
 
     @field_validator("mace")
     @classmethod

@@ -5,7 +5,8 @@ The training data is read from the ledger (done evaluations with every modelled 
 surrogate is fitted with a seed of the campaign and the cycle, and the batch chosen is
 committed to the ledger in one transaction with why each candidate was chosen (acquisition
 value, posterior mean and std, the calibration record). The predictive std is recalibrated
-here (``[surrogate] calibration``) for the acquisition and the stopping rules alike.
+here (``[surrogate] calibration``) for the stopping rules, and for the acquisition too unless
+``calibration_applies_to = "stopping"``.
 """
 
 from __future__ import annotations
@@ -204,8 +205,11 @@ class CandidateProposer:
 
     def acquisition_model(self, surrogate: Surrogate | None) -> Surrogate | None:
         """The model the acquisition scores: the surrogate, its latent std recalibrated
-        unless ``[surrogate] calibration = "none"``."""
-        if surrogate is None or self.config.surrogate.calibration == "none":
+        where ``[surrogate] calibration`` applies to all decisions. Applied to the stopping
+        rules only, the acquisition sees what it sees without a recalibration, and so picks
+        what it would pick without one."""
+        section = self.config.surrogate
+        if surrogate is None or section.calibration == "none" or section.calibration_applies_to != "all":
             return surrogate
         scale = torch.tensor([self.std_scales()[p] for p in self.objectives], dtype=torch.double)
         return CalibratedSurrogate(surrogate, scale, observation_noise=False)

@@ -140,8 +140,10 @@ def campaign_calibration(ledger: Ledger, name: str | None = None) -> dict[str, A
     row = ledger.campaign(name)
     config = row["config"]
     objectives = [o["name"] for o in config["objectives"]]
-    method = config.get("surrogate", {}).get("calibration", "none")
-    report = calibration_report(ledger.predictions(row["id"]), objectives, method)
+    surrogate = config.get("surrogate", {})
+    method = surrogate.get("calibration", "none")
+    scope = surrogate.get("calibration_applies_to", "all")
+    report = calibration_report(ledger.predictions(row["id"]), objectives, method, scope=scope)
     fitted = [c.surrogate for c in ledger.cycles(row["id"]) if c.surrogate]
     report["loo"] = fitted[-1].get("loo") if fitted else None
     return report

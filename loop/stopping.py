@@ -5,7 +5,8 @@ A rule is one concept with one method, :meth:`StoppingRule.reason`; :func:`stopp
 builds those a ``[stopping]`` section asks for. Rules that need the fitted surrogate
 (``needs_surrogate``) are asked after each fit, before the batch is chosen; the others
 between cycles. They judge by the distribution of a *measurement* (the predictive std, with
-the fitted noise, recalibrated as ``[surrogate] calibration`` says: see
+the fitted noise, recalibrated as ``[surrogate] calibration`` says, whatever
+``calibration_applies_to`` says of the acquisition: see
 :meth:`~loop.campaign.Campaign.predictive_model`), not by the latent std alone.
 """
 

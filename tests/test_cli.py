@@ -41,7 +41,8 @@ def test_run_status_resume_export(branin_config: Callable[..., Path], tmp_path: 
     assert calibration["method"] == "none" and calibration["objectives"]["y"]["predictive"]["count"] == 2
     assert calibration["loo"]["y"]["count"] == 4
     text = runner.invoke(app, ["status", str(db)])
-    assert text.exit_code == 0 and "calibration y" in text.output and "decisions use" in text.output
+    assert text.exit_code == 0 and "calibration y" in text.output
+    assert "stopping rules use" in text.output and "acquisition uses" in text.output
 
     second = runner.invoke(app, ["run", str(path), "--quiet"])
     assert second.exit_code == 0, second.output

@@ -4,7 +4,9 @@ recalibrated predictive std."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from loop import calibration
 from loop.calibration import CalibrationPoint, Prediction
 from loop.campaign import Campaign
 from loop.config import load_config
+from loop.errors import ConfigError
 from loop.ledger import Ledger
 from loop.stopping import ExpectedImprovement
 from surrogates.calibrated import noise_variance
@@ -77,14 +80,66 @@ def test_point_z_scores_and_prequential_recalibration_look_only_back() -> None:
     assert "recalibrated by scale: y x 3" in report["decisions_use"]
 
 
+@pytest.mark.parametrize(
+    ("method", "scope", "acquisition"),
+    [
+        ("scale", "all", "recalibrated by scale: y x 3"),
+        ("scale", "stopping", "not recalibrated"),
+        ("none", "all", "not recalibrated"),
+    ],
+)
+def test_report_names_the_std_each_decision_used(method: str, scope: str, acquisition: str) -> None:
+    points = [_point(1, v) for v in [3.0, -3.0] * 5]
+    report = calibration.calibration_report(points, ["y"], method, scope=scope)  # type: ignore[arg-type]
+    stopping = "recalibrated by scale: y x 3" if method == "scale" else "not recalibrated"
+    assert report["std_used"] == {
+        "stopping": f"predictive std (with the fitted noise), {stopping}",
+        "acquisition": f"latent std (the model's own), {acquisition}",
+    }
+    assert report["applies_to"] == scope
+
+
 def test_reliability_plot_is_written(tmp_path: Path) -> None:
     path = tmp_path / "reliability.png"
     calibration.plot_reliability(path, {"predictive": calibration.reliability(HAND_Z)})
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
-def _scaled_branin(branin_config: Callable[..., Path], method: str, **fields: object) -> Path:
-    return branin_config(stopping_extra=f'[surrogate]\ncalibration = "{method}"', **fields)
+def _scaled_branin(
+    branin_config: Callable[..., Path], method: str, applies_to: str | None = None, **fields: object
+) -> Path:
+    scope = "" if applies_to is None else f'\ncalibration_applies_to = "{applies_to}"'
+    return branin_config(stopping_extra=f'[surrogate]\ncalibration = "{method}"{scope}', **fields)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"surrogate.calibration_applies_to": "acquisition"}, "surrogate.calibration_applies_to"),
+        ({"surrogate.calibration_applies_to": "stopping"}, "applies only with calibration = 'scale'"),
+        (
+            {"surrogate.calibration": "scale", "surrogate.calibration_applies_to": "stop"},
+            "surrogate.calibration_applies_to: Input should be 'all' or 'stopping'",
+        ),
+    ],
+)
+def test_calibration_scope_errors_name_the_key(
+    branin_config: Callable[..., Path], overrides: dict[str, str], words: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)) as raised:
+        load_config(branin_config(), overrides)
+    assert "surrogate.calibration_applies_to" in str(raised.value)
+
+
+def test_configurations_without_a_calibration_scope_keep_their_hash(
+    branin_config: Callable[..., Path],
+) -> None:
+    scaled = load_config(_scaled_branin(branin_config, "scale"))
+    assert "calibration_applies_to" not in scaled.identity()["surrogate"]
+    assert load_config(_scaled_branin(branin_config, "scale", "all", name="all.toml")).hash == scaled.hash
+    stopping = load_config(_scaled_branin(branin_config, "scale", "stopping", name="stopping.toml"))
+    assert stopping.identity()["surrogate"]["calibration_applies_to"] == "stopping"
+    assert stopping.hash != scaled.hash
 
 
 def test_campaign_records_predictions_and_recalibrates_the_stopping_rules(
@@ -127,6 +182,71 @@ def test_campaign_records_predictions_and_recalibrates_the_stopping_rules(
     if reason is not None:
         assert f"predictive std x {scale:.3g}" in reason
     campaign.close()
+
+
+def test_stopping_only_recalibration_picks_as_none_and_stops_by_the_recalibrated_std(
+    branin_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # 4 random designs, then 4 UCB batches of 4: the last one is chosen with 12 z-scores known,
+    # enough for a factor other than 1.
+    fields: dict[str, object] = {"max_experiments": 20, "batch_size": 4, "acquisition": "ucb"}
+    runs = {
+        "none": branin_config("none.toml", ledger="none.db", **fields),
+        "stopping": _scaled_branin(
+            branin_config, "scale", "stopping", name="s.toml", ledger="s.db", **fields
+        ),
+        "all": _scaled_branin(branin_config, "scale", "all", name="all.toml", ledger="all.db", **fields),
+    }
+    campaigns = {name: Campaign.from_file(path) for name, path in runs.items()}
+    picks = {}
+    for name, campaign in campaigns.items():
+        campaign.run()
+        picks[name] = [e.candidate_id for e in campaign.ledger.evaluations(campaign.id)]
+    stopping = campaigns["stopping"]
+    scales = {p.prediction.std_scale for p in stopping.ledger.predictions(stopping.id)}
+    assert len(scales) == 2 and 1.0 in scales, "the last batch was chosen with a recalibrated std"
+    assert picks["stopping"] == picks["none"], "the acquisition kept the model's own std"
+    assert picks["all"] != picks["none"], "recalibrating the acquisition too changes its picks"
+
+    # The expected-improvement rule judges by the recalibrated predictive std: a threshold
+    # between the EI of the raw and of the recalibrated distribution stops one campaign only.
+    judged = ("none", "stopping")
+    fitted = {name: campaigns[name].fit(99) for name in judged}
+    data = stopping.dataset()
+    assert data is not None
+    scale = stopping.std_scales()["y"]
+    assert scale != pytest.approx(1.0)
+    ei = {}
+    for name in judged:
+        surrogate = fitted[name]
+        assert surrogate is not None
+        model = campaigns[name].predictive_model(surrogate)
+        ei[name] = stopping.acquisition.max_expected_improvement(model, data.Y, None, stopping.space)
+    threshold = math.sqrt(ei["none"] * ei["stopping"])
+    rule = ExpectedImprovement(threshold)
+    reasons = {name: rule.reason(campaigns[name], fitted[name]) for name in judged}
+    assert (reasons["none"] is None) != (reasons["stopping"] is None)
+    if reasons["stopping"] is not None:
+        assert f"predictive std x {scale:.3g}" in reasons["stopping"]
+    else:
+        assert reasons["none"] is not None and "predictive std x 1" in reasons["none"]
+    for campaign in campaigns.values():
+        campaign.close()
+
+    # The status says which std each decision used.
+    from typer.testing import CliRunner
+
+    from loop.cli import app
+
+    status = CliRunner().invoke(app, ["status", str(tmp_path / "s.db"), "--json"])
+    assert status.exit_code == 0, status.output
+    used = json.loads(status.output)["calibration"]["std_used"]
+    assert used == {
+        "stopping": f"predictive std (with the fitted noise), recalibrated by scale: y x {scale:.3g}",
+        "acquisition": "latent std (the model's own), not recalibrated",
+    }
+    text = CliRunner().invoke(app, ["status", str(tmp_path / "s.db")])
+    assert "stopping rules use" in text.output and "acquisition uses" in text.output
 
 
 @pytest.mark.slow
