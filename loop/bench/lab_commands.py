@@ -25,12 +25,13 @@ def calibration_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
 ) -> None:
     """Prequential coverage of the 90% interval before and after recalibration, and sample
-    efficiency with and without it, on the crossed-barrel and OER pools."""
+    efficiency with and without it (applied to every decision, or to the stopping rules only),
+    on the crossed-barrel and OER pools."""
     from loop.bench.calibration import run_calibration_benchmark
 
-    def progress(pool: str, method: str, k: int) -> None:
+    def progress(pool: str, variant: str, k: int) -> None:
         if not quiet:
-            print(f"{pool} calibration={method}: campaign {k + 1}/{campaigns} done", file=sys.stderr)
+            print(f"{pool} {variant}: campaign {k + 1}/{campaigns} done", file=sys.stderr)
 
     try:
         result = run_calibration_benchmark(data_dir, campaigns, budget, batch, on_campaign=progress)
@@ -47,7 +48,7 @@ def calibration_command(
         for std, row in pool["coverage"].items():
             table.add_row(std, fmt(row["coverage"]["0.9"]), fmt(row["rms_z"]))
         Console().print(table)
-    typer.echo(json.dumps(result["verdict"], indent=2))
+    typer.echo(json.dumps({"verdict": result["verdict"], "default": result["default"]}, indent=2))
 
 
 def feasibility_command(
