@@ -189,7 +189,8 @@ class CampaignConfig(Strict):
 
     def identity(self) -> dict[str, Any]:
         """What defines the campaign: everything but the stopping rules (which may change
-        on resume), how it is executed and where the ledger is."""
+        on resume), how it is executed (``[execution]``, the retry keys, each fidelity's
+        ``task_runner``) and where the ledger is."""
         identity = self.model_dump(
             mode="json",
             exclude={
@@ -197,7 +198,7 @@ class CampaignConfig(Strict):
                 "execution": True,
                 "campaign": {"ledger"},
                 "oracle": set(OracleRetries.model_fields),
-                "oracles": {"__all__": {"oracle": set(OracleRetries.model_fields)}},
+                "oracles": {"__all__": {"oracle": set(OracleRetries.model_fields), "task_runner": True}},
             },
         )
         return drop_unset(identity, self)

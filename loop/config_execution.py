@@ -11,13 +11,17 @@ from pydantic import Field, model_validator
 
 from loop.config_base import Strict
 
+TaskRunnerKind = Literal["thread", "dask"]
+"""Where a flow's oracle evaluations run: threads of the flow process, or a Dask cluster."""
+
 
 class ExecutionSection(Strict):
     """How a workflow engine (``flows/``) runs the campaign; the engine-free loop ignores it,
     and it is not part of the campaign's identity (a campaign may move from threads to Dask)."""
 
-    task_runner: Literal["thread", "dask"] = "thread"
-    """Where oracle evaluations run: threads of the flow process, or a Dask cluster."""
+    task_runner: TaskRunnerKind = "thread"
+    """Where oracle evaluations run: threads of the flow process, or a Dask cluster (a
+    fidelity's ``[[oracles]]`` entry may name its own)."""
     max_workers: int | None = Field(default=None, ge=1)
     """Thread runner: evaluations at once (default: the oracle's capacity)."""
     address: str | None = None

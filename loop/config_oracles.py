@@ -1,8 +1,8 @@
 """``[oracle]`` and ``[[oracles]]``: what measures, at one fidelity or several.
 
 A built-in oracle (``emulator``, ``dataset``) is validated here; a plug-in's options are
-kept for its builder (:mod:`loop.plugins`). The retry keys are every oracle's and are not
-part of the campaign's identity.
+kept for its builder (:mod:`loop.plugins`). The retry keys are every oracle's and, like an
+``[[oracles]]`` entry's ``task_runner``, are not part of the campaign's identity.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from loop.config_base import NonNegative, Strict
+from loop.config_execution import TaskRunnerKind
 from loop.plugins import ORACLE_PLUGINS, PluginSection
 
 
@@ -77,6 +78,10 @@ class FidelitySection(Strict):
     cost: float = Field(gt=0, allow_inf_nan=False)
     target: bool = False
     """The fidelity the campaign optimises (default: the most expensive one)."""
+    task_runner: TaskRunnerKind | None = None
+    """Where a Prefect flow runs this fidelity's evaluations (``flows/``): ``"thread"`` (in the
+    flow process) or ``"dask"`` (the ``[execution]`` section's cluster); default: ``[execution]
+    task_runner``. The engine-free loop ignores it; not part of the campaign's identity."""
     oracle: OracleSection
 
     @model_validator(mode="before")
@@ -85,7 +90,7 @@ class FidelitySection(Strict):
         # The TOML entry is flat: the fidelity's keys and the oracle's keys side by side.
         if not isinstance(data, Mapping) or "oracle" in data:
             return data
-        own = {key: data[key] for key in ("fidelity", "cost", "target") if key in data}
+        own = {key: data[key] for key in cls.model_fields if key != "oracle" and key in data}
         rest = {key: value for key, value in data.items() if key not in own}
         return {**own, "oracle": oracle_section(rest)}
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from oracles.lab import Lab, LabServer, LabStore
 from tests.backends import ledger_location, postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.helpers import LAB_TOKEN
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -108,3 +110,12 @@ def branin_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def reference_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabServer]:
+    """The reference lab over HTTP on 127.0.0.1 (two instruments, 0.05 s per run, its runs in
+    ``tmp_path/lab.db``), its token in ``ALLOOP_LAB_TOKEN`` for the robot oracle to read."""
+    monkeypatch.setenv("ALLOOP_LAB_TOKEN", LAB_TOKEN)
+    with LabServer(Lab(LabStore(tmp_path / "lab.db"), instruments=2, latency_s=0.05), LAB_TOKEN) as server:
+        yield server

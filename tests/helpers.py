@@ -1,13 +1,19 @@
-"""Helpers shared by the crash tests: wait for a condition, kill a run mid-experiment."""
+"""Helpers shared by the tests: wait for a condition, kill a run mid-experiment, write a
+two-fidelity campaign (an emulated screen and a lab, emulated or over HTTP)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from oracles.simulated import read_journal
 
@@ -43,3 +49,74 @@ def kill_mid_experiment(
         if process.poll() is None:
             process.kill()
     assert process.returncode == -signal.SIGKILL
+
+
+LAB_TOKEN = "mf-test-token-5b1d9e"
+"""The reference lab's bearer token in the tests (``reference_lab``)."""
+
+FIDELITY_CAMPAIGN = """
+[campaign]
+name = "mf"
+seed = 1
+ledger = "ledger.db"
+
+[space.pool]
+path = "pool.csv"
+inputs = ["x1", "x2"]
+
+[[objectives]]
+name = "y"
+direction = "minimize"
+
+[acquisition]
+type = "{kind}"
+batch_size = {batch_size}
+initial_designs = 4
+
+[[oracles]]
+fidelity = "screen"
+cost = 0.25
+type = "emulator"
+function = "branin_screen"
+noise_sd = 1.0
+{screen_extra}
+
+[[oracles]]
+fidelity = "lab"
+cost = 1.0
+{lab}
+
+[stopping]
+max_cost = {max_cost}
+{extra}
+"""
+
+EMULATED_LAB = 'type = "emulator"\nfunction = "branin"'
+"""The ``lab`` fidelity's oracle lines: Branin, emulated."""
+
+
+def robot_entry(url: str) -> str:
+    """The ``lab`` fidelity's oracle lines: the reference lab at ``url``, over HTTP."""
+    return f'type = "robot"\nurl = "{url}"\nprogram = "branin"\npoll_interval_s = 0.05'
+
+
+def write_fidelity_campaign(folder: Path, kind: str = "mf_ucb", **fields: Any) -> Path:
+    """A campaign ``mf`` over a 30-design pool, measured at a cheap, biased, noisy ``screen``
+    (cost 0.25) and the ``lab`` (cost 1); keyword arguments fill the file's blanks
+    (``screen_extra``, ``lab``: oracle lines; ``extra``: sections after ``[stopping]``)."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"x1": rng.uniform(-5, 10, 30), "x2": rng.uniform(0, 15, 30)}).to_csv(
+        folder / "pool.csv", index=False
+    )
+    values: dict[str, Any] = {
+        "kind": kind,
+        "batch_size": 2,
+        "max_cost": 6,
+        "screen_extra": "",
+        "lab": EMULATED_LAB,
+        "extra": "",
+    }
+    values.update(fields)
+    path = folder / "campaign.toml"
+    path.write_text(textwrap.dedent(FIDELITY_CAMPAIGN.format(**values)))
+    return path

@@ -9,13 +9,10 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -27,68 +24,11 @@ from loop.fidelity_acquisition import FidelityPolicy, PairState
 from loop.fidelity_campaign import MultiFidelityCampaign
 from loop.ledger import EvaluationRecord, Ledger
 from loop.report import campaign_status, evaluations_table
-from oracles.lab import Lab, LabServer, LabStore
+from oracles.lab import LabServer
 from oracles.simulated import read_journal
-from tests.helpers import wait_for
+from tests.helpers import EMULATED_LAB, robot_entry, wait_for, write_fidelity_campaign
 
 REPO = Path(__file__).resolve().parents[2]
-TOKEN = "mf-test-token-5b1d9e"
-
-CAMPAIGN = """
-[campaign]
-name = "mf"
-seed = 1
-ledger = "ledger.db"
-
-[space.pool]
-path = "pool.csv"
-inputs = ["x1", "x2"]
-
-[[objectives]]
-name = "y"
-direction = "minimize"
-
-[acquisition]
-type = "{kind}"
-batch_size = {batch_size}
-initial_designs = 4
-
-[[oracles]]
-fidelity = "screen"
-cost = 0.25
-type = "emulator"
-function = "branin_screen"
-noise_sd = 1.0
-{screen_extra}
-
-[[oracles]]
-fidelity = "lab"
-cost = 1.0
-{lab}
-
-[stopping]
-max_cost = {max_cost}
-"""
-
-EMULATED_LAB = 'type = "emulator"\nfunction = "branin"'
-
-
-def _write(tmp_path: Path, kind: str = "mf_ucb", **fields: Any) -> Path:
-    rng = np.random.default_rng(0)
-    pd.DataFrame({"x1": rng.uniform(-5, 10, 30), "x2": rng.uniform(0, 15, 30)}).to_csv(
-        tmp_path / "pool.csv", index=False
-    )
-    values: dict[str, Any] = {
-        "kind": kind,
-        "batch_size": 2,
-        "max_cost": 6,
-        "screen_extra": "",
-        "lab": EMULATED_LAB,
-    }
-    values.update(fields)
-    path = tmp_path / "campaign.toml"
-    path.write_text(textwrap.dedent(CAMPAIGN.format(**values)))
-    return path
 
 
 def _evaluations(path: Path) -> list[EvaluationRecord]:
@@ -102,7 +42,7 @@ def _evaluations(path: Path) -> list[EvaluationRecord]:
 def _config(tmp_path: Path, **fields: Any) -> dict[str, Any]:
     import tomllib
 
-    return tomllib.loads(_write(tmp_path, **fields).read_text())
+    return tomllib.loads(write_fidelity_campaign(tmp_path, **fields).read_text())
 
 
 @pytest.mark.parametrize(
@@ -125,6 +65,10 @@ def _config(tmp_path: Path, **fields: Any) -> dict[str, Any]:
         (lambda c: c["acquisition"].update(type="qlognei"), "acquisition.type: 'qlognei' chooses candidates"),
         (lambda c: c["stopping"].update(min_expected_improvement=0.1), "stopping.min_expected_improvement"),
         (lambda c: c["oracles"][0].update(noise_sd=-1), "oracles.0.noise_sd"),
+        (
+            lambda c: c["oracles"][1].update(task_runner="slurm"),
+            "oracles.1.task_runner: Input should be 'thread' or 'dask'",
+        ),
         (
             lambda c: [e.update(type="robot") for e in c["oracles"]],
             "oracles: at most one fidelity may use the robot oracle, these do: ['screen', 'lab']",
@@ -151,7 +95,7 @@ def test_the_fidelity_kinds_need_several_oracles(tmp_path: Path) -> None:
 
 
 def test_the_target_is_the_dearest_fidelity_unless_marked(tmp_path: Path) -> None:
-    config = load_config(_write(tmp_path))
+    config = load_config(write_fidelity_campaign(tmp_path))
     fidelities = Fidelities.from_config(config)
     assert fidelities is not None and fidelities.target == "lab" and fidelities.names == ["screen", "lab"]
     assert [f.value for f in fidelities.levels] == [0.25, 1.0]
@@ -159,6 +103,20 @@ def test_the_target_is_the_dearest_fidelity_unless_marked(tmp_path: Path) -> Non
     data["oracles"][0]["target"] = True
     marked = Fidelities.from_config(parse_config(data, base_dir=tmp_path))
     assert marked is not None and marked.target == "screen"
+
+
+def test_a_fidelity_task_runner_is_apart_from_its_oracle_and_from_the_campaign_identity(
+    tmp_path: Path,
+) -> None:
+    plain = load_config(write_fidelity_campaign(tmp_path))
+    data = _config(tmp_path)
+    data["oracles"][1]["task_runner"] = "dask"
+    placed = parse_config(data, base_dir=tmp_path)
+    assert placed.oracles is not None and plain.oracles is not None
+    assert [e.task_runner for e in placed.oracles] == [None, "dask"]
+    assert placed.oracles[1].oracle == plain.oracles[1].oracle  # not an oracle option
+    assert placed.hash == plain.hash  # a campaign may move its lab to a cluster between runs
+    assert placed.model_dump(mode="json")["oracles"][1]["task_runner"] == "dask"
 
 
 # --- policies --------------------------------------------------------------------------------
@@ -189,7 +147,7 @@ def test_the_funnel_screens_everything_before_promoting_the_best() -> None:
 
 @pytest.mark.parametrize("kind", ["mf_ucb", "mf_mes", "funnel"])
 def test_a_two_fidelity_campaign_records_rows_and_cost_per_fidelity(tmp_path: Path, kind: str) -> None:
-    path = _write(tmp_path, kind=kind, max_cost=12 if kind == "funnel" else 5)
+    path = write_fidelity_campaign(tmp_path, kind=kind, max_cost=12 if kind == "funnel" else 5)
     campaign = Campaign.from_file(path)
     try:
         assert isinstance(campaign, MultiFidelityCampaign)
@@ -218,19 +176,15 @@ def test_a_two_fidelity_campaign_records_rows_and_cost_per_fidelity(tmp_path: Pa
 
 
 def test_the_reference_lab_over_http_is_the_expensive_fidelity(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, reference_lab: LabServer
 ) -> None:
-    monkeypatch.setenv("ALLOOP_LAB_TOKEN", TOKEN)
-    lab = Lab(LabStore(tmp_path / "lab.db"), instruments=2, latency_s=0.05)
-    with LabServer(lab, TOKEN) as server:
-        robot = f'type = "robot"\nurl = "{server.url}"\nprogram = "branin"\npoll_interval_s = 0.05'
-        path = _write(tmp_path, kind="mf_ucb", lab=robot, max_cost=5)
-        campaign = Campaign.from_file(path)
-        try:
-            campaign.run()
-        finally:
-            campaign.close()
-        runs = server.lab.store.runs("mf")
+    path = write_fidelity_campaign(tmp_path, kind="mf_ucb", lab=robot_entry(reference_lab.url), max_cost=5)
+    campaign = Campaign.from_file(path)
+    try:
+        campaign.run()
+    finally:
+        campaign.close()
+    runs = reference_lab.lab.store.runs("mf")
     evaluations = _evaluations(path)
     at_lab = [e for e in evaluations if e.fidelity == "lab"]
     assert at_lab and all(e.status == "done" and e.cost == 1.0 for e in at_lab)
@@ -243,7 +197,7 @@ def test_killed_with_evaluations_pending_at_two_fidelities_resumes_losing_and_re
     tmp_path: Path,
 ) -> None:
     screen, lab = tmp_path / "screen.jsonl", tmp_path / "lab.jsonl"
-    path = _write(
+    path = write_fidelity_campaign(
         tmp_path,
         batch_size=2,
         max_cost=5,
