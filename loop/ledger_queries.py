@@ -151,17 +151,26 @@ class LedgerQueries(LedgerConnection):
         by_fidelity = self.spent_by_fidelity(campaign_id).values()
         return sum(n for n, _ in by_fidelity), round(sum(cost for _, cost in by_fidelity), 12)
 
-    @reconnecting
     def spent_by_fidelity(self, campaign_id: int) -> dict[str, tuple[int, float]]:
-        """:meth:`spent` per fidelity (only those with evaluations)."""
+        """:meth:`spent` per fidelity (only those with evaluations), by fidelity name."""
+        totals: dict[str, tuple[int, float]] = {}
+        for (_, fidelity), (n, cost) in self.spent_by_cycle(campaign_id).items():
+            known, so_far = totals.get(fidelity, (0, 0.0))
+            totals[fidelity] = (known + n, round(so_far + cost, 12))
+        return dict(sorted(totals.items()))
+
+    @reconnecting
+    def spent_by_cycle(self, campaign_id: int) -> dict[tuple[int, str], tuple[int, float]]:
+        """:meth:`spent` per ``(cycle, fidelity)`` (only those with evaluations), in that order."""
         reached_oracle = evaluations.c.status.in_(["proposed", "submitted", "done"]) | (
             evaluations.c.submitted_at.is_not(None)
         )
+        key = (evaluations.c.cycle, evaluations.c.fidelity)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(evaluations.c.fidelity, func.count(), func.coalesce(func.sum(evaluations.c.cost), 0.0))
+                select(*key, func.count(), func.coalesce(func.sum(evaluations.c.cost), 0.0))
                 .where(evaluations.c.campaign_id == campaign_id, reached_oracle)
-                .group_by(evaluations.c.fidelity)
-                .order_by(evaluations.c.fidelity)
+                .group_by(*key)
+                .order_by(*key)
             ).all()
-        return {fidelity: (int(n), round(float(cost), 12)) for fidelity, n, cost in rows}
+        return {(int(cycle), fidelity): (int(n), round(float(cost), 12)) for cycle, fidelity, n, cost in rows}

@@ -16,6 +16,7 @@ from loop.candidate import Candidate
 from loop.errors import CampaignError, DuplicateCandidateError, LedgerError
 from loop.frame import Frame
 from loop.ledger import Ledger, Proposal, ledger_url
+from loop.schema import DEFAULT_FIDELITY
 from oracles.base import Measurement, Result
 from tests.backends import another_writer, query, short_lock_waits
 
@@ -382,6 +383,33 @@ def test_status_counts_and_spent(started):
     other = ledger.open_campaign("c2", {}, "h2", 0)
     assert ledger.spent(other) == (0, 0.0)
     assert ledger.status_counts(other)["proposed"] == 0
+
+
+def test_spent_per_cycle_and_fidelity_counts_what_spent_counts(started):
+    ledger, cid, run = started
+    e = ledger.propose(
+        cid,
+        run,
+        0,
+        [
+            Proposal(candidate(0.1), fidelity="screen", cost=0.25),
+            Proposal(candidate(0.2), fidelity="screen", cost=0.25),
+            Proposal(candidate(0.1), cost=1.0),
+        ],
+        "mf_ucb",
+        None,
+    )
+    ledger.record_failure(e[1], "never submitted", retryable=False)
+    ledger.close_cycle(cid, 0)
+    assert ledger.open_cycle(cid, run) == 1
+    ledger.propose(cid, run, 1, [Proposal(candidate(0.3), cost=1.0)], "mf_ucb", None)
+    assert ledger.spent_by_cycle(cid) == {
+        (0, DEFAULT_FIDELITY): (1, 1.0),
+        (0, "screen"): (1, 0.25),
+        (1, DEFAULT_FIDELITY): (1, 1.0),
+    }
+    assert ledger.spent_by_fidelity(cid) == {DEFAULT_FIDELITY: (2, 2.0), "screen": (1, 0.25)}
+    assert ledger.spent(cid) == (3, 2.25)
 
 
 def test_evaluations_filter_by_status(started):
