@@ -1,10 +1,10 @@
-"""What a campaign shows in the Prefect UI: the proposed batch, the budget spent, a report
-(with the Pareto front and hypervolume per cycle of a Pareto search, and the surrogate's prequential
-calibration and its reliability diagram).
+"""What a campaign shows in the Prefect UI: the proposed batch, the budget spent (in all, and
+per fidelity and cycle), a report (with the Pareto front and hypervolume per cycle of a Pareto
+search, and the surrogate's prequential calibration and its reliability diagram).
 
 Artifact keys are stable per campaign (``<campaign>-batch``, ``<campaign>-progress``,
-``<campaign>-report``), so the UI keeps one history per campaign across flow runs. Every
-number comes from the ledger.
+``<campaign>-spend``, ``<campaign>-report``), so the UI keeps one history per campaign across
+flow runs. Every number comes from the ledger.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from loop.labreport import lab_status, pareto_title
 from loop.ledger import EvaluationRecord, Ledger
 from loop.pareto import plot_pareto
 from loop.report import campaign_calibration, campaign_discovery, describe_best
+from loop.schema import DEFAULT_FIDELITY
 
 
 def artifact_key(campaign: str, kind: str) -> str:
@@ -46,13 +47,16 @@ def _number(value: Any) -> float | None:
 
 
 def batch_rows(campaign: Campaign, cycle: int, batch: Sequence[EvaluationRecord]) -> list[dict[str, Any]]:
-    """One row per candidate of the batch: parameters, predicted mean and std, acquisition value."""
+    """One row per evaluation of the batch: candidate (with its fidelity and cost in a
+    multi-fidelity campaign), parameters, predicted mean and std, acquisition value."""
     chosen = next((c.chosen for c in campaign.ledger.cycles(campaign.id) if c.cycle == cycle), None) or []
-    why = {c["candidate_id"]: c for c in chosen}
+    why = {(c["candidate_id"], c.get("fidelity", DEFAULT_FIDELITY)): c for c in chosen}
     rows = []
     for evaluation in batch:
-        explained = why.get(evaluation.candidate_id, {})
+        explained = why.get((evaluation.candidate_id, evaluation.fidelity), {})
         row: dict[str, Any] = {"cycle": cycle, "candidate": evaluation.candidate_id}
+        if campaign.config.oracles is not None:
+            row |= {"fidelity": evaluation.fidelity, "cost": _number(evaluation.cost)}
         row.update({k: v if isinstance(v, str) else _number(v) for k, v in evaluation.params.items()})
         for i, name in enumerate(campaign.objectives):
             mean, std = explained.get("mean"), explained.get("std")
@@ -110,6 +114,40 @@ class BudgetProgress:
 
     def update(self) -> None:
         update_progress_artifact(self.id, budget_fraction(self.campaign), description=self._description())
+
+
+def spend_rows(campaign: Campaign) -> list[dict[str, Any]]:
+    """One row per cycle and fidelity: experiments committed to and their cost (as the budget
+    counts them, :meth:`~loop.ledger.Ledger.spent`), and the fidelity's cost so far."""
+    rows: list[dict[str, Any]] = []
+    so_far: dict[str, float] = {}
+    for (cycle, fidelity), (experiments, cost) in campaign.ledger.spent_by_cycle(campaign.id).items():
+        so_far[fidelity] = round(so_far.get(fidelity, 0.0) + cost, 12)
+        rows.append(
+            {
+                "cycle": cycle,
+                "fidelity": fidelity,
+                "experiments": experiments,
+                "cost": cost,
+                "fidelity cost so far": so_far[fidelity],
+            }
+        )
+    return rows
+
+
+def publish_spend(campaign: Campaign) -> UUID:
+    """A table artifact of the spend per cycle and fidelity, every cycle so far."""
+    experiments, cost = campaign.ledger.spent(campaign.id)
+    # prefect's async_dispatch types the result as R | Coroutine; called from sync code it is R
+    return cast(
+        UUID,
+        create_table_artifact(
+            spend_rows(campaign),
+            key=artifact_key(campaign.name, "spend"),
+            description=f"Campaign {campaign.name}: spend per cycle and fidelity "
+            f"({experiments} experiments, cost {cost:g} in all; pending evaluations included).",
+        ),
+    )
 
 
 def best_so_far(campaign: Campaign) -> list[tuple[int, int, float]]:

@@ -2,9 +2,11 @@
 
 Each cycle is the loop's stages as tasks — ``fit-surrogate``, ``propose-batch``, one
 ``evaluate-candidate`` per candidate (or an ``evaluate-batch`` per ``evaluations_per_task``
-candidates; submitted together to the task runner), and
+candidates; submitted together to the task runner of their fidelity), and
 ``record-results``, which commits each result the moment it arrives — with the proposed batch,
-the budget spent and an end-of-run report as artifacts. The ledger is the single source of
+the budget spent (in all, and per fidelity and cycle) and an end-of-run report as artifacts.
+A multi-fidelity campaign (``[[oracles]]``) runs the same stages: the campaign's own methods
+choose the (candidate, fidelity) pairs and charge their costs. The ledger is the single source of
 truth: a run may crash anywhere, and the next run recovers evaluations left in flight,
 dispatches a batch that was proposed but not sent, and goes on; nothing is lost and nothing is
 evaluated twice. Only one run of a campaign works at a time (:mod:`loop.lease`).
@@ -24,12 +26,18 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from flows.approval import review_batch
-from flows.artifacts import BudgetProgress, artifact_key, batch_rows, publish_batch, publish_report
-from flows.execution import ExecutionSection, LazyTaskRunner, dispatch, execution_of, load_campaign
+from flows.artifacts import (
+    BudgetProgress,
+    artifact_key,
+    batch_rows,
+    publish_batch,
+    publish_report,
+    publish_spend,
+)
+from flows.execution import ExecutionSection, TaskRunners, dispatch, execution_of, load_campaign
 from flows.tasks import fit_surrogate, propose_batch, record_results, recover_stranded
 from loop.campaign import Campaign, CampaignReport, CycleReport
 from loop.config import CampaignConfig
-from loop.errors import ConfigError
 from loop.lease import CampaignBusy, CampaignLease
 from loop.ledger import EvaluationRecord
 
@@ -90,17 +98,12 @@ def campaign_flow(
         Where the campaign stands; ``cycles_run`` is 0 when another run held the campaign.
 
     Raises:
-        ConfigError: the configuration is invalid, or has several fidelities (``[[oracles]]``).
+        ConfigError: the configuration is invalid.
         ValueError: ``max_cycles`` is below 1.
     """
     if max_cycles is not None and max_cycles < 1:
         raise ValueError(f"max_cycles must be >= 1 (or None for no limit), got {max_cycles}")
     campaign_config, execution = resolve_campaign(config, execution)
-    if campaign_config.oracles is not None:
-        raise ConfigError(
-            "oracles: multi-fidelity campaigns ([[oracles]]) do not run as a Prefect flow yet; "
-            "run them with 'alloop run'"
-        )
     logger = get_run_logger()
     campaign = Campaign.open(campaign_config)
     try:
@@ -134,17 +137,18 @@ def _advance(
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> CampaignReport:
     """The body of :meth:`Campaign.run`, with the stages as tasks and artifacts per cycle."""
-    with LazyTaskRunner(execution, campaign.oracle.capacity) as runner:
+    with TaskRunners(campaign, execution) as runners:
         recover_stranded.with_options(task_run_name=f"recover-{artifact_key(campaign.name, 'run')}")(campaign)
         progress = BudgetProgress(campaign)
         reports: list[CycleReport] = []
         stop = campaign.stop_reason()
         while stop is None and (max_cycles is None or len(reports) < max_cycles):
             report = _run_cycle(
-                campaign, execution, runner, first_cycle=reports[0].cycle if reports else None
+                campaign, execution, runners, first_cycle=reports[0].cycle if reports else None
             )
             reports.append(report)
             progress.update()
+            publish_spend(campaign)
             logger.info(
                 "campaign %s, cycle %d: %d proposed, %d done, %d failed; %d experiments; best %s",
                 campaign.name,
@@ -162,7 +166,7 @@ def _advance(
 
 
 def _run_cycle(
-    campaign: Campaign, execution: ExecutionSection, runner: LazyTaskRunner, first_cycle: int | None
+    campaign: Campaign, execution: ExecutionSection, runners: TaskRunners, first_cycle: int | None
 ) -> CycleReport:
     """One cycle, as :meth:`Campaign.run_cycle` composes it, with the stages as tasks."""
     cycle, batch, undecided = campaign.open_batch()
@@ -185,15 +189,14 @@ def _run_cycle(
         publish_batch(campaign, cycle, batch)
         if execution.approval:
             batch = review_batch(campaign, cycle, batch, rows, execution.approval_timeout_s)
-        outcomes = _evaluate(campaign, execution, runner, cycle, tag, batch)
+        outcomes = _evaluate(campaign, execution, runners, tag, batch)
     return campaign.close_cycle(cycle, proposed, outcomes, stop_reason)
 
 
 def _evaluate(
     campaign: Campaign,
     execution: ExecutionSection,
-    runner: LazyTaskRunner,
-    cycle: int,
+    runners: TaskRunners,
     tag: str,
     batch: list[EvaluationRecord],
 ) -> list[str | None]:
@@ -203,6 +206,6 @@ def _evaluate(
         return []
     for evaluation in batch:
         campaign.ledger.mark_submitted(evaluation.id)
-    with dispatch(campaign, execution, runner, tag, batch) as futures:
+    with dispatch(campaign, execution, runners, tag, batch) as futures:
         quoted: Any = quote(futures)  # Prefect must not wait for the futures before the task
         return record_results.with_options(task_run_name=f"record-{tag}")(campaign, quoted)

@@ -4,10 +4,11 @@ Every task calls a :class:`~loop.campaign.Campaign` stage and adds nothing but o
 (names, retries, observability): the logic stays in :mod:`loop`.
 
 Fit, propose and record run in the flow's process (they are called, not submitted), because
-the ledger is written by the flow process only. Evaluations are submitted to the task runner:
-threads of the flow process, which share the campaign's oracle, or Dask workers, which
-rebuild the oracle from the configuration once per process (oracles hold locks and threads,
-which do not travel). What comes back from a worker travels as plain data.
+the ledger is written by the flow process only. Evaluations are submitted to the task runner
+of their fidelity (one fidelity unless the campaign has ``[[oracles]]``): threads of the flow
+process, which share the campaign's oracle, or Dask workers, which rebuild the fidelity's
+oracle from the configuration once per process (oracles hold locks and threads, which do not
+travel). What comes back from a worker travels as plain data.
 
 Lost workers: Dask runs a task again on another worker when the one running it dies (a batch
 job killed at its walltime or preempted), and even when the task had finished but its result
@@ -47,8 +48,10 @@ from loop.build import build_oracle, build_space
 from loop.campaign import Campaign
 from loop.candidate import Candidate
 from loop.config import CampaignConfig
+from loop.config_oracles import OracleSection
 from loop.ledger import EvaluationRecord
 from loop.retry import RetryPolicy
+from loop.schema import DEFAULT_FIDELITY
 from oracles.base import Oracle, Result
 from oracles.errors import EvaluationFailed, OracleError
 from surrogates.base import Surrogate
@@ -58,9 +61,16 @@ from surrogates.base import Surrogate
 
 @dataclass(frozen=True)
 class OracleSpec:
-    """How a worker process builds the campaign's oracle: from the configuration."""
+    """How a worker process builds one of the campaign's oracles: from the configuration, the
+    ``fidelity``'s ``[[oracles]]`` entry (a single-oracle campaign's ``[oracle]`` otherwise)."""
 
     config: CampaignConfig
+    fidelity: str = DEFAULT_FIDELITY
+
+    def section(self) -> OracleSection | None:
+        """The fidelity's oracle section; ``None``: the configuration's own (``[oracle]``)."""
+        entries = self.config.oracles or []
+        return next((e.oracle for e in entries if e.fidelity == self.fidelity), None)
 
 
 class OracleFailure(Exception):
@@ -131,12 +141,12 @@ _worker_lock = threading.Lock()
 
 
 def worker_oracle(spec: OracleSpec) -> Oracle:
-    """The oracle of a configuration, built once per (worker) process."""
-    key = f"{spec.config.hash}:{spec.config.ledger_location}"
+    """The oracle of a configuration's fidelity, built once per (worker) process."""
+    key = f"{spec.config.hash}:{spec.config.ledger_location}:{spec.fidelity}"
     with _worker_lock:
         if key not in _worker_oracles:
             space, _ = build_space(spec.config)
-            _worker_oracles[key] = build_oracle(spec.config, space)
+            _worker_oracles[key] = build_oracle(spec.config, space, spec.section())
         return _worker_oracles[key]
 
 

@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -20,7 +19,6 @@ from flows.artifacts import artifact_key
 from flows.campaign import campaign_flow
 from loop.campaign import Campaign
 from loop.config import load_config
-from loop.errors import ConfigError
 from oracles.simulated import read_journal
 from tests.flows.helpers import contents, evaluations
 
@@ -104,14 +102,3 @@ def test_retryable_failures_are_retried_and_recorded_once(
             assert failed_attempts[candidate] == attempts[candidate] - 1
         else:
             assert attempts[candidate] == 3 and "attempt 3" in (evaluation.error or "")
-
-
-def test_a_multi_fidelity_campaign_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    from tests.loop.test_fidelity import _write
-
-    path = _write(tmp_path)
-    with pytest.raises(
-        ConfigError, match=r"^oracles: multi-fidelity campaigns \(\[\[oracles\]\]\) do not run"
-    ):
-        campaign_flow.fn(str(path))
-    assert not (tmp_path / "ledger.db").exists()
