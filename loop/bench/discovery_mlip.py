@@ -130,7 +130,7 @@ def committee_probe(
         training = surrogate.frames_source()  # the EMT frames, outside the fit's time
         frames_s = time.perf_counter() - start
         Y = energies[observed].unsqueeze(-1)
-        dataset = SupervisedDataset(X[observed], Y, feature_names=["key"], outcome_names=["e"])
+        dataset = SupervisedDataset(X[observed], Y, feature_names=keyed.feature_names, outcome_names=["e"])
         start = time.perf_counter()
         surrogate.frames_source = lambda: training
         surrogate.fit(dataset)
