@@ -19,7 +19,8 @@ from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
 from botorch.posteriors import Posterior
-from botorch.sampling.pathwise import draw_matheron_paths
+from botorch.sampling.pathwise import draw_kernel_feature_paths, draw_matheron_paths
+from botorch.sampling.pathwise.prior_samplers import TPathwisePriorSampler
 from botorch.utils.datasets import SupervisedDataset
 from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
@@ -179,7 +180,9 @@ class GPSurrogate(Surrogate, SamplesPaths):
 
     def sample_paths(self, num_samples: int) -> Callable[[Tensor], Tensor]:
         # Matheron paths apply the model's input and outcome transforms themselves.
-        paths = draw_matheron_paths(self.fitted, sample_shape=torch.Size([num_samples]))
+        paths = draw_matheron_paths(
+            self.fitted, sample_shape=torch.Size([num_samples]), prior_sampler=self.prior_sampler()
+        )
         single_output = self.fitted.num_outputs == 1
 
         @torch.no_grad()
@@ -188,6 +191,11 @@ class GPSurrogate(Surrogate, SamplesPaths):
             return values.unsqueeze(-1) if single_output else values.transpose(-1, -2)
 
         return evaluate
+
+    def prior_sampler(self) -> TPathwisePriorSampler:
+        """How :meth:`sample_paths` draws prior functions: random Fourier features of the
+        kernel (BoTorch's, for the Matern and RBF kernels here)."""
+        return draw_kernel_feature_paths
 
     def summary(self) -> dict[str, Any]:
         model = self.fitted
