@@ -17,7 +17,7 @@ from loop.config_oracles import DatasetOracle, EmulatorOracle, OracleSection
 from loop.errors import ConfigError
 from loop.featurize import StructureFeaturizer
 from loop.fidelity import FIDELITY_KINDS
-from loop.hull_acquisition import HULL_AWARE, HullTarget
+from loop.hull_acquisition import HULL_AWARE, HULL_THOMPSON, HullTarget
 from loop.plugins import ORACLE_PLUGINS, POOL_PLUGINS, PluginContext, PluginSection, plugin
 from loop.pool import CandidatePool, Pool, drop_missing_objectives, read_table
 from loop.preflight import (
@@ -252,8 +252,10 @@ def build_acquisition(
     if not (pareto or config.constraints.outcomes or config.feasibility.learn):
         # the Pareto kinds are refused without several unweighted objectives (check_lab_sections)
         # A multi-fidelity policy (loop.fidelity_acquisition) chooses the pairs; the strategy
-        # here only scalarises for it.
-        kind = cast(Kind, "ucb" if section.type in FIDELITY_KINDS else section.type)
+        # here only scalarises for it (and, for mf_hull, carries the hull target it ranks by).
+        kind = cast(Kind, section.type)
+        if section.type in FIDELITY_KINDS:
+            kind = HULL_THOMPSON if section.type == "mf_hull" else "ucb"
         return Acquisition(kind, weights, hull=_hull_target(config, pool), **options)
     from loop.labconfig import modelled_outcomes
     from loop.multiobjective import ModelledAcquisition, OutcomeConstraint
@@ -279,7 +281,7 @@ def _hull_target(config: CampaignConfig, pool: Pool | None) -> HullTarget | None
     """The hull-aware kinds' target, on the columns of the model inputs (``pool``'s, else the
     pair featurizer's) that hold the atomic fractions."""
     section = config.acquisition
-    if section.type not in HULL_AWARE:
+    if section.type not in (*HULL_AWARE, "mf_hull"):
         return None
     assert config.space.generator is not None  # the configuration checked it
     elements = sorted(config.space.generator.options["elements"])

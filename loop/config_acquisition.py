@@ -29,6 +29,7 @@ class AcquisitionSection(Strict):
         "hull_thompson",
         "mf_mes",
         "mf_ucb",
+        "mf_hull",
         "funnel",
     ] = "qlognei"
     beta: NonNegative = 1.0
@@ -71,7 +72,7 @@ class AcquisitionSection(Strict):
         Raises:
             ValueError: naming ``acquisition.type``.
         """
-        if self.type not in ("hull_probability", "hull_lcb", "hull_thompson"):
+        if self.type not in ("hull_probability", "hull_lcb", "hull_thompson", "mf_hull"):
             return
         if [(o.name, o.direction) for o in objectives] != [("formation_energy_per_atom", "minimize")]:
             raise ValueError(

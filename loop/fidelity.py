@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from loop.config import CampaignConfig
 
 #: The acquisition kinds that choose (candidate, fidelity) pairs (:mod:`loop.fidelity_acquisition`).
-FIDELITY_KINDS = ("mf_mes", "mf_ucb", "funnel")
+FIDELITY_KINDS = ("mf_mes", "mf_ucb", "mf_hull", "funnel")
 
 
 @dataclass(frozen=True)

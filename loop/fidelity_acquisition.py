@@ -11,11 +11,17 @@ and what is pending:
 * ``mf_ucb`` — cost-weighted UCB: the candidates with the highest UCB at the target fidelity
   (not yet measured there, nothing pending), each measured at the fidelity that most reduces
   the target's variance at it per unit cost (``cov(f_T, y_s)^2 / var(y_s) / cost_s``);
+* ``mf_hull`` — ``mf_ucb`` for the convex hull of a structure pool: the candidates are those
+  ``hull_thompson`` picks at the target fidelity (per pick one posterior draw, projected to the
+  target fidelity, and the candidate deepest below the hull of the target's measurements),
+  each measured at the fidelity that most reduces the target's variance per unit cost, as
+  ``mf_ucb`` does;
 * ``funnel`` — the fixed funnel: every candidate at the cheapest fidelity first, then the
-  best of each fidelity promoted to the next one up (ranked by the value measured below),
-  whatever the model says.
+  best of each fidelity promoted to the next one up (ranked by the value measured below, or,
+  given a hull target, by its depth below the hull of the values measured below), whatever
+  the model says.
 
-Before the first fit, ``mf_mes`` and ``mf_ucb`` draw random candidates, cycling through the
+Before the first fit, the model-based policies draw random candidates, cycling through the
 fidelities so the model sees every one.
 """
 
@@ -33,8 +39,9 @@ from botorch.models.cost import AffineFidelityCostModel
 from botorch.optim import optimize_acqf_discrete
 from torch import Tensor
 
-from loop.acquisition import rows_of
+from loop.acquisition import Acquisition, rows_of
 from loop.fidelity import FIDELITY_KINDS, Fidelities
+from loop.hull_acquisition import HULL_THOMPSON, HullTarget
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate
 from surrogates.gp import GPSurrogate
 
@@ -75,6 +82,9 @@ class FidelityPolicy:
         weight: The objective's signed weight (``+1`` maximise, ``-1`` minimise).
         beta: ``mf_ucb``: mean + sqrt(beta) · std.
         chunk_size: Pairs scored at once.
+        hull: The compositions in the design inputs and the distance to the hull aimed at:
+            required by ``mf_hull`` (with a minimised objective, formation energy per atom);
+            the funnel given one ranks by depth below the hull.
     """
 
     def __init__(
@@ -84,11 +94,16 @@ class FidelityPolicy:
         weight: float = 1.0,
         beta: float = 1.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        hull: HullTarget | None = None,
     ) -> None:
         if kind not in FIDELITY_KINDS:
             raise ValueError(f"unknown fidelity policy {kind!r}; choose one of {list(FIDELITY_KINDS)}")
-        self.kind, self.fidelities = kind, fidelities
+        self.kind, self.fidelities, self.hull = kind, fidelities, hull
         self.weight, self.beta, self.chunk_size = float(weight), float(beta), chunk_size
+        self.ranking: Acquisition | None = None
+        if kind == "mf_hull":
+            # the checks of the single-fidelity hull_thompson: a hull target, one minimised objective
+            self.ranking = Acquisition(HULL_THOMPSON, [self.weight], chunk_size=chunk_size, hull=hull)
 
     @property
     def needs_model(self) -> bool:
@@ -119,11 +134,13 @@ class FidelityPolicy:
             seed: Seeds the random draws.
         """
         if self.kind == "funnel":
-            return self._funnel(state, q)
+            return self._funnel(X, state, q)
         if model is None:
             return self._initial(state, q, seed)
         if self.kind == "mf_ucb":
             return self._ucb(model, X, state, q)
+        if self.kind == "mf_hull":
+            return self._hull_thompson(model, X, state, q, seed)
         return self._mes(model, X, state, q, X_pending, seed)
 
     # --- policies ---------------------------------------------------------------------------
@@ -135,7 +152,7 @@ class FidelityPolicy:
         names = self.fidelities.names
         return [FidelityPick(int(r), names[i % len(names)], math.nan) for i, r in enumerate(rows)]
 
-    def _funnel(self, state: PairState, q: int) -> list[FidelityPick]:
+    def _funnel(self, X: Tensor, state: PairState, q: int) -> list[FidelityPick]:
         picks: list[FidelityPick] = []
         taken: set[int] = set()
         for level, name in enumerate(self.fidelities.names):
@@ -147,9 +164,10 @@ class FidelityPolicy:
                 below = state.values[:, level - 1]
                 eligible &= ~torch.isnan(below)
                 rows = torch.nonzero(eligible).reshape(-1)
-                ranked = torch.argsort(below[rows], descending=True, stable=True)
+                ranking = below if self.hull is None else self._depth_below_hull(X, below)
+                ranked = torch.argsort(ranking[rows], descending=True, stable=True)
                 order = rows[ranked].tolist()
-                scores = below[rows][ranked].tolist()
+                scores = ranking[rows][ranked].tolist()
             for row, score in zip(order, scores, strict=True):
                 if len(picks) == q:
                     return picks
@@ -158,11 +176,32 @@ class FidelityPolicy:
                     picks.append(FidelityPick(row, name, float(score)))
         return picks
 
+    def _depth_below_hull(self, X: Tensor, values: Tensor) -> Tensor:
+        """``N``: how far each candidate's measured value (``N``, signed, NaN where none) lies
+        below the hull of all of them (eV/atom; NaN where none)."""
+        assert self.hull is not None
+        measured = ~torch.isnan(values)
+        energies = values / self.weight  # formation energies, eV/atom
+        hull = self.hull.hull(X[measured], energies[measured])
+        return hull(X.double()) - energies
+
+    def _target_rows(self, state: PairState) -> Tensor:
+        """Rows not yet measured at the target fidelity, with nothing pending."""
+        target = self.fidelities.names.index(self.fidelities.target)
+        return torch.nonzero(state.open[:, target] & ~state.pending.any(dim=1)).reshape(-1)
+
+    def _best_fidelity(self, model: Surrogate, x: Tensor, state: PairState, row: int) -> str:
+        """The open fidelity of ``row`` that most reduces the target's variance there per unit cost."""
+        gains = {
+            name: self._variance_reduction(model, x, name) / self.fidelities[name].cost
+            for level, name in enumerate(self.fidelities.names)
+            if bool(state.open[row, level])
+        }
+        return max(gains, key=lambda n: gains[n])
+
     @torch.no_grad()
     def _ucb(self, model: Surrogate, X: Tensor, state: PairState, q: int) -> list[FidelityPick]:
-        target = self.fidelities.names.index(self.fidelities.target)
-        eligible = state.open[:, target] & ~state.pending.any(dim=1)
-        rows = torch.nonzero(eligible).reshape(-1)
+        rows = self._target_rows(state)
         if rows.numel() == 0:
             return []
         mean, variance = model.predict(self.augment(X[rows], self.fidelities.target), self.chunk_size)
@@ -170,13 +209,35 @@ class FidelityPolicy:
         picks = []
         for i in torch.argsort(ucb, descending=True)[:q].tolist():
             row = int(rows[i])
-            gains = {
-                name: self._variance_reduction(model, X[row], name) / level.cost
-                for name, level in ((n, self.fidelities[n]) for n in self.fidelities.names)
-                if bool(state.open[row, self.fidelities.names.index(name)])
-            }
-            best = max(gains, key=lambda n: gains[n])
-            picks.append(FidelityPick(row, best, float(ucb[i])))
+            picks.append(FidelityPick(row, self._best_fidelity(model, X[row], state, row), float(ucb[i])))
+        return picks
+
+    @torch.no_grad()
+    def _hull_thompson(
+        self, model: Surrogate, X: Tensor, state: PairState, q: int, seed: int
+    ) -> list[FidelityPick]:
+        assert self.ranking is not None
+        rows = self._target_rows(state)
+        if rows.numel() == 0:
+            return []
+        target = self.fidelities.target
+        values = state.values[:, self.fidelities.names.index(target)]
+        measured = ~torch.isnan(values)
+        # The design inputs keep their columns ahead of the fidelity's, where the hull reads them.
+        chosen = self.ranking.select_from_pool(
+            model,
+            self.augment(X[rows], target),
+            q,
+            self.augment(X[measured], target),
+            (values[measured] / self.weight).unsqueeze(-1),
+            None,
+            seed,
+        )
+        picks = []
+        for pick in chosen:
+            assert pick.index is not None
+            row = int(rows[pick.index])
+            picks.append(FidelityPick(row, self._best_fidelity(model, X[row], state, row), pick.value))
         return picks
 
     def _variance_reduction(self, model: Surrogate, x: Tensor, fidelity: str) -> float:

@@ -56,7 +56,9 @@ class MultiFidelityCampaign(Campaign):
         self.target_fidelity = fidelities.target
         section = config.acquisition
         weight = float(self.acquisition.weights[0])
-        self.policy = FidelityPolicy(section.type, fidelities, weight, section.beta, section.chunk_size)
+        self.policy = FidelityPolicy(
+            section.type, fidelities, weight, section.beta, section.chunk_size, self.acquisition.hull
+        )
 
     def build_oracle(self) -> Oracle:
         assert self.config.oracles is not None

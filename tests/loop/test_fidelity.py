@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from botorch.utils.datasets import SupervisedDataset
 
 from loop.campaign import Campaign
 from loop.config import load_config, parse_config
@@ -22,10 +23,12 @@ from loop.errors import ConfigError
 from loop.fidelity import Fidelities
 from loop.fidelity_acquisition import FidelityPolicy, PairState
 from loop.fidelity_campaign import MultiFidelityCampaign
+from loop.hull_acquisition import HullTarget
 from loop.ledger import EvaluationRecord, Ledger
 from loop.report import campaign_status, evaluations_table
 from oracles.lab import LabServer
 from oracles.simulated import read_journal
+from surrogates.multifidelity import MultiFidelityGP
 from tests.helpers import EMULATED_LAB, robot_entry, wait_for, write_fidelity_campaign
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +143,74 @@ def test_the_funnel_screens_everything_before_promoting_the_best() -> None:
         None, torch.zeros(3, 1), _state([[1.0, nan], [3.0, nan], [2.0, 5.0]]), 2, None, 0
     )
     assert [(p.row, p.fidelity) for p in promoted] == [(1, "lab"), (0, "lab")]
+
+
+def test_a_hull_funnel_promotes_the_deepest_below_the_cheap_hull_not_the_lowest_energy() -> None:
+    fidelities = Fidelities.from_costs({"cheap": 0.01, "emt": 1.0}, "emt")
+    hull = HullTarget.from_feature_names(["Au", "Cu"], ["x_Au", "x_Cu"])
+    X = torch.tensor([[0.5, 0.5], [0.25, 0.75], [0.5, 0.5], [0.1, 0.9]], dtype=torch.double)
+    # formation energies -0.10, -0.09, -0.08, -0.04 eV/atom; the last is on the hull, the third not
+    nan = float("nan")
+    state = _state([[0.10, nan], [0.09, nan], [0.08, nan], [0.04, nan]])  # values signed: -E
+    raw = FidelityPolicy("funnel", fidelities, -1.0).select(None, X, state, 4, None, 0)
+    assert [p.row for p in raw] == [0, 1, 2, 3]
+    by_hull = FidelityPolicy("funnel", fidelities, -1.0, hull=hull).select(None, X, state, 4, None, 0)
+    assert {p.row for p in by_hull[:3]} == {0, 1, 3} and by_hull[3].row == 2  # the hull's three tie at 0
+    assert by_hull[-1].value == pytest.approx(-0.02)  # 20 meV/atom above the hull
+
+
+def _hull_case(cheap_cost: float) -> tuple[list[tuple[int, str]], PairState]:
+    """``mf_hull`` on 40 Au-Cu candidates (inputs x_Au, x_Cu, z): rows 0-19 measured cheaply
+    (the truth + 10 meV/atom), rows 20-29 at the target, rows 30-39 not at all."""
+    g = torch.Generator().manual_seed(0)
+    x, z = torch.rand(40, generator=g, dtype=torch.double), torch.rand(40, generator=g, dtype=torch.double)
+    X = torch.stack([x, 1 - x, z], dim=-1)
+    energy = -0.8 * x * (1 - x) + 0.05 * torch.sin(6 * z)
+    fidelities = Fidelities.from_costs({"cheap": cheap_cost, "target": 1.0}, "target")
+    hull = HullTarget.from_feature_names(["Au", "Cu"], ["x_Au", "x_Cu", "z"], 1.0)
+    policy = FidelityPolicy("mf_hull", fidelities, -1.0, hull=hull)
+    values = torch.full((40, 2), float("nan"), dtype=torch.double)
+    values[:20, 0], values[20:30, 1] = -(energy[:20] + 0.01), -energy[20:30]
+    state = PairState(torch.isnan(values), torch.zeros(40, 2, dtype=torch.bool), values)
+    rows, levels = torch.nonzero(~torch.isnan(values), as_tuple=True)
+    inputs = torch.cat(
+        [policy.augment(X[r : r + 1], fidelities.names[j]) for r, j in zip(rows, levels, strict=True)]
+    )
+    data = SupervisedDataset(
+        inputs,
+        -values[rows, levels].unsqueeze(-1),
+        feature_names=["x_Au", "x_Cu", "z", "f"],
+        outcome_names=["e"],
+    )
+    model = MultiFidelityGP(torch.stack([X.min(0).values, X.max(0).values]), max_iterations=50).fit(data)
+    picks = policy.select(model, X, state, 8, None, 0)
+    return [(p.row, p.fidelity) for p in picks], state
+
+
+def test_mf_hull_measures_cheaply_where_the_cheap_fidelity_is_informative_and_cheap() -> None:
+    picks, _ = _hull_case(cheap_cost=0.01)
+    assert len({row for row, _ in picks}) == 8
+    assert not any(20 <= row < 30 for row, _ in picks)  # measured at the target already
+    for row, fidelity in picks:
+        # a new candidate is screened first; one screened already can only go to the target
+        assert fidelity == ("cheap" if row >= 30 else "target")
+    assert any(row >= 30 for row, _ in picks)
+    dear, _ = _hull_case(cheap_cost=0.9)  # nearly the target's cost: not worth it everywhere
+    assert any(row >= 30 and fidelity == "target" for row, fidelity in dear)
+
+
+def test_mf_hull_needs_a_hull_target_and_a_minimised_objective() -> None:
+    fidelities = Fidelities.from_costs({"cheap": 0.01, "emt": 1.0}, "emt")
+    hull = HullTarget.from_feature_names(["Au", "Cu"], ["x_Au", "x_Cu"])
+    with pytest.raises(ValueError, match="compositions"):
+        FidelityPolicy("mf_hull", fidelities, -1.0)
+    with pytest.raises(ValueError, match="minimised"):
+        FidelityPolicy("mf_hull", fidelities, 1.0, hull=hull)
+
+
+def test_mf_hull_in_a_campaign_needs_formation_energy_on_a_structure_pool(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("acquisition.type = 'mf_hull' needs one objective")):
+        parse_config(_config(tmp_path, kind="mf_hull"), base_dir=tmp_path)
 
 
 # --- campaigns -------------------------------------------------------------------------------
