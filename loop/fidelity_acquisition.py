@@ -41,7 +41,7 @@ from torch import Tensor
 
 from loop.acquisition import Acquisition, rows_of
 from loop.fidelity import FIDELITY_KINDS, Fidelities
-from loop.hull_acquisition import HULL_THOMPSON, HullTarget
+from loop.hull_acquisition import HullTarget
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate
 from surrogates.gp import GPSurrogate
 
@@ -103,7 +103,7 @@ class FidelityPolicy:
         self.ranking: Acquisition | None = None
         if kind == "mf_hull":
             # the checks of the single-fidelity hull_thompson: a hull target, one minimised objective
-            self.ranking = Acquisition(HULL_THOMPSON, [self.weight], chunk_size=chunk_size, hull=hull)
+            self.ranking = Acquisition("hull_thompson", [self.weight], chunk_size=chunk_size, hull=hull)
 
     @property
     def needs_model(self) -> bool:

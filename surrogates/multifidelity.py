@@ -27,9 +27,9 @@ from botorch.models.transforms.outcome import Standardize
 from botorch.sampling.pathwise import draw_kernel_feature_paths, gen_kernel_features
 from botorch.sampling.pathwise.features.maps import FeatureMap
 from botorch.sampling.pathwise.prior_samplers import TPathwisePriorSampler
-from botorch.sampling.pathwise.utils import ChainedTransform, OutputscaleTransform
+from botorch.sampling.pathwise.utils import OutputscaleTransform
 from gpytorch.kernels import Kernel, ProductKernel, ScaleKernel
-from torch import Size, Tensor
+from torch import Tensor
 
 from surrogates.gp import GPSurrogate
 
@@ -116,6 +116,8 @@ class FidelityFeatures(FeatureMap):
         )
         self.levels = levels.detach().to(kernel.power)
         eye = torch.eye(len(self.levels), dtype=self.levels.dtype)
+        self.num_outputs = (1 + len(self.levels)) * self.unbiased.num_outputs
+        self.batch_shape = kernel.batch_shape
         self.root = torch.linalg.cholesky(
             self._bias(self.levels[:, None], self.levels[None, :]) + _JITTER * eye
         )
@@ -133,31 +135,16 @@ class FidelityFeatures(FeatureMap):
         psi = torch.linalg.solve_triangular(self.root, cross.unsqueeze(-1), upper=False).squeeze(-1)
         return torch.cat([phi0, (psi.unsqueeze(-1) * phi1.unsqueeze(-2)).flatten(-2)], dim=-1)
 
-    @property
-    def num_outputs(self) -> int:
-        return (1 + len(self.levels)) * self.unbiased.num_outputs
-
-    @property
-    def batch_shape(self) -> Size:
-        return self.kernel.batch_shape
-
 
 def fidelity_features(kernel: Kernel, *, num_inputs: int, num_outputs: int, levels: Tensor) -> FeatureMap:
-    """The feature map of ``SingleTaskMultiFidelityGP``'s kernel (``ScaleKernel`` over a
+    """The feature map of ``SingleTaskMultiFidelityGP``'s kernel (a ``ScaleKernel`` over a
     one-factor ``ProductKernel`` over the fidelity kernel); other kernels as BoTorch has them."""
+    base = kernel.base_kernel if isinstance(kernel, ScaleKernel) else kernel
+    if isinstance(base, ProductKernel) and len(base.kernels) == 1:
+        base = base.kernels[0]
+    if not isinstance(base, LinearTruncatedFidelityKernel):
+        return gen_kernel_features(kernel, num_inputs=num_inputs, num_outputs=num_outputs)
+    features = FidelityFeatures(base, num_inputs, num_outputs, levels)
     if isinstance(kernel, ScaleKernel):
-        inner = fidelity_features(
-            kernel.base_kernel, num_inputs=num_inputs, num_outputs=num_outputs, levels=levels
-        )
-        scale = OutputscaleTransform(kernel)
-        inner.output_transform = (
-            scale if inner.output_transform is None else ChainedTransform(scale, inner.output_transform)
-        )
-        return inner
-    if isinstance(kernel, ProductKernel) and len(kernel.kernels) == 1:
-        return fidelity_features(
-            kernel.kernels[0], num_inputs=num_inputs, num_outputs=num_outputs, levels=levels
-        )
-    if isinstance(kernel, LinearTruncatedFidelityKernel):
-        return FidelityFeatures(kernel, num_inputs, num_outputs, levels)
-    return gen_kernel_features(kernel, num_inputs=num_inputs, num_outputs=num_outputs)
+        features.output_transform = OutputscaleTransform(kernel)
+    return features

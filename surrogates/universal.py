@@ -46,6 +46,8 @@ class _Model:
     pip: str
     calculator: Callable[..., BaseCalculator]
     embedding: Callable[[Sequence[Atoms], str], np.ndarray] | None = None
+    energies: Callable[[Sequence[Atoms], str], np.ndarray] | None = None
+    """Batched single points, where the package offers them (else the calculator, one by one)."""
 
 
 def universal_calculator(name: str, device: str = "cpu", **options: Any) -> BaseCalculator:
@@ -88,6 +90,30 @@ def structure_embedding(name: str, atoms_list: Sequence[Atoms], device: str = "c
         raise ValueError("structure_embedding needs at least one structure")
     _installed(spec, name)
     return spec.embedding(atoms_list, device)
+
+
+def single_point_energies(name: str, atoms_list: Sequence[Atoms], device: str = "cpu") -> np.ndarray:
+    """Energy per atom of each structure at its geometry as given (no relaxation): a cheap,
+    approximate label, e.g. the screening fidelity of a multi-fidelity search.
+
+    Returns:
+        ``n`` energies (eV/atom).
+
+    Raises:
+        UniversalModelUnavailable: as :func:`universal_calculator`.
+    """
+    spec = _installed(_spec(name), name)
+    if not atoms_list:
+        return np.zeros(0)
+    if spec.energies is not None:
+        return spec.energies(atoms_list, device)
+    calculator = spec.calculator(device)
+    energies = []
+    for atoms in atoms_list:
+        copy = atoms.copy()
+        copy.calc = calculator
+        energies.append(float(copy.get_potential_energy()) / len(copy))
+    return np.asarray(energies)
 
 
 def _spec(name: str) -> _Model:
@@ -139,16 +165,24 @@ def _chgnet(device: str, model: str = "0.3.0", **options: Any) -> BaseCalculator
         return CHGNetCalculator(_chgnet_model(device, model), use_device=device, **options)
 
 
-def _chgnet_embedding(atoms_list: Sequence[Atoms], device: str) -> np.ndarray:
+def _chgnet_predict(atoms_list: Sequence[Atoms], device: str, **options: Any) -> list[dict[str, Any]]:
+    """CHGNet 0.3.0's energy-only predictions (eV/atom), 64 structures per batch."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
     structures = [AseAtomsAdaptor.get_structure(atoms) for atoms in atoms_list]
     predictions = _chgnet_model(device, "0.3.0").predict_structure(
-        structures, task="e", return_crystal_feas=True, batch_size=64
+        structures, task="e", batch_size=64, **options
     )
-    if isinstance(predictions, dict):
-        predictions = [predictions]
+    return [predictions] if isinstance(predictions, dict) else list(predictions)
+
+
+def _chgnet_embedding(atoms_list: Sequence[Atoms], device: str) -> np.ndarray:
+    predictions = _chgnet_predict(atoms_list, device, return_crystal_feas=True)
     return np.stack([np.asarray(p["crystal_fea"], dtype=float) for p in predictions])
+
+
+def _chgnet_energies(atoms_list: Sequence[Atoms], device: str) -> np.ndarray:
+    return np.array([float(np.asarray(p["e"]).reshape(())) for p in _chgnet_predict(atoms_list, device)])
 
 
 # --- MACE-MP --------------------------------------------------------------------------------
@@ -240,7 +274,7 @@ def _orb(device: str, model: str = "orb_v3_conservative_inf_omat", **options: An
 
 #: The universal potentials known by name.
 KNOWN_MODELS: dict[str, _Model] = {
-    "chgnet": _Model("chgnet", "chgnet", _chgnet, _chgnet_embedding),
+    "chgnet": _Model("chgnet", "chgnet", _chgnet, _chgnet_embedding, _chgnet_energies),
     "mace-mp": _Model("mace", "mace-torch", _mace_mp, _mace_mp_embedding),
     "sevennet": _Model("sevenn", "sevenn", _sevennet),
     "mattersim": _Model("mattersim", "mattersim", _mattersim),

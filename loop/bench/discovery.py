@@ -98,12 +98,16 @@ class Truth:
         if kind == "pairs":
             return self.pool
         if kind not in self.inputs:
-            key = self.path.stem.removeprefix("truth-")
             if kind == "chgnet":
-                self.inputs[kind] = chgnet_pool(self.pool, self.path.with_name(f"pool-{key}.chgnet.npz"))
+                self.inputs[kind] = chgnet_pool(self.pool, self.cache_path("chgnet.npz"))
             else:
                 self.inputs[kind] = keys_pool(self.pool)
         return self.inputs[kind]
+
+    def cache_path(self, suffix: str) -> Path:
+        """Where a cache of the pool sits: beside its ground truth, ``pool-<key>.<suffix>``."""
+        key = self.path.stem.removeprefix("truth-")
+        return self.path.with_name(f"pool-{key}.{suffix}")
 
 
 def load_truth(
@@ -132,8 +136,24 @@ def load_truth(
     )
 
 
+@dataclass(frozen=True)
+class SimulatedCampaign:
+    """One simulated campaign: the pool rows in evaluation order, each one's round, and the
+    seconds of each decision."""
+
+    order: list[int]
+    cycles: list[int]
+    decisions: list[float]
+
+
 def run_variant(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: int) -> dict[str, Any]:
     """One simulated campaign: the evaluation order, per-round metrics and decision times."""
+    run = simulate(variant, truth, protocol, seed)
+    return _summary(variant, seed, run.order, run.cycles, run.decisions, truth, protocol)
+
+
+def simulate(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: int) -> SimulatedCampaign:
+    """Run the campaign of ``variant`` on one seed against the ground truth."""
     pool = truth.pool
     acquisition = _acquisition(variant, protocol, pool.feature_names)
     kind, inputs = VARIANTS[variant]
@@ -145,7 +165,7 @@ def run_variant(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: i
     if inputs == "keys":
         surrogate = committee_surrogate(featurised, order, references(truth.path), seed)
     elif kind != "random":
-        surrogate = GPSurrogate(input_bounds=_bounds(X))
+        surrogate = GPSurrogate(input_bounds=pool_bounds(X))
     cycles = [0] * len(order)
     decisions: list[float] = []
     budget = min(protocol.budget, len(pool))
@@ -168,7 +188,7 @@ def run_variant(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: i
         cycles += [cycle] * len(picks)
     if isinstance(surrogate, CommitteeSurrogate):
         surrogate.close()
-    return _summary(variant, seed, order, cycles, decisions, truth, protocol)
+    return SimulatedCampaign(order, cycles, decisions)
 
 
 def decision_seconds(
@@ -183,7 +203,7 @@ def decision_seconds(
     out = []
     for size in sizes:
         choices = X[torch.arange(size) % X.shape[0]]
-        surrogate = GPSurrogate(input_bounds=_bounds(X))
+        surrogate = GPSurrogate(input_bounds=pool_bounds(X))
         dataset = SupervisedDataset(
             X[observed], Y[observed], feature_names=truth.pool.feature_names, outcome_names=["e"]
         )
@@ -342,7 +362,7 @@ def _acquisition(variant: str, protocol: DiscoveryProtocol, feature_names: list[
     return Acquisition(kind, [-1.0], hull=hull)  # type: ignore[arg-type]
 
 
-def _bounds(X: Tensor) -> Tensor:
+def pool_bounds(X: Tensor) -> Tensor:
     """The pool's range (as :func:`loop.build.build_surrogate` scales inputs)."""
     bounds = torch.stack([X.min(dim=0).values, X.max(dim=0).values])
     bounds[1] = torch.where(bounds[1] > bounds[0], bounds[1], bounds[0] + 1.0)

@@ -1,5 +1,8 @@
 """The discovery benchmark's MLIP-based variants: what they read of the pool and how they learn.
 
+``chgnet_energies``: CHGNet's single-point energies of the pool as generated (cached beside it
+in ``pool-<key>.chgnet-energy.npz``), the cheap fidelity of ``alloop bench multifidelity``'s
+structure problem, with :func:`pool_formation_energies` against the pool's own pure elements.
 ``gp_chgnet_thompson``: the campaign's GP on CHGNet's per-structure embedding
 (:class:`~surrogates.descriptors.EmbeddingFeaturizer`, rows cached beside the pool in
 ``pool-<key>.chgnet.npz``), so only the inputs differ from ``gp_pair_thompson``.
@@ -35,6 +38,47 @@ from surrogates.committee_surrogate import CommitteeSurrogate, TrainingSet
 from surrogates.descriptors import EmbeddingFeaturizer
 from surrogates.mlip import MACESettings, MLIPCommittee
 from surrogates.structure_keys import StructureKeys
+from surrogates.universal import single_point_energies
+
+
+def chgnet_energies(pool: StructurePool, cache: Path, chunk: int = 512) -> np.ndarray:
+    """CHGNet 0.3.0's single-point energy per atom (eV/atom) of every candidate at its geometry
+    as generated (the structure EMT starts relaxing from), ``N``.
+
+    Computed once and kept in ``cache`` (``ids``, ``energies``), written after every ``chunk``
+    candidates, so a killed run continues where it stopped."""
+    known: dict[str, float] = {}
+    if cache.is_file():
+        with np.load(cache) as stored:
+            known = dict(zip(stored["ids"].tolist(), stored["energies"].tolist(), strict=True))
+    missing = [i for i, cid in enumerate(pool.ids) if cid not in known]
+    for start in range(0, len(missing), chunk):
+        rows = missing[start : start + chunk]
+        atoms = [candidate_atoms(pool.candidates[i]) for i in rows]
+        energies = single_point_energies("chgnet", atoms)
+        known.update(zip([pool.ids[i] for i in rows], energies.tolist(), strict=True))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(cache.name + ".part.npz")
+        np.savez(partial, ids=np.array(list(known)), energies=np.array(list(known.values())))
+        partial.replace(cache)
+    return np.array([known[cid] for cid in pool.ids])
+
+
+def pool_formation_energies(energies: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Formation energy per atom (``N``, eV/atom) of energies per atom (``N``) against the pool's
+    own elemental references: each element's lowest energy per atom among its pure candidates
+    (``fractions``: ``N x e`` atomic fractions).
+
+    Raises:
+        ValueError: an element has no pure candidate in the pool.
+    """
+    references = []
+    for column in range(fractions.shape[1]):
+        pure = fractions[:, column] > 1 - 1e-9
+        if not pure.any():
+            raise ValueError(f"element column {column} has no pure candidate in the pool")
+        references.append(float(energies[pure].min()))
+    return energies - fractions @ np.asarray(references)
 
 
 def chgnet_pool(pool: StructurePool, cache: Path) -> StructurePool:

@@ -24,8 +24,10 @@ from botorch.utils.datasets import SupervisedDataset
 from torch import Tensor
 
 from loop.acquisition import Acquisition
+from loop.bench.discovery import pool_bounds
 from loop.fidelity import Fidelities
 from loop.fidelity_acquisition import FidelityPolicy, PairState
+from loop.hull_acquisition import HullTarget
 from surrogates.gp import GPSurrogate
 from surrogates.multifidelity import MultiFidelityGP
 
@@ -53,14 +55,42 @@ class Settings:
 
 @dataclass(frozen=True)
 class Run:
-    """One method on one seed: cost spent and target evaluations when the target was first reached."""
+    """One method on one seed: cost spent and target evaluations when the target was first
+    reached (infinite where it was not), total cost, and the recall of the pool's good
+    designs at the end (problems that have a set of them)."""
 
     cost_to_target: float
     target_evaluations: float
     total_cost: float
+    final_recall: float | None = None
 
     def as_dict(self) -> dict[str, float | None]:
-        return {k: None if math.isinf(v) else v for k, v in vars(self).items()}
+        return {k: None if v is None or math.isinf(v) else v for k, v in vars(self).items()}
+
+
+@dataclass(frozen=True)
+class PoolProblem:
+    """A finite pool measured at named fidelities: what a method sees of a problem.
+
+    Attributes:
+        X: ``N x d`` design inputs.
+        fidelities: Names, costs and the target.
+        measure: ``(row, fidelity)`` → the measured objective value, in its own sign.
+        weight: ``+1`` maximise, ``-1`` minimise.
+        hit: ``(row, value)`` → whether this target-fidelity measurement is one of the good designs.
+        needed: Good designs measured at the target fidelity that reach the target.
+        good: How many good designs the pool holds (``None``: recall is not reported).
+        hull: The hull target of a structure pool (hull-aware policies).
+    """
+
+    X: Tensor
+    fidelities: Fidelities
+    measure: Callable[[int, str], float]
+    weight: float
+    hit: Callable[[int, float], bool]
+    needed: int = 1
+    good: int | None = None
+    hull: HullTarget | None = None
 
 
 def _pool(problem: SyntheticTestFunction, size: int, seed: int) -> Tensor:
@@ -81,27 +111,30 @@ def _dataset(X: Tensor, values: list[float]) -> SupervisedDataset:
     return SupervisedDataset(X, Y, feature_names=[f"x{i}" for i in range(X.shape[-1])], outcome_names=["y"])
 
 
-class _Trace:
-    """Spend and the best target-fidelity value as measurements come in."""
+class Trace:
+    """Spend and good designs found at the target fidelity as measurements come in."""
 
-    def __init__(self, threshold: float) -> None:
-        self.threshold, self.cost, self.target_evaluations = threshold, 0.0, 0
-        self.reached: Run | None = None
+    def __init__(self, problem: PoolProblem) -> None:
+        self.problem, self.cost, self.target_evaluations, self.hits = problem, 0.0, 0, 0
+        self.reached: tuple[float, int] | None = None
 
-    def add(self, fidelity: str, value: float) -> None:
-        self.cost += FIDELITIES[fidelity][1]
-        if fidelity == "target":
+    def add(self, row: int, fidelity: str, value: float) -> None:
+        self.cost += self.problem.fidelities[fidelity].cost
+        if fidelity == self.problem.fidelities.target:
             self.target_evaluations += 1
-            if self.reached is None and value >= self.threshold:
-                self.reached = Run(self.cost, self.target_evaluations, math.nan)
+            self.hits += self.problem.hit(row, value)
+            if self.reached is None and self.hits >= self.problem.needed:
+                self.reached = (self.cost, self.target_evaluations)
 
     def result(self) -> Run:
-        if self.reached is None:
-            return Run(math.inf, math.inf, self.cost)
-        return Run(self.reached.cost_to_target, self.reached.target_evaluations, self.cost)
+        good = self.problem.good
+        recall = None if good is None else self.hits / good if good else 0.0
+        cost, evaluations = self.reached or (math.inf, math.inf)
+        return Run(cost, evaluations, self.cost, recall)
 
 
-def _single(problem: SyntheticTestFunction, X: Tensor, trace: _Trace, settings: Settings, seed: int) -> Run:
+def _single(problem: PoolProblem, trace: Trace, settings: Settings, seed: int) -> Run:
+    X, target = problem.X, problem.fidelities.target
     bounds = torch.stack([X.min(0).values, X.max(0).values])
     surrogate = GPSurrogate(bounds, max_iterations=settings.max_iterations)
     acquisition = Acquisition("qlognei", [1.0])
@@ -124,19 +157,18 @@ def _single(problem: SyntheticTestFunction, X: Tensor, trace: _Trace, settings: 
         for row in chosen:
             free.remove(row)
             rows.append(row)
-            values.append(float(_measure(problem, X[row : row + 1], "target")[0]))
-            trace.add("target", values[-1])
+            values.append(problem.measure(row, target))
+            trace.add(row, target, values[-1])
         cycle += 1
     return trace.result()
 
 
-def _multi(
-    kind: str, problem: SyntheticTestFunction, X: Tensor, trace: _Trace, settings: Settings, seed: int
-) -> Run:
-    fidelities = Fidelities.from_costs({name: cost for name, (_, cost) in FIDELITIES.items()}, "target")
-    policy = FidelityPolicy(kind, fidelities)
-    bounds = torch.stack([X.min(0).values, X.max(0).values])
-    surrogate = MultiFidelityGP(bounds, max_iterations=settings.max_iterations)
+def run_multi(kind: str, problem: PoolProblem, settings: Settings, seed: int) -> Run:
+    """A multi-fidelity policy (or the funnel) on the pool, until the budget is spent:
+    ``initial_designs`` pairs, then ``mf_batch`` per round, each measured at once."""
+    X, fidelities, trace = problem.X, problem.fidelities, Trace(problem)
+    policy = FidelityPolicy(kind, fidelities, problem.weight, hull=problem.hull)
+    surrogate = MultiFidelityGP(pool_bounds(X), max_iterations=settings.max_iterations)
     names = fidelities.names
     state = PairState(
         torch.ones(X.shape[0], len(names), dtype=torch.bool),
@@ -157,13 +189,13 @@ def _multi(
             cost = fidelities[pick.fidelity].cost
             if trace.cost + cost > settings.budget + 1e-9:
                 continue
-            value = float(_measure(problem, X[pick.row : pick.row + 1], pick.fidelity)[0])
+            value = problem.measure(pick.row, pick.fidelity)
             level = names.index(pick.fidelity)
             state.open[pick.row, level] = False
-            state.values[pick.row, level] = value
+            state.values[pick.row, level] = problem.weight * value  # signed, as a campaign's scores
             inputs.append(policy.augment(X[pick.row : pick.row + 1], pick.fidelity)[0])
             values.append(value)
-            trace.add(pick.fidelity, value)
+            trace.add(pick.row, pick.fidelity, value)
             spent_any = True
         if not spent_any:
             break
@@ -171,17 +203,30 @@ def _multi(
     return trace.result()
 
 
+def analytic_problem(name: str, settings: Settings, seed: int) -> PoolProblem:
+    """One seed's pool of random designs of the test function ``name``; a design is good
+    within ``regret_fraction`` of the way from the pool's best to its median (at the target)."""
+    function = PROBLEMS[name]()
+    X = _pool(function, settings.pool_size, seed)
+    truth = _measure(function, X, "target")
+    best, median = float(truth.max()), float(truth.median())
+    threshold = best - settings.regret_fraction * (best - median)
+    return PoolProblem(
+        X,
+        Fidelities.from_costs({name: cost for name, (_, cost) in FIDELITIES.items()}, "target"),
+        lambda row, fidelity: float(_measure(function, X[row : row + 1], fidelity)[0]),
+        1.0,
+        lambda row, value: value >= threshold,
+    )
+
+
 def run_one(problem_name: str, method: str, seed: int, settings: Settings = Settings()) -> Run:
     """One method on one seed's pool."""
     torch.manual_seed(seed)
-    problem = PROBLEMS[problem_name]()
-    X = _pool(problem, settings.pool_size, seed)
-    truth = _measure(problem, X, "target")
-    best, median = float(truth.max()), float(truth.median())
-    trace = _Trace(best - settings.regret_fraction * (best - median))
+    problem = analytic_problem(problem_name, settings, seed)
     if method == "single":
-        return _single(problem, X, trace, settings, seed)
-    return _multi(method, problem, X, trace, settings, seed)
+        return _single(problem, Trace(problem), settings, seed)
+    return run_multi(method, problem, settings, seed)
 
 
 def run_benchmark(
@@ -202,17 +247,24 @@ def run_benchmark(
                 runs.append(run)
                 if progress is not None:
                     progress(problem, method, seed, run)
-            by_method[method] = {
-                "reached": sum(math.isfinite(r.cost_to_target) for r in runs),
-                "median_cost_to_target": _median([r.cost_to_target for r in runs]),
-                "median_target_evaluations": _median([r.target_evaluations for r in runs]),
-                "runs": [r.as_dict() for r in runs],
-            }
+            by_method[method] = summarise(runs)
         summary["problems"][problem] = {"methods": by_method, "decision": _decide(by_method)}
     return summary
 
 
-def _median(values: list[float]) -> float | None:
+def summarise(runs: Sequence[Run]) -> dict[str, Any]:
+    """Runs reaching the target, the medians of cost and target evaluations to it (a run that
+    did not reach it counts as infinite; ``None`` where the median is), and every run."""
+    return {
+        "reached": sum(math.isfinite(r.cost_to_target) for r in runs),
+        "median_cost_to_target": median([r.cost_to_target for r in runs]),
+        "median_target_evaluations": median([r.target_evaluations for r in runs]),
+        "runs": [r.as_dict() for r in runs],
+    }
+
+
+def median(values: list[float]) -> float | None:
+    """The median, ``None`` where it is infinite (more than half the runs did not reach)."""
     value = statistics.median(values)
     return None if math.isinf(value) else value
 
