@@ -2,7 +2,8 @@
 
 ``chgnet_energies``: CHGNet's single-point energies of the pool as generated (cached beside it
 in ``pool-<key>.chgnet-energy.npz``), the cheap fidelity of ``alloop bench multifidelity``'s
-structure problem, with :func:`pool_formation_energies` against the pool's own pure elements.
+structure problem, against CHGNet's energies of the ground truth's elemental references
+(:func:`chgnet_references`).
 ``gp_chgnet_thompson``: the campaign's GP on CHGNet's per-structure embedding
 (:class:`~surrogates.descriptors.EmbeddingFeaturizer`, rows cached beside the pool in
 ``pool-<key>.chgnet.npz``), so only the inputs differ from ``gp_pair_thompson``.
@@ -47,38 +48,43 @@ def chgnet_energies(pool: StructurePool, cache: Path, chunk: int = 512) -> np.nd
 
     Computed once and kept in ``cache`` (``ids``, ``energies``), written after every ``chunk``
     candidates, so a killed run continues where it stopped."""
-    known: dict[str, float] = {}
-    if cache.is_file():
-        with np.load(cache) as stored:
-            known = dict(zip(stored["ids"].tolist(), stored["energies"].tolist(), strict=True))
+    known = _read_energies(cache)
     missing = [i for i, cid in enumerate(pool.ids) if cid not in known]
     for start in range(0, len(missing), chunk):
         rows = missing[start : start + chunk]
         atoms = [candidate_atoms(pool.candidates[i]) for i in rows]
-        energies = single_point_energies("chgnet", atoms)
-        known.update(zip([pool.ids[i] for i in rows], energies.tolist(), strict=True))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(cache.name + ".part.npz")
-        np.savez(partial, ids=np.array(list(known)), energies=np.array(list(known.values())))
-        partial.replace(cache)
+        known.update(zip([pool.ids[i] for i in rows], single_point_energies("chgnet", atoms), strict=True))
+        _write_energies(cache, known)
     return np.array([known[cid] for cid in pool.ids])
 
 
-def pool_formation_energies(energies: np.ndarray, fractions: np.ndarray) -> np.ndarray:
-    """Formation energy per atom (``N``, eV/atom) of energies per atom (``N``) against the pool's
-    own elemental references: each element's lowest energy per atom among its pure candidates
-    (``fractions``: ``N x e`` atomic fractions).
+def chgnet_references(elements: Sequence[str], cache: Path) -> np.ndarray:
+    """CHGNet's energy per atom (eV/atom) of each element's reference crystal, ``ase.build.bulk``
+    as the EMT ground truth has it (the pool holds no pure candidates); kept in ``cache``
+    beside the candidates' energies, as ``reference:<element>``."""
+    from ase.build import bulk
 
-    Raises:
-        ValueError: an element has no pure candidate in the pool.
-    """
-    references = []
-    for column in range(fractions.shape[1]):
-        pure = fractions[:, column] > 1 - 1e-9
-        if not pure.any():
-            raise ValueError(f"element column {column} has no pure candidate in the pool")
-        references.append(float(energies[pure].min()))
-    return energies - fractions @ np.asarray(references)
+    known = _read_energies(cache)
+    missing = [el for el in elements if f"reference:{el}" not in known]
+    if missing:
+        energies = single_point_energies("chgnet", [bulk(el) for el in missing])
+        known.update({f"reference:{el}": float(e) for el, e in zip(missing, energies, strict=True)})
+        _write_energies(cache, known)
+    return np.array([known[f"reference:{el}"] for el in elements])
+
+
+def _read_energies(cache: Path) -> dict[str, float]:
+    if not cache.is_file():
+        return {}
+    with np.load(cache) as stored:
+        return dict(zip(stored["ids"].tolist(), stored["energies"].tolist(), strict=True))
+
+
+def _write_energies(cache: Path, known: dict[str, float]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.name + ".part.npz")
+    np.savez(partial, ids=np.array(list(known)), energies=np.array(list(known.values()), dtype=float))
+    partial.replace(cache)
 
 
 def chgnet_pool(pool: StructurePool, cache: Path) -> StructurePool:

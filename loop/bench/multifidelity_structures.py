@@ -5,8 +5,8 @@ the protocol and decision rule).
 The pool and its EMT ground truth are the discovery benchmark's (:func:`~loop.bench.discovery.load_truth`,
 11,991 Cu-Ag-Au-Pd-Pt-Ni structures). Fidelities: ``emt``, the target, is the ground truth (an
 EMT relaxation); ``chgnet`` is CHGNet's single-point formation energy at the geometry as
-generated (:func:`~loop.bench.discovery_mlip.chgnet_energies`, cached beside the pool, against
-the lowest-energy pure candidate of each element). A CHGNet *relaxation* of every candidate
+generated (:func:`~loop.bench.discovery_mlip.chgnet_energies`, cached beside the pool), against
+CHGNet's energies of the ground truth's elemental reference crystals. A CHGNet *relaxation* of every candidate
 (~4 s each) would not fit this machine; a single point costs ~0.01-0.05 s. Good designs: the
 structures within ``within_mev`` of the true hull; the target is ``recall`` of them measured
 with EMT. Methods, all on the pool's atomic fractions + CHGNet embedding as model inputs:
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from loop.bench.discovery import DiscoveryProtocol, Truth, load_truth, simulate
-from loop.bench.discovery_mlip import chgnet_energies, pool_formation_energies
+from loop.bench.discovery_mlip import chgnet_energies, chgnet_references
 from loop.bench.multifidelity import PoolProblem, Run, Settings, Trace, median, run_multi, summarise
 from loop.fidelity import Fidelities
 from loop.hull_acquisition import HullTarget
@@ -79,21 +79,24 @@ class StructureProtocol:
 
 
 def cheap_formation_energies(truth: Truth, hull: HullTarget) -> torch.Tensor:
-    """CHGNet's formation energy per atom of every candidate (``N``, eV/atom), cached beside the pool."""
-    energies = chgnet_energies(truth.pool, truth.cache_path("chgnet-energy.npz"))
-    fractions = hull.fractions(truth.with_inputs("chgnet").X).numpy()
-    return torch.as_tensor(pool_formation_energies(energies, fractions), dtype=torch.double)
+    """CHGNet's formation energy per atom of every candidate (``N``, eV/atom) against CHGNet's
+    energies of the elements' reference crystals; the energies cached beside the pool."""
+    cache = truth.cache_path("chgnet-energy.npz")
+    energies = torch.as_tensor(chgnet_energies(truth.pool, cache), dtype=torch.double)
+    references = torch.as_tensor(chgnet_references(hull.elements, cache), dtype=torch.double)
+    return energies - hull.fractions(truth.with_inputs("chgnet").X) @ references
 
 
 def structure_problem(truth: Truth, protocol: StructureProtocol) -> PoolProblem:
     """The pool at its two fidelities, on the atomic fractions + CHGNet embedding."""
     featurised = truth.with_inputs("chgnet")
+    X = featurised.X  # first: the embedding's width, and so the feature names, come with it
     elements = sorted(protocol.discovery.pool.elements)
     hull = HullTarget.from_feature_names(elements, featurised.feature_names, protocol.discovery.within_mev)
     table = {"chgnet": cheap_formation_energies(truth, hull).tolist(), "emt": truth.energies.tolist()}
     good = [cid in truth.targets for cid in truth.pool.ids]
     return PoolProblem(
-        featurised.X,
+        X,
         Fidelities.from_costs(protocol.costs, "emt"),
         lambda row, fidelity: table[fidelity][row],
         -1.0,

@@ -121,46 +121,93 @@ def prerelax_command(
 
 
 def multifidelity_command(
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds (pools) per problem and method.")] = 10,
-    problems: Annotated[str, typer.Option(help="Comma-separated: branin, hartmann.")] = "branin,hartmann",
-    methods: Annotated[str, typer.Option(help="Comma-separated: single, mf_ucb, funnel, mf_mes.")] = (
-        "single,mf_ucb,funnel"
-    ),
-    budget: Annotated[float, typer.Option("--budget", min=1.0, help="Total cost per run.")] = 20.0,
+    seeds: Annotated[
+        int | None,
+        typer.Option("--seeds", min=1, help="Seeds per problem and method [default: 10; structures 5]."),
+    ] = None,
+    problems: Annotated[
+        str, typer.Option(help="Comma-separated: branin, hartmann, structures.")
+    ] = "branin,hartmann",
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated [default: single,mf_ucb,funnel (mf_mes too); "
+            "structures: single,funnel,mf_hull]."
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", min=1.0, help="Total cost per run [default: 20; structures 1000]."),
+    ] = None,
+    workdir: Annotated[
+        Path,
+        typer.Option("--workdir", help="structures: where the discovery pool and its caches are."),
+    ] = Path("runs/bench-discovery"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
 ) -> None:
-    """Total cost to reach a regret target on BoTorch's AugmentedBranin and AugmentedHartmann:
-    cost-aware multi-fidelity against single-fidelity qLogNEI and the fixed funnel, at equal
-    total cost (benchmarks/RESULTS.md, "Multi-fidelity")."""
+    """Total cost to reach a target, cost-aware multi-fidelity against single-fidelity and the
+    fixed funnel at equal total cost: BoTorch's AugmentedBranin and AugmentedHartmann (regret
+    target), and the discovery benchmark's structures at CHGNet and EMT (95% hull recall)
+    (benchmarks/RESULTS.md, "Multi-fidelity")."""
+    import dataclasses
+
+    from loop.bench import multifidelity_structures as structures
     from loop.bench.multifidelity import METHODS, PROBLEMS, Run, Settings, run_benchmark
 
-    chosen_problems, chosen_methods = problems.split(","), methods.split(",")
+    chosen_problems = problems.split(",")
+    analytic = [p for p in chosen_problems if p != "structures"]
+    on_structures = "structures" in chosen_problems
+    unknown = [p for p in analytic if p not in PROBLEMS]
+    if unknown:
+        known_problems = [*PROBLEMS, "structures"]
+        raise typer.BadParameter(f"unknown {unknown}; known: {known_problems}", param_hint="--problems")
+    analytic_methods = (methods or "single,mf_ucb,funnel").split(",")
+    structure_methods = (methods or "single,funnel,mf_hull").split(",")
     for name, chosen, known in (
-        ("--problems", chosen_problems, PROBLEMS),
-        ("--methods", chosen_methods, METHODS),
+        ("branin, hartmann", analytic_methods if analytic else [], METHODS),
+        ("structures", structure_methods if on_structures else [], structures.METHODS),
     ):
-        unknown = [c for c in chosen if c not in known]
-        if unknown:
-            raise typer.BadParameter(f"unknown {unknown}; known: {list(known)}", param_hint=name)
+        wrong = [m for m in chosen if m not in known]
+        if wrong:
+            raise typer.BadParameter(
+                f"unknown {wrong} for {name}; known: {list(known)}", param_hint="--methods"
+            )
 
     def progress(problem: str, method: str, seed: int, run: Run) -> None:
         if not quiet:
-            print(f"{problem} {method} seed {seed}: cost to target {run.cost_to_target:g}", file=sys.stderr)
+            print(f"{problem} {method} seed {seed}: {json.dumps(run.as_dict())}", file=sys.stderr)
 
-    settings = Settings(budget=budget)
-    result = run_benchmark(chosen_problems, chosen_methods, range(seeds), settings, progress)
+    result: dict[str, Any] = {"problems": {}}
+    if analytic:
+        settings = Settings() if budget is None else Settings(budget=budget)
+        result = run_benchmark(analytic, analytic_methods, range(seeds or 10), settings, progress)
+    if on_structures:
+        protocol = structures.StructureProtocol()
+        if budget is not None:
+            protocol = dataclasses.replace(
+                protocol, discovery=dataclasses.replace(protocol.discovery, budget=int(budget))
+            )
+        start = time.perf_counter()
+        result["problems"]["structures"] = structures.run_benchmark(
+            structure_methods,
+            range(seeds or 5),
+            workdir,
+            protocol,
+            lambda method, seed, run: progress("structures", method, seed, run),
+        )
+        result["problems"]["structures"]["wall_s"] = time.perf_counter() - start
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     for problem, numbers in result["problems"].items():
-        table = Table(title=f"{problem}: cost to the regret target ({seeds} seeds, budget {budget:g})")
+        table = Table(title=f"{problem}: cost to the target")
         for column in ("method", "reached", "median cost", "median target evaluations"):
             table.add_column(column)
         for method, row in numbers["methods"].items():
             table.add_row(
                 method,
-                f"{row['reached']}/{seeds}",
+                f"{row['reached']}/{len(row['runs'])}",
                 fmt(row["median_cost_to_target"]),
                 fmt(row["median_target_evaluations"]),
             )
