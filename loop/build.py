@@ -17,7 +17,7 @@ from loop.config_oracles import DatasetOracle, EmulatorOracle, OracleSection
 from loop.errors import ConfigError
 from loop.featurize import StructureFeaturizer
 from loop.fidelity import FIDELITY_KINDS
-from loop.hull_acquisition import HULL_AWARE, HULL_THOMPSON, HullTarget
+from loop.hull_acquisition import HULL_AWARE, HullTarget
 from loop.plugins import ORACLE_PLUGINS, POOL_PLUGINS, PluginContext, PluginSection, plugin
 from loop.pool import CandidatePool, Pool, drop_missing_objectives, read_table
 from loop.preflight import (
@@ -255,7 +255,7 @@ def build_acquisition(
         # here only scalarises for it (and, for mf_hull, carries the hull target it ranks by).
         kind = cast(Kind, section.type)
         if section.type in FIDELITY_KINDS:
-            kind = HULL_THOMPSON if section.type == "mf_hull" else "ucb"
+            kind = "hull_thompson" if section.type == "mf_hull" else "ucb"
         return Acquisition(kind, weights, hull=_hull_target(config, pool), **options)
     from loop.labconfig import modelled_outcomes
     from loop.multiobjective import ModelledAcquisition, OutcomeConstraint

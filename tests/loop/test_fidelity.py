@@ -213,6 +213,66 @@ def test_mf_hull_in_a_campaign_needs_formation_energy_on_a_structure_pool(tmp_pa
         parse_config(_config(tmp_path, kind="mf_hull"), base_dir=tmp_path)
 
 
+STRUCTURE_CAMPAIGN = """
+[campaign]
+name = "mf"
+seed = 1
+ledger = "ledger.db"
+
+[space.generator]
+type = "structures"
+elements = ["Cu", "Au"]
+lattice = "fcc"
+max_atoms = 3
+
+[[objectives]]
+name = "formation_energy_per_atom"
+direction = "minimize"
+
+[acquisition]
+type = "mf_hull"
+batch_size = 3
+initial_designs = 4
+
+[[oracles]]
+fidelity = "single_point"
+cost = 0.01
+type = "dft"
+calculator = "emt"
+mode = "single_point"
+workdir = "runs"
+
+[[oracles]]
+fidelity = "relaxed"
+cost = 1.0
+type = "dft"
+calculator = "emt"
+mode = "relax"
+workdir = "runs"
+
+[stopping]
+max_cost = 4
+"""
+
+
+def test_an_mf_hull_campaign_screens_structures_with_single_points_and_relaxes_some(tmp_path: Path) -> None:
+    path = tmp_path / "campaign.toml"
+    path.write_text(STRUCTURE_CAMPAIGN)
+    campaign = Campaign.from_file(path)
+    try:
+        assert isinstance(campaign, MultiFidelityCampaign)
+        assert campaign.policy.hull is not None and campaign.policy.hull.elements == ("Au", "Cu")
+        report = campaign.run()
+    finally:
+        campaign.close()
+    evaluations = _evaluations(path)
+    by_fidelity = Counter(e.fidelity for e in evaluations)
+    assert by_fidelity["single_point"] > 0 and by_fidelity["relaxed"] > 0
+    assert report.cost == pytest.approx(0.01 * by_fidelity["single_point"] + by_fidelity["relaxed"])
+    assert report.cost <= 4
+    assert all(e.status == "done" and "formation_energy_per_atom" in e.values for e in evaluations)
+
+
 # --- campaigns -------------------------------------------------------------------------------
 
 
