@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -69,16 +69,7 @@ Kind = Literal[
     "hull_lcb",
     "hull_thompson",
 ]
-KINDS: tuple[Kind, ...] = (
-    "ucb",
-    "qlogei",
-    "qlognei",
-    "max_variance",
-    "thompson",
-    "random",
-    *HULL_KINDS,
-    "hull_thompson",
-)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 _THOMPSON_KINDS = ("thompson", HULL_THOMPSON)
 _MARGINAL_KINDS = ("ucb", "max_variance", *HULL_KINDS)
 _THOMPSON_SPACE_SAMPLES = 4096

@@ -25,8 +25,9 @@ from loop.acquisition import Acquisition, Pick
 from loop.candidate import Candidate
 from loop.config import CampaignConfig
 from loop.feasibility import feasibility_data
-from loop.ledger import EvaluationRecord, Ledger, Proposal
+from loop.ledger import EvaluationRecord, Proposal
 from loop.pool import Pool
+from loop.recorder import CampaignRows
 from loop.space import SearchSpace
 from surrogates.base import Surrogate, SurrogateError
 from surrogates.calibrated import CalibratedSurrogate, loo_z, predictive_moments
@@ -34,7 +35,7 @@ from surrogates.calibrated import CalibratedSurrogate, loo_z, predictive_moments
 log = logging.getLogger("alloop")
 
 
-class CandidateProposer:
+class CandidateProposer(CampaignRows):
     """Mixin of :class:`~loop.campaign.Campaign`: training data, fit, propose, commit, and the
     calibrated views of the surrogate.
 
@@ -50,21 +51,6 @@ class CandidateProposer:
     outcomes: list[str]
     surrogate: Surrogate
     acquisition: Acquisition
-
-    @property
-    def ledger(self) -> Ledger:
-        """The ledger the data is read from and the batch committed to."""
-        raise NotImplementedError
-
-    @property
-    def id(self) -> int:
-        """The campaign's row in the ledger."""
-        raise NotImplementedError
-
-    @property
-    def run_id(self) -> int:
-        """This process's run of the campaign."""
-        raise NotImplementedError
 
     def dataset(self) -> SupervisedDataset | None:
         """Training data from the ledger: done evaluations with every modelled outcome measured."""

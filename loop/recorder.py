@@ -24,20 +24,12 @@ from oracles.errors import EvaluationFailed, OracleSetupError
 log = logging.getLogger("alloop")
 
 
-class EvaluationRecorder:
-    """Mixin of :class:`~loop.campaign.Campaign`: dispatch, record, retry, recover.
-
-    It needs the campaign's ``ledger``, ``id``, ``run_id``, ``oracle``, ``objectives`` and
-    ``retry``.
-    """
-
-    oracle: Oracle
-    objectives: list[str]
-    retry: RetryPolicy
+class CampaignRows:
+    """What the campaign's mixins read of it: its ledger and its rows there."""
 
     @property
     def ledger(self) -> Ledger:
-        """The ledger the outcomes are committed to."""
+        """The campaign's ledger."""
         raise NotImplementedError
 
     @property
@@ -49,6 +41,18 @@ class EvaluationRecorder:
     def run_id(self) -> int:
         """This process's run of the campaign."""
         raise NotImplementedError
+
+
+class EvaluationRecorder(CampaignRows):
+    """Mixin of :class:`~loop.campaign.Campaign`: dispatch, record, retry, recover.
+
+    It needs the campaign's ``ledger``, ``id``, ``run_id``, ``oracle``, ``objectives`` and
+    ``retry``.
+    """
+
+    oracle: Oracle
+    objectives: list[str]
+    retry: RetryPolicy
 
     def dispatch(self, batch: Sequence[EvaluationRecord]) -> dict[Future[Result], EvaluationRecord]:
         """Hand the batch to the oracle; each evaluation is marked ``submitted`` (its own
