@@ -71,6 +71,8 @@ Kind = Literal[
 ]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 _THOMPSON_KINDS = ("thompson", HULL_THOMPSON)
+#: Posterior functions drawn together in a Thompson batch (memory: this many x the pool).
+_THOMPSON_GROUP = 64
 _MARGINAL_KINDS = ("ucb", "max_variance", *HULL_KINDS)
 _THOMPSON_SPACE_SAMPLES = 4096
 
@@ -286,14 +288,19 @@ class Acquisition:
     ) -> list[Pick]:
         """Batch Thompson sampling: one posterior draw per pick, each taking its best row not
         taken yet (of the draw plus ``offset``, ``N``, where given). With path-sampling models
-        the ``q`` draws are made together, so the training-set solve and the pool's
-        cross-covariance are shared by the whole batch."""
+        the draws are made together, up to :data:`_THOMPSON_GROUP` at once, so the
+        training-set solve and the pool's cross-covariance are shared by the group."""
         torch.manual_seed(seed)
-        draws = self._sample_functions(model, choices, q)
         picks: list[Pick] = []
         taken: list[int] = []
+        draws: Tensor | None = None
         for i in range(q):
-            values = draws[i] if draws is not None else self._sample_function(model, choices)
+            if i % _THOMPSON_GROUP == 0:  # at most a group's draws of the pool in memory
+                draws = self._sample_functions(model, choices, min(_THOMPSON_GROUP, q - i))
+            if draws is not None:
+                values = draws[i % _THOMPSON_GROUP]
+            else:
+                values = self._sample_function(model, choices)
             if offset is not None:
                 values = values + offset.to(values)
             values[taken] = -math.inf

@@ -189,6 +189,12 @@ def test_a_thompson_batch_draws_its_functions_together(model, monkeypatch):
     picks = Acquisition("thompson", [1.0]).select_from_pool(gp, pool, 4, X, Y, None, seed=5)
     assert calls == [4]
     assert len({p.index for p in picks}) == 4
+    # Larger batches draw in groups, so that memory stays a group's draws times the pool.
+    calls.clear()
+    monkeypatch.setattr("loop.acquisition._THOMPSON_GROUP", 3)
+    picks = Acquisition("thompson", [1.0]).select_from_pool(gp, pool, 7, X, Y, None, seed=5)
+    assert calls == [3, 3, 1]
+    assert len({p.index for p in picks}) == 7
 
 
 def test_pool_smaller_than_batch_and_empty_pool(model):
