@@ -8,6 +8,13 @@ import os
 # set before torch is imported so that subprocesses (the CLI) inherit it too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Prefect, where a test runs a flow: quiet, no analytics (read when prefect is first imported).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+import logging
 import textwrap
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -24,6 +31,21 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+for _name in ("distributed", "prefect", "httpx"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """The session's one temporary Prefect server and database (flow tests, and benchmarks that
+    run flows); yields its API URL. Prefect is imported only where a test asks for it."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
 
 
 @pytest.fixture(scope="session")

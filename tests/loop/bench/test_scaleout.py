@@ -20,8 +20,10 @@ pytest.importorskip("dask_jobqueue", reason="dask-jobqueue not installed: pip in
 
 @pytest.mark.slow
 def test_scaleout_loses_nothing_duplicates_nothing_and_matches_the_in_process_ledger(
-    slurm: LocalSlurm, tmp_path: Path
+    slurm: LocalSlurm, prefect_server: str, tmp_path: Path
 ) -> None:
+    # The flow runs against the session's Prefect test server, not an ephemeral one of its own
+    # (whose start-up timed out once on a loaded machine).
     result = run_scaleout(n=24, max_jobs=2, per_task=4, batch_size=12, workdir=tmp_path)
 
     json.dumps(result)  # what --json prints
