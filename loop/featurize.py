@@ -20,6 +20,7 @@ import numpy as np
 from pymatgen.core import Element, Structure
 
 from loop.errors import SpaceError
+from surrogates.composition import fraction_names
 
 #: Elemental properties whose composition statistics are features (pymatgen names).
 ELEMENT_PROPERTIES: tuple[str, ...] = ("X", "atomic_radius", "mendeleev_no", "atomic_mass")
@@ -54,7 +55,7 @@ class StructureFeaturizer:
     @property
     def feature_names(self) -> list[str]:
         """Names of the ``d`` feature columns."""
-        names = [f"x_{el}" for el in self.elements]
+        names = fraction_names(self.elements)
         names += [f"{stat}_{p}" for p in ELEMENT_PROPERTIES for stat in ("mean", "std")]
         names += ["volume_per_atom", "n_sites"]
         for shell in range(1, self.shells + 1):

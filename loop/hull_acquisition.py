@@ -47,6 +47,7 @@ from torch.distributions import Normal
 
 from loop.errors import CampaignError
 from loop.stability import hull_planes, phase_diagram
+from surrogates.composition import fraction_names
 
 HullKind = Literal["hull_probability", "hull_lcb"]
 #: The hull-aware kinds with a closed form (and a Monte-Carlo batch version).
@@ -100,12 +101,13 @@ class HullTarget:
         Raises:
             CampaignError: a feature ``x_<element>`` is missing.
         """
-        missing = [f"x_{el}" for el in elements if f"x_{el}" not in feature_names]
+        names = fraction_names(elements)
+        missing = [name for name in names if name not in feature_names]
         if missing:
             raise CampaignError(f"hull acquisition: the model inputs lack composition feature(s) {missing}")
         if within_mev < 0 or not math.isfinite(within_mev):
             raise CampaignError(f"hull acquisition: within_mev must be finite and >= 0, got {within_mev}")
-        columns = tuple(list(feature_names).index(f"x_{el}") for el in elements)
+        columns = tuple(list(feature_names).index(name) for name in names)
         return cls(tuple(elements), columns, float(within_mev))
 
     @property

@@ -15,7 +15,8 @@ from pymatgen.core import Structure
 
 
 def fraction_names(elements: Sequence[str]) -> list[str]:
-    """``x_<element>`` for each element, in the given (sorted) order."""
+    """``x_<element>`` for each element, in the given order: the one name of a composition
+    column, for every featurizer and the hull-aware acquisitions."""
     return [f"x_{el}" for el in elements]
 
 
