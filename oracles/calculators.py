@@ -64,9 +64,14 @@ class CalculatorSpec:
 
     @property
     def key(self) -> str:
-        """A short hash of the settings (elemental references are cached under it)."""
-        text = json.dumps(self.as_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        """A short hash of the calculator's settings."""
+        return settings_key(self.as_dict())
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """A short, stable hash of JSON-able settings (12 hex digits)."""
+    text = json.dumps(dict(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def check_available(spec: CalculatorSpec) -> None:

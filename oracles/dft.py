@@ -14,8 +14,9 @@ started. Outcomes map onto :mod:`oracles.errors`:
 * any other calculator exception → not retryable, with its traceback summary.
 
 Results carry ``energy_per_atom`` and ``formation_energy_per_atom`` (eV/atom) against the
-elements in their reference crystals, computed once per calculator settings with the same
-calculator and settings, and cached in ``<workdir>/references-<settings>.json``.
+elements in their reference crystals, computed once with the same calculator and job settings
+(a single point and a relaxation give different references) and cached in
+``<workdir>/references-<settings>.json``.
 With a :class:`~oracles.prerelax.PreRelaxation` (``prerelax = "chgnet"``), a universal
 potential relaxes the candidate first and DFT starts from its structure; the metadata's
 ``prerelax`` records its steps and wall time beside the DFT job's ``n_steps`` and ``wall_s``. Their
@@ -99,9 +100,8 @@ class DFTRunner(Oracle):
         if start_method == "forkserver":
             self._context.set_forkserver_preload(list(JOB_PRELOAD))
         self._lock = threading.Lock()  # elemental references
-        self._folder_lock = threading.Lock()
         self._references: dict[str, float] = {}
-        self._reference_file = self.workdir / f"references-{self.settings.calculator.key}.json"
+        self._reference_file = self.workdir / f"references-{self.settings.key}.json"
 
     # --- the oracle contract ------------------------------------------------------------------
 
@@ -180,12 +180,21 @@ class DFTRunner(Oracle):
                     raise EvaluationFailed(
                         f"no reference crystal for element {el}: {exc}", retryable=False
                     ) from exc
-                outcome, _ = self.run(atoms, f"reference-{el}-{self.settings.calculator.key}")
+                outcome, _ = self.run(atoms, f"reference-{el}-{self.settings.key}")
                 self._references[el] = float(outcome["energy"]) / len(atoms)
             if missing:
-                self.workdir.mkdir(parents=True, exist_ok=True)
-                self._reference_file.write_text(json.dumps(self._references, indent=1))
+                self._save_references()
             return {el: self._references[el] for el in elements}
+
+    def _save_references(self) -> None:
+        """Merge this runner's references into the cache file, atomically: other runners with
+        the same settings (other fidelities' processes, workers) may read or write it too."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._reference_file.is_file():
+            self._references = json.loads(self._reference_file.read_text()) | self._references
+        partial = self._reference_file.with_name(f"{self._reference_file.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self._references, indent=1))
+        os.replace(partial, self._reference_file)
 
     def run(self, atoms: Atoms, name: str) -> tuple[dict[str, Any], Path]:
         """Run one job in a child process: write ``job.json``, execute, read ``result.json``.
@@ -235,13 +244,17 @@ class DFTRunner(Oracle):
         raise EvaluationFailed(message, retryable=status in self.retryable)
 
     def _new_folder(self, name: str) -> Path:
-        with self._folder_lock:
-            base = self.workdir / name
-            folder, attempt = base, 1
-            while folder.exists():
+        """A folder no other job uses: ``name``, else ``name-2``, ``name-3``... Creating it is
+        the claim, so runners sharing the workdir (one per fidelity, or workers) never collide."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        base, attempt = self.workdir / name, 1
+        while True:
+            folder = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
                 attempt += 1
-                folder = base.with_name(f"{base.name}-{attempt}")
-            folder.mkdir(parents=True)
+                continue
             return folder
 
 

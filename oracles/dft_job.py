@@ -33,7 +33,7 @@ import numpy as np
 from ase import Atoms
 
 from loop.frame import structure_as_dict, structure_from_dict
-from oracles.calculators import CalculatorSpec, make_calculator
+from oracles.calculators import CalculatorSpec, make_calculator, settings_key
 from oracles.errors import OracleSetupError
 
 Mode = Literal["single_point", "relax"]
@@ -79,6 +79,12 @@ class JobSettings:
             "steps": self.steps,
             "min_distance_a": self.min_distance_a,
         }
+
+    @property
+    def key(self) -> str:
+        """A short hash of every setting; elemental references are cached under it, since a
+        single point and a relaxation of the same crystal give different energies."""
+        return settings_key(self.as_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobSettings:

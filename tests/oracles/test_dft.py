@@ -117,6 +117,34 @@ def test_single_point_leaves_the_structure_alone(tmp_path: Path) -> None:
     assert result.frame.positions.tolist() == result.metadata["initial_structure"]["positions"]
 
 
+def test_runners_of_two_fidelities_share_a_workdir_each_with_its_own_references(tmp_path: Path) -> None:
+    """A single-point runner and a relaxing one (two fidelities of one campaign) evaluate at once
+    in one folder: no job folder is claimed twice, and each gets the references of its own mode."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    single, relaxed = runner(tmp_path, mode="single_point"), runner(tmp_path, mode="relax")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda oracle: oracle.evaluate(l10_cuau()), [single, relaxed] * 2))
+
+    assert len({r.metadata["workdir"] for r in results}) == 4
+    files = {single.settings.key, relaxed.settings.key}
+    assert {p.name for p in (tmp_path / "runs").glob("references-*.json")} == {f"references-{k}.json" for k in files}
+    unrelaxed = {}
+    for element in ("Cu", "Au"):
+        atoms = bulk(element)
+        atoms.calc = EMT()
+        unrelaxed[element] = atoms.get_potential_energy() / len(atoms)
+    assert single.references(["Au", "Cu"]) == pytest.approx(unrelaxed)
+    relaxed_refs = relaxed.references(["Au", "Cu"])
+    assert all(relaxed_refs[el] < unrelaxed[el] - 1e-4 for el in unrelaxed)  # ASE's lattice constants are not EMT's
+    # A fresh runner with the same settings reads the cache instead of computing again.
+    jobs = sorted((tmp_path / "runs").glob("reference-*"))
+    again = runner(tmp_path, mode="single_point")
+    assert again.references(["Au", "Cu"]) == single.references(["Au", "Cu"])
+    assert sorted((tmp_path / "runs").glob("reference-*")) == jobs
+    assert not list((tmp_path / "runs").glob("*.tmp"))
+
+
 def test_pure_element_has_zero_formation_energy(tmp_path: Path) -> None:
     oracle = runner(tmp_path, mode="relax", relax_cell=True, fmax_ev_per_a=0.005)
     structure = Structure.from_ase_atoms(bulk("Cu", "fcc", a=3.7))
