@@ -14,7 +14,13 @@ from rich.table import Table
 
 from loop.bench import metrics
 from loop.bench.display import fmt, summary_table
-from loop.bench.lab_commands import calibration_command, feasibility_command, moo_command, transfer_command
+from loop.bench.lab_commands import (
+    calibration_command,
+    feasibility_command,
+    moo_command,
+    transfer_command,
+    transfer_hartmann_command,
+)
 from loop.bench.otf_command import otf_command
 from loop.bench.scaleout import scaleout
 from loop.bench.structure_commands import discovery_command, multifidelity_command, prerelax_command
@@ -41,6 +47,7 @@ app.command("calibration")(calibration_command)
 app.command("feasibility")(feasibility_command)
 app.command("moo")(moo_command)
 app.command("transfer")(transfer_command)
+app.command("transfer-hartmann")(transfer_hartmann_command)
 app.command("discovery")(discovery_command)
 app.command("prerelax")(prerelax_command)
 app.command("multifidelity")(multifidelity_command)

@@ -129,3 +129,26 @@ def transfer_command(
         f"--source-size {source_size} --budget {budget}" + (" --json" if as_json else "")
     )
     typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))
+
+
+def transfer_hartmann_command(
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
+    arms: Annotated[str, typer.Option("--arms", help="Comma-separated arms.")] = (
+        "cold,shifted_1,shifted_5,shifted_10,inverted_10"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """BayBE's shifted-Hartmann transfer benchmark: a source at 1-10% of the grid against a cold start."""
+    from loop.bench import transfer_hartmann
+
+    def show(arm: str, seed: int, result: dict[str, Any]) -> None:
+        Console(stderr=True).print(f"{arm} seed {seed}: {result}", highlight=False)
+
+    try:
+        result = transfer_hartmann.run(seeds, arms=tuple(arms.split(",")), on_run=show)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--arms") from None
+    result["command"] = f"alloop bench transfer-hartmann --seeds {seeds} --arms {arms}" + (
+        " --json" if as_json else ""
+    )
+    typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))

@@ -47,13 +47,44 @@ def encode(frame: pd.DataFrame, features: list[str]) -> tuple[Tensor, Tensor]:
     return X, torch.tensor(frame[["overpotential"]].to_numpy(), dtype=torch.double)
 
 
-def _dataset(X: Tensor, Y: Tensor) -> SupervisedDataset:
+def as_dataset(X: Tensor, Y: Tensor) -> SupervisedDataset:
     return SupervisedDataset(X, Y, feature_names=[f"x{i}" for i in range(X.shape[-1])], outcome_names=["y"])
 
 
-def _surrogate(bounds: Tensor, name: str, source: SupervisedDataset | None) -> Surrogate:
+def make_surrogate(bounds: Tensor, name: str, source: SupervisedDataset | None) -> Surrogate:
     """The cold-start GP, or a guarded transfer GP over ``source``."""
     return GPSurrogate(input_bounds=bounds) if source is None else TransferGP([(name, source)], bounds)
+
+
+def pool_campaign(
+    X: Tensor,
+    y: Tensor,
+    make: Callable[[], Surrogate],
+    initial: int,
+    budget: int,
+    seed: int,
+    batch: int = 1,
+    done: Callable[[list[int]], bool] = lambda measured: False,
+) -> list[int]:
+    """One campaign on a pool (``y`` minimised): ``initial`` random rows (the same for every
+    arm of a seed), then batches picked by lower confidence bound over the unmeasured rows,
+    until ``done(measured)`` or ``budget`` rows. Returns the rows measured, in order."""
+    order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))
+    measured = order[:initial].tolist()
+    acquisition = Acquisition("ucb", [-1.0])
+    surrogate = make()
+    while not done(measured) and len(measured) < budget:
+        rows = torch.tensor(measured)
+        torch.manual_seed(seed * 1000 + len(measured))
+        surrogate.fit(as_dataset(X[rows], y[rows]))
+        free = torch.ones(X.shape[0], dtype=torch.bool)
+        free[rows] = False
+        left = torch.nonzero(free).reshape(-1)
+        q = min(batch, budget - len(measured))
+        for pick in acquisition.select_from_pool(surrogate, X[left], q, X[rows], y[rows], None, seed):
+            assert pick.index is not None
+            measured.append(int(left[pick.index]))
+    return measured
 
 
 def experiments_to_find(
@@ -68,20 +99,11 @@ def experiments_to_find(
 ) -> tuple[int | None, int]:
     """One campaign on a pool (``y`` minimised): experiments until ``wanted`` of the ``good``
     rows are measured (``None`` past ``budget``), and how many were found by then."""
-    order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))
-    measured = order[:initial].tolist()
-    acquisition = Acquisition("ucb", [-1.0])
-    surrogate = make()
-    while len(good.intersection(measured)) < wanted and len(measured) < budget:
-        rows = torch.tensor(measured)
-        torch.manual_seed(seed * 1000 + len(measured))
-        surrogate.fit(_dataset(X[rows], y[rows]))
-        free = torch.ones(X.shape[0], dtype=torch.bool)
-        free[rows] = False
-        left = torch.nonzero(free).reshape(-1)
-        pick = acquisition.select_from_pool(surrogate, X[left], 1, X[rows], y[rows], None, seed)[0]
-        assert pick.index is not None
-        measured.append(int(left[pick.index]))
+
+    def found_enough(measured: list[int]) -> bool:
+        return len(good.intersection(measured)) >= wanted
+
+    measured = pool_campaign(X, y, make, initial, budget, seed, done=found_enough)
     found = len(good.intersection(measured))
     return (len(measured) if found >= wanted else None), found
 
@@ -110,10 +132,10 @@ def run(
         sample = source_frame.sample(n=source_size, random_state=seed)
         sX, sY = encode(sample, features)
         shuffled = sY[torch.randperm(sY.shape[0], generator=torch.Generator().manual_seed(seed))]
-        sources = {"cold": None, "transfer": _dataset(sX, sY), "unrelated": _dataset(sX, shuffled)}
+        sources = {"cold": None, "transfer": as_dataset(sX, sY), "unrelated": as_dataset(sX, shuffled)}
         for arm, data in sources.items():
             tic = time.perf_counter()
-            make = partial(_surrogate, bounds, arm, data)
+            make = partial(make_surrogate, bounds, arm, data)
             n, found = experiments_to_find(X, y, make, good, wanted, initial, budget, seed)
             result = {"experiments": n, "found": found, "seconds": round(time.perf_counter() - tic, 1)}
             runs[arm].append(result)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loop.bench import moo, transfer
+from loop.bench import moo, transfer, transfer_hartmann
 from loop.pareto import hypervolume
 
 
@@ -51,6 +51,33 @@ def test_a_campaign_stops_once_it_has_found_what_it_wanted() -> None:
     good = set(torch.argsort(y.reshape(-1))[:3].tolist())
     bounds = torch.tensor([[0.0], [1.0]], dtype=torch.double)
     n, found = transfer.experiments_to_find(
-        X, y, lambda: transfer._surrogate(bounds, "cold", None), good, 2, initial=2, budget=30, seed=0
+        X, y, lambda: transfer.make_surrogate(bounds, "cold", None), good, 2, initial=2, budget=30, seed=0
     )
     assert found == 2 and n is not None and 2 < n <= 30
+
+
+def test_a_pool_campaign_measures_distinct_rows_in_batches_up_to_its_budget() -> None:
+    X = torch.linspace(0, 1, 30, dtype=torch.double).reshape(-1, 1)
+    y = (X - 0.3) ** 2
+    bounds = torch.tensor([[0.0], [1.0]], dtype=torch.double)
+    measured = transfer.pool_campaign(
+        X, y, lambda: transfer.make_surrogate(bounds, "cold", None), initial=2, budget=9, seed=0, batch=2
+    )
+    assert len(measured) == 9 and len(set(measured)) == 9  # 2 designs, 3 batches of 2, a last one of 1
+
+
+def test_the_hartmann_transfer_problem_is_baybes() -> None:
+    X = transfer_hartmann.grid()
+    y = transfer_hartmann.hartmann(X)
+    # BayBE's grid of 20 points per axis, and its optimum there
+    assert X.shape == (8000, 3) and float(y.min()) == pytest.approx(-3.83243, abs=1e-4)
+    shifted = transfer_hartmann.source_values(X[:50], "shifted", seed=0)
+    inverted = transfer_hartmann.source_values(X[:50], "inverted", seed=0)
+    moved = transfer_hartmann.hartmann(X[:50] + torch.tensor([0.2, 0.0, 0.0], dtype=torch.double))
+    noise = shifted - moved
+    assert 0.08 < float(noise.std()) < 0.22  # the source's noise, sd 0.15
+    assert torch.allclose(inverted + transfer_hartmann.hartmann(X[:50]), noise)  # same draws, negated
+    best = transfer_hartmann.best_so_far(torch.tensor([3.0, 1.0, 2.0, 0.5]), [0, 2, 1, 3])
+    assert best == [3.0, 2.0, 1.0, 0.5]
+    with pytest.raises(ValueError, match="unknown arm"):
+        transfer_hartmann.run(1, arms=("cold", "warm"))
