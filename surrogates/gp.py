@@ -9,7 +9,7 @@ noise (replicate variance, an instrument's stated uncertainty) may be passed as 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from botorch.fit import fit_gpytorch_mll
@@ -24,6 +24,7 @@ from botorch.sampling.pathwise.prior_samplers import TPathwisePriorSampler
 from botorch.utils.datasets import SupervisedDataset
 from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.models import ExactGP
 from torch import Tensor
 
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate, SurrogateError
@@ -33,6 +34,8 @@ Kernel = Literal["matern52", "rbf"]
 #: Observations from which a warm-started fit is capped at ``warm_max_iterations``.
 LARGE_FIT = 500
 NoiseModel = Literal["inferred", "observed"]
+#: The exact GPs that :meth:`GPSurrogate._fit_hyperparameters` fits (single- or multi-task).
+GP = TypeVar("GP", bound=ExactGP)
 
 
 class SamplesPaths:
@@ -102,22 +105,32 @@ class GPSurrogate(Surrogate, SamplesPaths):
                 raise SurrogateError("noise = 'observed' needs Yvar in the dataset")
             Yvar = Yvar.double().clamp_min(1e-9)
         model = self._model(X, Y, Yvar if self.noise == "observed" else None)
-        m = Y.shape[-1]
         previous = self.model
+        self.model = self._fit_hyperparameters(
+            model, previous if previous is not None and previous.num_outputs == Y.shape[-1] else None
+        )
+        return self
+
+    def _fit_hyperparameters(self, model: GP, previous: GP | None) -> GP:
+        """Fit ``model``'s hyper-parameters by marginal likelihood and return it in eval mode.
+
+        With :attr:`warm_start`, the fit starts from the kernel (and learnt noise) of
+        ``previous``, a fitted GP of the same structure on the last round's data, and on
+        :data:`LARGE_FIT` observations or more stops at :attr:`warm_max_iterations`.
+        """
         iterations = self.max_iterations
-        if self.warm_start and previous is not None and previous.num_outputs == m:
+        if self.warm_start and previous is not None:
             model.covar_module.load_state_dict(previous.covar_module.state_dict())
             if self.noise == "inferred":
                 model.likelihood.load_state_dict(previous.likelihood.state_dict())
-            if X.shape[0] >= LARGE_FIT:
+            if model.train_inputs[0].shape[-2] >= LARGE_FIT:
                 iterations = min(iterations, self.warm_max_iterations)
         fit_gpytorch_mll(
             ExactMarginalLogLikelihood(model.likelihood, model),
             optimizer_kwargs={"options": {"maxiter": iterations}},
         )
         model.eval()
-        self.model = model
-        return self
+        return model
 
     def _model(self, X: Tensor, Y: Tensor, Yvar: Tensor | None) -> SingleTaskGP:
         """The GP to fit: ``n x d`` inputs, ``n x m`` outcomes, optional observed variances."""
