@@ -16,12 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
-from botorch.fit import fit_gpytorch_mll
 from botorch.models import MultiTaskGP, SingleTaskGP
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.utils.datasets import SupervisedDataset
-from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate, SurrogateError
@@ -39,7 +37,9 @@ class TransferGP(GPSurrogate):
         input_bounds: ``2 x d`` bounds that map inputs to the unit cube.
         folds: Folds of the guard's held-out likelihood.
         guard: ``False`` uses every source unjudged (for benchmarks of the guard itself).
-        **options: As :class:`~surrogates.gp.GPSurrogate` (the cold-start GP).
+        **options: As :class:`~surrogates.gp.GPSurrogate` (the cold-start GP); its warm
+            start and iteration caps apply to the joint GPs too, each set of sources
+            warm-started from its own last fit.
     """
 
     def __init__(
@@ -57,6 +57,9 @@ class TransferGP(GPSurrogate):
         self.folds, self.guard = folds, guard
         self.used: list[str] = []
         self._cold: SingleTaskGP | None = None
+        # The last fitted joint GP of each set of sources (indices into ``sources``): the
+        # warm start of the next round's fit on that set.
+        self._joint: dict[tuple[int, ...], MultiTaskGP] = {}
 
     def fit(self, dataset: SupervisedDataset) -> TransferGP:
         if dataset.Y.shape[-1] != 1:
@@ -68,19 +71,29 @@ class TransferGP(GPSurrogate):
             return self
         X, Y = dataset.X.double(), dataset.Y.double()
         cold = _held_out_log_likelihood(X, Y, self._cold_factory(), self.fitted, self.folds)
-        used: list[tuple[str, SupervisedDataset]] = []
-        for name, source in self.sources:
-            if not self.guard or X.shape[0] < MIN_TARGET_FOR_GUARD:
-                used.append((name, source))
+        judged = self.guard and X.shape[0] >= MIN_TARGET_FOR_GUARD
+        fitted: dict[tuple[int, ...], MultiTaskGP] = {}
+        used: list[int] = []
+        for i, (_, source) in enumerate(self.sources):
+            if not judged:
+                used.append(i)
                 continue
-            factory = self._joint_factory([source])
-            joint = _fit(factory(X, Y))
-            if _held_out_log_likelihood(X, Y, factory, joint, self.folds) >= cold:
-                used.append((name, source))
-        self.used = [name for name, _ in used]
+            joint = fitted[(i,)] = self._fit_joint(X, Y, (i,))
+            if _held_out_log_likelihood(X, Y, self._joint_factory([source]), joint, self.folds) >= cold:
+                used.append(i)
+        self.used = [self.sources[i][0] for i in used]
         if used:
-            self.model = _fit(self._joint_factory([s for _, s in used])(X, Y))
+            key = tuple(used)
+            if key not in fitted:  # one used source: the guard's joint GP is the model
+                fitted[key] = self._fit_joint(X, Y, key)
+            self.model = fitted[key]
+        self._joint.update(fitted)
         return self
+
+    def _fit_joint(self, X: Tensor, Y: Tensor, sources: tuple[int, ...]) -> MultiTaskGP:
+        """The joint GP of the target data and ``sources``, warm-started from its last fit."""
+        model = self._joint_factory([self.sources[i][1] for i in sources])(X, Y)
+        return self._fit_hyperparameters(model, self._joint.get(sources))
 
     def _cold_factory(self) -> Callable[[Tensor, Tensor], SingleTaskGP]:
         def make(X: Tensor, Y: Tensor) -> SingleTaskGP:
@@ -132,12 +145,6 @@ class TransferGP(GPSurrogate):
 
 def _with_task(X: Tensor, task: int) -> Tensor:
     return torch.cat([X, torch.full((X.shape[0], 1), float(task), dtype=X.dtype)], dim=-1)
-
-
-def _fit(model: Any) -> Any:
-    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
-    model.eval()
-    return model
 
 
 @torch.no_grad()

@@ -1,0 +1,95 @@
+"""Tests of surrogates.transfer: the guard's decisions and what each round fits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from botorch.models import MultiTaskGP
+from botorch.utils.datasets import SupervisedDataset
+
+import surrogates.gp as gp_module
+from surrogates.transfer import TransferGP
+
+UNIT = torch.tensor([[0.0], [1.0]], dtype=torch.double)
+
+
+def dataset(X: torch.Tensor, Y: torch.Tensor) -> SupervisedDataset:
+    return SupervisedDataset(X, Y, feature_names=["x"], outcome_names=["y"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a small, shared machine two threads make GP fits several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def target() -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten rounds' worth of a new campaign on sin(6x): 10 random inputs of [0, 1]."""
+    X = torch.rand(10, 1, dtype=torch.double, generator=torch.Generator().manual_seed(0))
+    return X, torch.sin(6 * X)
+
+
+def source(related: bool) -> tuple[str, SupervisedDataset]:
+    """A past campaign of 30 results: the target's function shifted (related), or noise."""
+    X = torch.linspace(0.0, 1.0, 30, dtype=torch.double).unsqueeze(-1)
+    noise = 3 * torch.randn(30, 1, dtype=torch.double, generator=torch.Generator().manual_seed(1))
+    return ("past", dataset(X, torch.sin(6 * X) + 0.3 if related else noise))
+
+
+@pytest.fixture
+def joint_fits(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every multi-task fit: its L-BFGS cap and the kernel hyper-parameters it starts from."""
+    fits: list[dict[str, Any]] = []
+    real_fit = gp_module.fit_gpytorch_mll
+
+    def recording_fit(mll: Any, optimizer_kwargs: dict[str, Any]) -> Any:
+        if isinstance(mll.model, MultiTaskGP):
+            start = {k: v.clone() for k, v in mll.model.covar_module.state_dict().items()}
+            maxiter = optimizer_kwargs["options"]["maxiter"]
+            fits.append({"model": mll.model, "maxiter": maxiter, "start": start})
+        return real_fit(mll, optimizer_kwargs=optimizer_kwargs)
+
+    monkeypatch.setattr(gp_module, "fit_gpytorch_mll", recording_fit)
+    return fits
+
+
+def test_a_used_source_is_fitted_once_per_round(target, joint_fits):
+    X, Y = target
+    gp = TransferGP([source(related=True)], UNIT, max_iterations=60)
+    for n in (8, 9, 10):
+        before = len(joint_fits)
+        torch.manual_seed(n)
+        gp.fit(dataset(X[:n], Y[:n]))
+        assert gp.used == ["past"]
+        assert len(joint_fits) == before + 1  # the guard's joint GP is the model
+        assert gp.model is joint_fits[-1]["model"]
+    assert [f["maxiter"] for f in joint_fits] == [60, 60, 60]
+
+
+def test_joint_fits_start_from_the_last_rounds_hyperparameters(target, joint_fits):
+    X, Y = target
+    gp = TransferGP([source(related=True)], UNIT)
+    gp.fit(dataset(X[:8], Y[:8]))
+    fitted = {k: v.clone() for k, v in joint_fits[-1]["model"].covar_module.state_dict().items()}
+    gp.fit(dataset(X[:9], Y[:9]))
+    start = joint_fits[-1]["start"]
+    assert all(torch.equal(start[k], fitted[k]) for k in fitted)
+
+
+@pytest.mark.parametrize("related", [True, False], ids=["related", "unrelated"])
+def test_a_warm_started_round_decides_as_a_fresh_fit(target, related):
+    X, Y = target
+    torch.manual_seed(2)
+    warm = TransferGP([source(related)], UNIT).fit(dataset(X[:8], Y[:8]))
+    torch.manual_seed(3)
+    warm.fit(dataset(X, Y))
+    torch.manual_seed(3)
+    fresh = TransferGP([source(related)], UNIT).fit(dataset(X, Y))
+    assert warm.used == fresh.used == (["past"] if related else [])
+    assert warm.summary()["sources_used"] == warm.used
