@@ -43,6 +43,7 @@ from loop.labconfig import (
     drop_unset,
     normalise_objectives,
 )
+from loop.fidelity import without_default_recalibration
 from loop.plugins import ORACLE_PLUGINS, POOL_PLUGINS, PluginSection
 from loop.provenance import config_hash
 
@@ -127,6 +128,7 @@ class CampaignConfig(Strict):
         return self
 
     _objectives_mode = model_validator(mode="before")(normalise_objectives)
+    _fidelity_recalibration = model_validator(mode="before")(without_default_recalibration)
 
     @model_validator(mode="after")
     def _lab_sections(self) -> CampaignConfig:
@@ -190,10 +192,12 @@ class CampaignConfig(Strict):
     def identity(self) -> dict[str, Any]:
         """What defines the campaign: everything but the stopping rules (which may change
         on resume), how it is executed (``[execution]``, the retry keys, each fidelity's
-        ``task_runner``) and where the ledger is."""
+        ``task_runner``), where the ledger is, and a default recalibration, which serves the
+        stopping rules only (:meth:`SurrogateSection.identity`)."""
         identity = self.model_dump(
             mode="json",
             exclude={
+                "surrogate": True,
                 "stopping": True,
                 "execution": True,
                 "campaign": {"ledger"},
@@ -201,6 +205,7 @@ class CampaignConfig(Strict):
                 "oracles": {"__all__": {"oracle": set(OracleRetries.model_fields), "task_runner": True}},
             },
         )
+        identity["surrogate"] = self.surrogate.identity()
         return drop_unset(identity, self)
 
     @property

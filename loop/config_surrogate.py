@@ -2,13 +2,29 @@
 
 Each key belongs to one ``type``; given with the other it is refused, naming the key. The
 section is checked against the space and the objectives once the whole file is read.
+
+A GP's recalibration defaults to ``"scale"`` on the stopping rules only (benchmarks/RESULTS.md,
+the calibration addendum: the picks are those of ``"none"``, the stopping rules' 90% intervals
+become calibrated). What a file names keeps the meaning it had: ``calibration`` alone applies
+to all decisions, ``calibration_applies_to`` alone recalibrates by ``"scale"``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, ValidationInfo, field_validator, model_serializer
+from collections.abc import Mapping
+
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from loop.config_base import Strict
 from loop.config_space import ObjectiveConfig, SpaceSection
@@ -24,6 +40,7 @@ _GP_KEYS = (
     "calibration",
     "calibration_applies_to",
 )
+_RECALIBRATION_KEYS = frozenset({"calibration", "calibration_applies_to"})
 _COMMITTEE_KEYS = ("size", "mace", "baseline", "prerelax", "relax_steps", "fmax", "relax_cell", "workers")
 
 
@@ -40,11 +57,13 @@ class SurrogateSection(Strict):
     calibration: Literal["none", "scale", "conformal"] = "none"
     """Recalibration of the predictive std from the campaign's own z-scores
     (:mod:`loop.calibration`), used by the stopping rules (and the acquisition, see
-    ``calibration_applies_to``)."""
+    ``calibration_applies_to``). A GP that names neither key gets ``"scale"`` on the
+    stopping rules only; one that names only ``calibration_applies_to`` gets ``"scale"``."""
     calibration_applies_to: Literal["all", "stopping"] = "all"
     """Which decisions judge by the recalibrated std: ``"all"`` (the stopping rules and the
     acquisition), or ``"stopping"`` (the stopping rules only: the acquisition keeps the
-    model's own std, so it picks what ``calibration = "none"`` would)."""
+    model's own std, so it picks what ``calibration = "none"`` would). ``"all"`` where only
+    ``calibration`` is named, as before this key existed."""
     descriptors: Literal["pairs", "chgnet", "mace-mp"] = "pairs"
     """Structure pools: the GP's inputs, pair features or the embedding of a universal model
     that offers one (:func:`surrogates.universal.structure_embedding`)."""
@@ -66,6 +85,23 @@ class SurrogateSection(Strict):
     """Where universal models run (baseline, pre-relaxation, descriptors)."""
     workers: int = Field(default=2, ge=1, le=64)
     """Processes the committee's members train in."""
+    _default_recalibration: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _recalibration_defaults(
+        cls, data: Any, handler: ModelWrapValidatorHandler[SurrogateSection]
+    ) -> SurrogateSection:
+        # The defaults depend on what a GP's section names, so that a file keeps the meaning
+        # it had when it was written (a committee takes neither key).
+        if not isinstance(data, Mapping) or data.get("type", "gp") != "gp":
+            return handler(data)
+        named = _RECALIBRATION_KEYS & set(data)
+        if named:
+            return handler({"calibration": "scale", **data} if "calibration" not in named else data)
+        section = handler({**data, "calibration": "scale", "calibration_applies_to": "stopping"})
+        section._default_recalibration = True
+        return section
 
     @field_validator(*_GP_KEYS, *_COMMITTEE_KEYS)
     @classmethod
@@ -89,6 +125,17 @@ class SurrogateSection(Strict):
         if data.get("calibration_applies_to") == "all":
             data.pop("calibration_applies_to", None)
         return data
+
+    def identity(self) -> dict[str, Any]:
+        """The section as a campaign's identity records it: what it names, with the default
+        recalibration recorded as ``"none"``. That recalibration serves the stopping rules
+        only (which may change on resume) and leaves the picks as ``"none"`` leaves them, so
+        a campaign written before it was the default keeps its hash."""
+        identity = self.model_dump(mode="json")
+        if self._default_recalibration:
+            identity.update(calibration="none")
+            identity.pop("calibration_applies_to", None)
+        return identity
 
     @field_validator("mace")
     @classmethod

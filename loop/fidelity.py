@@ -85,6 +85,20 @@ def target_fidelity(stored_config: Mapping[str, Any]) -> str:
     return target_of(entries) if entries else DEFAULT_FIDELITY
 
 
+def without_default_recalibration(data: Any) -> Any:
+    """Before validation: a multi-fidelity campaign's GP names ``calibration = "none"`` unless
+    its file names a recalibration. The default one serves the surrogate-based stopping rules,
+    which such a campaign does not have; a named one is refused (:func:`check_fidelity_campaign`)."""
+    if not isinstance(data, Mapping) or "oracles" not in data:
+        return data
+    surrogate = data.get("surrogate", {})
+    if not isinstance(surrogate, Mapping) or surrogate.get("type", "gp") != "gp":
+        return data
+    if {"calibration", "calibration_applies_to"} & set(surrogate):
+        return data
+    return {**data, "surrogate": {**surrogate, "calibration": "none"}}
+
+
 def check_fidelity_campaign(config: CampaignConfig) -> None:
     """Refuse what a multi-fidelity campaign cannot do (yet), naming the key; and refuse
     the fidelity kinds of ``[acquisition] type`` without ``[[oracles]]``.

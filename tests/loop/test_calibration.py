@@ -116,7 +116,10 @@ def _scaled_branin(
     ("overrides", "words"),
     [
         ({"surrogate.calibration_applies_to": "acquisition"}, "surrogate.calibration_applies_to"),
-        ({"surrogate.calibration_applies_to": "stopping"}, "applies only with calibration = 'scale'"),
+        (
+            {"surrogate.calibration": "none", "surrogate.calibration_applies_to": "stopping"},
+            "applies only with calibration = 'scale'",
+        ),
         (
             {"surrogate.calibration": "scale", "surrogate.calibration_applies_to": "stop"},
             "surrogate.calibration_applies_to: Input should be 'all' or 'stopping'",
@@ -191,7 +194,7 @@ def test_stopping_only_recalibration_picks_as_none_and_stops_by_the_recalibrated
     # enough for a factor other than 1.
     fields: dict[str, object] = {"max_experiments": 20, "batch_size": 4, "acquisition": "ucb"}
     runs = {
-        "none": branin_config("none.toml", ledger="none.db", **fields),
+        "none": _scaled_branin(branin_config, "none", name="none.toml", ledger="none.db", **fields),
         "stopping": _scaled_branin(
             branin_config, "scale", "stopping", name="s.toml", ledger="s.db", **fields
         ),
