@@ -38,7 +38,8 @@ def test_run_status_resume_export(branin_config: Callable[..., Path], tmp_path: 
     assert summary["evaluations"] == {"proposed": 0, "submitted": 0, "done": 6, "failed": 0}
     assert summary["best"]["values"]["y"] > 0
     calibration = summary["calibration"]
-    assert calibration["method"] == "none" and calibration["objectives"]["y"]["predictive"]["count"] == 2
+    assert (calibration["method"], calibration["applies_to"]) == ("scale", "stopping")  # the default
+    assert calibration["objectives"]["y"]["predictive"]["count"] == 2
     assert calibration["loo"]["y"]["count"] == 4
     text = runner.invoke(app, ["status", str(db)])
     assert text.exit_code == 0 and "calibration y" in text.output

@@ -65,7 +65,8 @@ def test_flow_matches_the_engine_free_loop_and_publishes_artifacts(
     assert "Best so far" in markdown and "data:image/png;base64," in markdown
     assert "| 2 | 2 |" in markdown, "the per-cycle summary lists cycle 2"
     assert "## Calibration" in markdown and "| y | predictive |" in markdown
-    assert "The stopping rules use the predictive std (with the fitted noise), not recalibrated" in markdown
+    # The default recalibration: the stopping rules' std is scaled (by 1 below ten z-scores).
+    assert "The stopping rules use the predictive std (with the fitted noise), recalibrated by scale" in markdown
     assert "the acquisition uses the latent std (the model's own), not recalibrated" in markdown
     assert "![reliability diagram](data:image/png;base64," in markdown
 
