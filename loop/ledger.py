@@ -65,7 +65,9 @@ class Ledger(LedgerQueries):
 
     @reconnecting
     def open_campaign(self, name: str, config: Mapping[str, Any], config_hash: str, seed: int) -> int:
-        """The id of campaign ``name``, created if new.
+        """The id of campaign ``name``, created if new. A resume stores ``config`` as it runs
+        now: what its hash leaves out (the stopping rules, a default recalibration) may have
+        changed, and the reports read them from the ledger.
 
         Raises:
             CampaignError: the campaign exists with another configuration hash.
@@ -79,6 +81,9 @@ class Ledger(LedgerQueries):
                         f"configuration (hash {row.config_hash}, now {config_hash}); only [stopping] "
                         "may change on resume — use another campaign name or ledger"
                     )
+                if row.config != dict(config):
+                    stored = update(campaigns).where(campaigns.c.id == row.id)
+                    conn.execute(stored.values(config=dict(config)))
                 return int(row.id)
             return _inserted_id(
                 conn,

@@ -12,6 +12,7 @@ from loop.campaign import Campaign
 from loop.config import CampaignConfig, load_config
 from loop.config_surrogate import SurrogateSection
 from loop.errors import ConfigError
+from loop.report import campaign_calibration
 from tests.helpers import write_fidelity_campaign
 from tests.loop.test_config import MINIMAL
 
@@ -66,7 +67,7 @@ def test_a_gp_recalibrates_as_its_file_names(
 
 
 def test_naming_a_scope_without_a_recalibration_is_still_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="surrogate.calibration_applies_to: .*applies only with calibration"):
+    with pytest.raises(ConfigError, match=r"surrogate\.calibration_applies_to: .*applies only with calib"):
         _minimal(tmp_path, 'calibration = "none"\ncalibration_applies_to = "stopping"')
 
 
@@ -97,7 +98,7 @@ def test_a_committee_takes_no_recalibration(tmp_path: Path) -> None:
     assert committee.calibration == "none"
     assert "calibration_applies_to" not in committee.model_dump(mode="json")
     assert committee.identity() == committee.model_dump(mode="json")
-    with pytest.raises(ValueError, match="calibration_applies_to\n.*applies only to type = 'gp'"):
+    with pytest.raises(ValueError, match=r"calibration_applies_to\n.*applies only to type = 'gp'"):
         SurrogateSection.model_validate({"type": "committee", "calibration_applies_to": "stopping"})
 
 
@@ -108,7 +109,7 @@ def test_a_multi_fidelity_campaign_is_not_recalibrated_unless_named(tmp_path: Pa
     assert config.hash == "9ee4423dbae77f69"  # as before the default changed
     for named in ('calibration = "scale"', 'calibration_applies_to = "stopping"'):
         path = write_fidelity_campaign(tmp_path, extra=f"[surrogate]\n{named}\n")
-        with pytest.raises(ConfigError, match="surrogate.calibration: not available in a multi-fidelity"):
+        with pytest.raises(ConfigError, match=r"surrogate\.calibration: not available in a multi-fidelity"):
             load_config(path)
 
 
@@ -134,4 +135,8 @@ def test_a_campaign_with_the_default_resumes_a_ledger_written_without_a_recalibr
     scales = [p.prediction.std_scale for p in resumed.ledger.predictions(resumed.id)]
     assert scales[:12] == [1.0] * 12 and len(scales) == 16
     assert len(set(scales[12:])) == 1 and scales[-1] != 1.0
+    # The report reads the configuration the campaign resumed with.
+    report = campaign_calibration(resumed.ledger, resumed.name)
+    assert (report["method"], report["applies_to"]) == ("scale", "stopping")
+    assert report["objectives"]["y"]["next_std_scale"] == resumed.std_scales()["y"]
     resumed.close()

@@ -89,6 +89,14 @@ def test_open_campaign_creates_then_returns_the_same_id(ledger, db):
     assert {"python", "torch", "botorch", "gpytorch"} <= set(row["versions"])
 
 
+def test_reopening_stores_the_configuration_as_it_runs_now(ledger):
+    # What the hash leaves out (the stopping rules, a default recalibration) may change on resume.
+    first = ledger.open_campaign("c1", {"a": 1, "stopping": {"max_experiments": 8}}, "hash-1", seed=5)
+    again = ledger.open_campaign("c1", {"a": 1, "stopping": {"max_experiments": 20}}, "hash-1", seed=5)
+    assert first == again
+    assert ledger.campaign("c1")["config"] == {"a": 1, "stopping": {"max_experiments": 20}}
+
+
 def test_reopening_with_another_hash_is_refused(ledger, db):
     ledger.open_campaign("c1", {"a": 1}, "hash-1", seed=5)
     with pytest.raises(CampaignError, match=r"'c1'.*hash-1.*hash-2"):
