@@ -35,6 +35,7 @@ from loop.config_space import ConstraintConfig, ObjectiveConfig, ParameterConfig
 from loop.config_stopping import StoppingSection
 from loop.config_surrogate import SurrogateSection, UniversalModel
 from loop.errors import ConfigError, describe_validation_error
+from loop.fidelity import without_default_recalibration
 from loop.labconfig import (
     ConstraintsSection,
     FeasibilitySection,
@@ -43,7 +44,6 @@ from loop.labconfig import (
     drop_unset,
     normalise_objectives,
 )
-from loop.fidelity import without_default_recalibration
 from loop.plugins import ORACLE_PLUGINS, POOL_PLUGINS, PluginSection
 from loop.provenance import config_hash
 

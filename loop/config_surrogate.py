@@ -11,9 +11,8 @@ to all decisions, ``calibration_applies_to`` alone recalibrates by ``"scale"``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import (
     Field,

@@ -66,7 +66,8 @@ def test_flow_matches_the_engine_free_loop_and_publishes_artifacts(
     assert "| 2 | 2 |" in markdown, "the per-cycle summary lists cycle 2"
     assert "## Calibration" in markdown and "| y | predictive |" in markdown
     # The default recalibration: the stopping rules' std is scaled (by 1 below ten z-scores).
-    assert "The stopping rules use the predictive std (with the fitted noise), recalibrated by scale" in markdown
+    stopping = "The stopping rules use the predictive std (with the fitted noise), recalibrated by scale"
+    assert stopping in markdown
     assert "the acquisition uses the latent std (the model's own), not recalibrated" in markdown
     assert "![reliability diagram](data:image/png;base64," in markdown
 
