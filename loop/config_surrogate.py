@@ -39,7 +39,8 @@ _GP_KEYS = (
     "calibration",
     "calibration_applies_to",
 )
-_RECALIBRATION_KEYS = frozenset({"calibration", "calibration_applies_to"})
+#: The keys whose defaults depend on which of them a GP's section names.
+RECALIBRATION_KEYS = frozenset({"calibration", "calibration_applies_to"})
 _COMMITTEE_KEYS = ("size", "mace", "baseline", "prerelax", "relax_steps", "fmax", "relax_cell", "workers")
 
 
@@ -95,7 +96,7 @@ class SurrogateSection(Strict):
         # it had when it was written (a committee takes neither key).
         if not isinstance(data, Mapping) or data.get("type", "gp") != "gp":
             return handler(data)
-        named = _RECALIBRATION_KEYS & set(data)
+        named = RECALIBRATION_KEYS & set(data)
         if named:
             return handler({"calibration": "scale", **data} if "calibration" not in named else data)
         section = handler({**data, "calibration": "scale", "calibration_applies_to": "stopping"})

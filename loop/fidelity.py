@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from loop.config_surrogate import RECALIBRATION_KEYS
 from loop.schema import DEFAULT_FIDELITY
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def without_default_recalibration(data: Any) -> Any:
     surrogate = data.get("surrogate", {})
     if not isinstance(surrogate, Mapping) or surrogate.get("type", "gp") != "gp":
         return data
-    if {"calibration", "calibration_applies_to"} & set(surrogate):
+    if RECALIBRATION_KEYS & set(surrogate):
         return data
     return {**data, "surrogate": {**surrogate, "calibration": "none"}}
 
