@@ -7,10 +7,17 @@ log-smoothed expected hypervolume improvement, pending points as ``X_pending``) 
 constraints (``roughness_nm <= 5``) become BoTorch constraint callables, which weight each
 sample by its smoothed probability of feasibility; a learned feasibility classifier weights
 the result again (:mod:`loop.feasibility`).
+
+A Pareto search may be kept inside a trust region, as MORBO does (Daulton et al., UAI 2022):
+a box around the measured point that adds the most hypervolume. From a few points in several
+inputs, the GP is most uncertain at the box's corners, and a global search spends its picks
+there (on DTLZ2 in six inputs every pick of 12 landed on the boundary and added nothing, while
+random search added hypervolume); a local search improves the front it has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +33,12 @@ from botorch.models.model import Model
 from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
-from loop.acquisition import Acquisition
+from loop.acquisition import Acquisition, Pick
 from loop.errors import CampaignError
 from loop.feasibility import FeasibilityWeighted
-from loop.pareto import reference_point
+from loop.pareto import hypervolume, hypervolume_contributions, pareto_mask, reference_point
+from loop.space import Categorical, Integer, Parameter, SearchSpace
+from surrogates.base import Surrogate
 from surrogates.feasibility import FeasibilityClassifier
 
 PARETO_KINDS = ("qlognehvi", "qparego")
@@ -76,6 +85,10 @@ class ModelledAcquisition(Acquisition):
             (default: inferred from the front of the data).
         feasibility_floor: Learn feasibility from failures, with this floor; ``None``: don't.
         input_bounds: ``2 x d`` bounds that scale the classifier's inputs.
+        trust_region: Pareto, in a space without linear constraints: search only a box of
+            this side (a fraction of each numeric parameter's range, in ``(0, 1]``; TuRBO's
+            0.8 is a fair start) centred on the measured point that adds the most hypervolume,
+            once a measured point is above the reference point; ``None``: the whole space.
         **options: As :class:`~loop.acquisition.Acquisition`.
     """
 
@@ -89,6 +102,7 @@ class ModelledAcquisition(Acquisition):
         reference_point: Sequence[float] | None = None,
         feasibility_floor: float | None = None,
         input_bounds: Tensor | None = None,
+        trust_region: float | None = None,
         **options: Any,
     ) -> None:
         pareto = kind in PARETO_KINDS
@@ -99,6 +113,11 @@ class ModelledAcquisition(Acquisition):
         )
         if (constraints or feasibility_floor is not None) and kind not in MODELLED_KINDS:
             raise CampaignError(f"acquisition {kind!r} cannot take outcome constraints or feasibility")
+        if trust_region is not None and (not pareto or not 0 < trust_region <= 1):
+            raise CampaignError(
+                f"a trust region is for a Pareto search, with a side in (0, 1], got {trust_region}"
+            )
+        self.trust_region = trust_region
         self.kind = kind  # type: ignore[assignment]
         self.signs = torch.tensor(list(signs), dtype=torch.double)
         self.num_outputs = num_outputs
@@ -129,6 +148,50 @@ class ModelledAcquisition(Acquisition):
             return
         assert self.input_bounds is not None, "feasibility needs input_bounds"
         self.classifier = FeasibilityClassifier(self.input_bounds).fit(X, success)
+
+    def select_in_space(
+        self,
+        model: Surrogate,
+        space: SearchSpace,
+        q: int,
+        X_baseline: Tensor,
+        Y_baseline: Tensor,
+        X_pending: Tensor | None,
+        seed: int,
+    ) -> list[Pick]:
+        if self.trust_region is not None:
+            space = self.trust_region_space(space, X_baseline, Y_baseline)
+        return super().select_in_space(model, space, q, X_baseline, Y_baseline, X_pending, seed)
+
+    def trust_region_space(self, space: SearchSpace, X: Tensor, Y: Tensor) -> SearchSpace:
+        """``space`` narrowed to the trust region around the measured point (``X``: ``n x d``
+        encoded, ``Y``: ``n x num_outputs``) that adds the most hypervolume; the whole space
+        while nothing measured is above the reference point (there is no front to refine, and
+        a box around the best of the rest may hold nothing above it)."""
+        assert self.trust_region is not None, "no trust region was configured"
+        if space.constraints:
+            raise CampaignError("a trust region needs a search space without linear constraints")
+        signed = Y.double()[:, : self.signs.numel()] * self.signs
+        ref = reference_point(signed, self.reference_point, self.signs)
+        if hypervolume(signed, ref) == 0:
+            return space  # no front above the reference point yet to refine: search it all
+        gains = hypervolume_contributions(signed, ref)
+        if not bool((gains > 0).any()):  # a front point measured twice: either copy
+            gains = pareto_mask(signed).double()
+        centre = X[int(gains.argmax())]
+        narrowed: list[Parameter] = []
+        for p in space.parameters:
+            if isinstance(p, Categorical):
+                narrowed.append(p)
+                continue
+            middle = float(centre[space.columns(p.name)[0]])
+            half = self.trust_region * (p.upper - p.lower) / 2
+            lower, upper = max(p.lower, middle - half), min(p.upper, middle + half)
+            if isinstance(p, Integer):  # widened to the integers around it
+                narrowed.append(Integer(p.name, math.floor(lower), math.ceil(upper), p.unit))
+            else:
+                narrowed.append(dataclasses.replace(p, lower=lower, upper=upper))
+        return SearchSpace(narrowed)
 
     def _constraint_callables(self) -> list[Callable[[Tensor], Tensor]] | None:
         return [c.slack for c in self.constraints] or None

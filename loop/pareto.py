@@ -57,6 +57,21 @@ def hypervolume(Y: Tensor, ref_point: Tensor) -> float:
     return float(DominatedPartitioning(ref_point=ref_point, Y=Y[above]).compute_hypervolume())
 
 
+def hypervolume_contributions(Y: Tensor, ref_point: Tensor) -> Tensor:
+    """What each row of ``Y`` (``n x m``, signed) alone adds above ``ref_point``: the
+    hypervolume lost without it (zero for dominated rows and for repeats of a front row).
+
+    Returns:
+        ``n``-dim tensor.
+    """
+    Y = Y.double()
+    total = hypervolume(Y, ref_point)
+    gains = torch.zeros(Y.shape[0], dtype=torch.double)
+    for i in torch.nonzero(pareto_mask(Y)).reshape(-1).tolist():
+        gains[i] = total - hypervolume(torch.cat([Y[:i], Y[i + 1 :]]), ref_point)
+    return gains
+
+
 def pareto_report(
     cycles: Sequence[int],
     Y: Tensor,

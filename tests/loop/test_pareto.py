@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loop.pareto import hypervolume, pareto_mask, pareto_report, reference_point
+from loop.pareto import hypervolume, hypervolume_contributions, pareto_mask, pareto_report, reference_point
 
 
 def test_pareto_mask_keeps_exactly_the_non_dominated_rows() -> None:
@@ -46,3 +46,12 @@ def test_pareto_report_minimising_one_objective_and_hypervolume_per_cycle() -> N
     assert report["reference_point"] == [0.0, 5.0]
     # cycle 1: 1 x 3 = 3; cycle 2: adds (2-1) x (5-3) = 2.
     assert [h["hypervolume"] for h in report["hypervolume_by_cycle"]] == pytest.approx([3.0, 5.0])
+
+
+def test_hypervolume_contributions_are_what_each_row_alone_adds() -> None:
+    # Total 11 above (0, 0) (see above); without [1, 5] 10 remain, without [2, 4] or [4, 1] 9.
+    Y = torch.tensor([[1.0, 5.0], [2.0, 4.0], [4.0, 1.0], [1.5, 3.0], [4.0, 1.0]])
+    gains = hypervolume_contributions(Y[:4], torch.tensor([0.0, 0.0]))
+    assert gains.tolist() == pytest.approx([1.0, 2.0, 2.0, 0.0])
+    # A repeated front row adds nothing that its twin does not.
+    assert hypervolume_contributions(Y, torch.tensor([0.0, 0.0]))[[2, 4]].tolist() == [0.0, 0.0]
