@@ -271,6 +271,7 @@ def build_acquisition(
             for c in config.constraints.outcomes
         ],
         reference_point=section.reference_point,
+        trust_region=section.trust_region,
         feasibility_floor=config.feasibility.floor if config.feasibility.learn else None,
         input_bounds=input_bounds(space, pool) if config.feasibility.learn else None,
         **options,

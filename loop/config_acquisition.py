@@ -50,6 +50,10 @@ class AcquisitionSection(Strict):
     reference_point: list[float] | None = None
     """Pareto search: the hypervolume's reference point, one value per objective in its own
     sign and units (default: inferred from the front)."""
+    trust_region: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    """Pareto search in a space without linear constraints: search only a box of this side (a
+    fraction of each range; 0.8 is TuRBO's start) around the result that adds the most
+    hypervolume, once one is above the reference point (default: the whole space)."""
 
     @model_validator(mode="after")
     def _within_for_hull(self) -> AcquisitionSection:

@@ -96,6 +96,10 @@ def check_lab_sections(config: CampaignConfig) -> None:
         raise ValueError(
             f"acquisition.reference_point: {len(reference)} values for {len(names)} objectives {names}"
         )
+    if config.acquisition.trust_region is not None and not pareto:
+        raise ValueError("acquisition.trust_region: applies to a Pareto search (objectives without weights)")
+    if config.acquisition.trust_region is not None and config.space.constraints:
+        raise ValueError("acquisition.trust_region: needs a space without linear constraints")
     known = [*names, *extra_properties(config)]
     for constraint in config.constraints.outcomes:
         if constraint.name not in known:
@@ -132,6 +136,7 @@ def drop_unset(identity: dict[str, Any], config: CampaignConfig) -> dict[str, An
     for key in ("constraints", "feasibility", "transfer", "oracle", "oracles"):
         if key not in config.model_fields_set:
             identity.pop(key, None)
-    if config.acquisition.reference_point is None:
-        identity.get("acquisition", {}).pop("reference_point", None)
+    for key in ("reference_point", "trust_region"):
+        if getattr(config.acquisition, key) is None:
+            identity.get("acquisition", {}).pop(key, None)
     return identity

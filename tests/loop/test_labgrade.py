@@ -95,10 +95,12 @@ noise_sd = 0.01
 """
 
 
-def test_a_pareto_campaign_reports_its_front_and_hypervolume(tmp_path: Path) -> None:
-    path = write(tmp_path, config_text(tmp_path, PARETO, batch_size=2, budget=10))
-    campaign = Campaign.from_file(path)
+@pytest.mark.parametrize("trust_region", ["", "trust_region = 0.8"])
+def test_a_pareto_campaign_reports_its_front_and_hypervolume(tmp_path: Path, trust_region: str) -> None:
+    text = config_text(tmp_path, PARETO, batch_size=2, budget=10, acquisition_extra=trust_region)
+    campaign = Campaign.from_file(write(tmp_path, text))
     assert campaign.config.acquisition.type == "qlognehvi"  # the default of a Pareto search
+    assert campaign.acquisition.trust_region == (0.8 if trust_region else None)  # type: ignore[attr-defined]
     try:
         campaign.run()
     finally:
@@ -212,6 +214,12 @@ BAD = {
         "",
         "reference_point = [0.0, 0.0, 0.0]",
         "acquisition.reference_point: 3 values for 2 objectives",
+    ),
+    "a trust region for one scalarised objective": (
+        RIDGE,
+        "",
+        "trust_region = 0.8",
+        "acquisition.trust_region: applies to a Pareto search",
     ),
 }
 
