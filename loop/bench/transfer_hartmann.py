@@ -102,14 +102,14 @@ def run(
             )
             curve = best_so_far(y, measured)
             reached = next((i + 1 for i, best in enumerate(curve) if best - minimum <= REGRET), None)
-            result = {
+            outcome = {
                 "experiments": reached,
                 "best": {n: round(curve[n - 1], 4) for n in (10, 20, BUDGET)},
                 "seconds": round(time.perf_counter() - tic, 1),
             }
-            runs[arm].append(result)
+            runs[arm].append(outcome)
             if on_run is not None:
-                on_run(arm, seed, result)
+                on_run(arm, seed, outcome)
 
     def typical(arm: str) -> float:  # "not reached" counts as past the budget
         return median(BUDGET + 1 if r["experiments"] is None else r["experiments"] for r in runs[arm])
