@@ -28,7 +28,7 @@ from loop.config import CampaignConfig, load_config
 from loop.labconfig import modelled_outcomes
 from loop.lease import CampaignLease
 from loop.ledger import EvaluationRecord, Ledger
-from loop.pool import Pool
+from loop.pool import Pool, free_rows
 from loop.proposer import CandidateProposer
 from loop.recorder import EvaluationRecorder
 from loop.report import best_value, campaign_status
@@ -318,8 +318,7 @@ class Campaign(CandidateProposer, EvaluationRecorder):
     def free_pool_rows(self) -> list[int]:
         """Rows of the pool's candidates that the ledger does not know yet."""
         assert self.pool is not None
-        taken = {e.candidate_id for e in self.ledger.evaluations(self.id)}
-        return [i for i, cid in enumerate(self.pool.ids) if cid not in taken]
+        return free_rows(self.pool, (e.candidate for e in self.ledger.evaluations(self.id)))
 
     # --- reporting --------------------------------------------------------------------------
 

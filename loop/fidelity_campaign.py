@@ -115,7 +115,6 @@ class MultiFidelityCampaign(Campaign):
     def pair_state(self, known: list[EvaluationRecord]) -> PairState:
         """What the ledger knows of every (pool candidate, fidelity) pair."""
         assert self.pool is not None  # the configuration asks for a pool
-        rows = {cid: i for i, cid in enumerate(self.pool.ids)}
         levels = {name: j for j, name in enumerate(self.fidelities.names)}
         shape = (len(self.pool.ids), len(levels))
         state = PairState(
@@ -124,7 +123,9 @@ class MultiFidelityCampaign(Campaign):
             torch.full(shape, math.nan, dtype=torch.double),
         )
         for e in known:
-            i, j = rows[e.candidate_id], levels[e.fidelity]
+            i, j = self.pool.row_of(e.candidate), levels[e.fidelity]
+            if i is None:  # not a candidate of this pool
+                continue
             state.open[i, j] = False
             state.pending[i, j] = e.status in ("proposed", "submitted")
             if e.status == "done" and self.objectives[0] in e.values:

@@ -45,6 +45,16 @@ class Pool(Protocol):
         """``n x d`` model inputs of candidates given by their parameters."""
         ...
 
+    def row_of(self, candidate: Candidate) -> int | None:
+        """The row of a candidate the ledger holds, or ``None`` if the pool lacks it."""
+        ...
+
+
+def free_rows(pool: Pool, taken: Iterable[Candidate]) -> list[int]:
+    """Rows of the pool's candidates that are not among ``taken`` (those the ledger holds)."""
+    rows = {pool.row_of(c) for c in taken}
+    return [i for i in range(len(pool)) if i not in rows]
+
 
 class CandidatePool:
     """A finite, ordered set of distinct candidates of one search space.
@@ -72,6 +82,9 @@ class CandidatePool:
 
     def __len__(self) -> int:
         return len(self.candidates)
+
+    def row_of(self, candidate: Candidate) -> int | None:
+        return self.index.get(candidate.id)
 
     @property
     def X(self) -> Tensor:

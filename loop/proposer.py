@@ -26,7 +26,7 @@ from loop.candidate import Candidate
 from loop.config import CampaignConfig
 from loop.feasibility import feasibility_data
 from loop.ledger import EvaluationRecord, Proposal
-from loop.pool import Pool
+from loop.pool import Pool, free_rows
 from loop.recorder import CampaignRows
 from loop.space import SearchSpace
 from surrogates.base import Surrogate, SurrogateError
@@ -107,8 +107,7 @@ class CandidateProposer(CampaignRows):
         X_base = data.X if data is not None else None
         Y_base = data.Y if data is not None else None
         if self.pool is not None:
-            taken = {e.candidate_id for e in known}
-            free = [i for i, cid in enumerate(self.pool.ids) if cid not in taken]
+            free = free_rows(self.pool, (e.candidate for e in known))
             if not free:
                 return []
             choices = self.pool.X[free]

@@ -36,11 +36,13 @@ from loop.errors import ConfigError, SpaceError, describe_validation_error
 from loop.featurize import StructureFeaturizer
 from loop.orderings import ParentLattice, check_elements, iter_orderings
 from loop.prototypes import DistinctStructures, load_prototypes, substitute
-from loop.structure_codec import structure_from_params, structure_to_params
+from loop.structure_codec import canonical_params, structure_from_params, structure_to_params
 
 #: Candidates per batch handed to consumers (generation, featurisation).
 BATCH_SIZE = 1024
 _PARENT_NAMES: tuple[str, ...] = get_args(ParentLattice)
+#: The structure form of cached pools: 2 is the canonical one; caches of another form are made again.
+_CACHE_FORM = 2
 
 
 class StructurePool:
@@ -74,6 +76,7 @@ class StructurePool:
             featurizer = StructureFeaturizer(sorted(elements))
         self.featurizer = featurizer
         self._X: Tensor | None = None
+        self._rows_of_old_ids: dict[str, int | None] = {}
 
     @classmethod
     def from_structures(
@@ -90,6 +93,23 @@ class StructurePool:
 
     def __len__(self) -> int:
         return len(self.candidates)
+
+    def row_of(self, candidate: Candidate) -> int | None:
+        """The row of a candidate the ledger holds, or ``None`` if the pool lacks it.
+
+        A ledger written before structures were encoded canonically may hold another id for a
+        pool candidate; its parameters, re-encoded, give the id of today.
+        """
+        row = self.index.get(candidate.id)
+        if row is not None:
+            return row
+        if candidate.id not in self._rows_of_old_ids:
+            try:
+                today = Candidate(canonical_params(candidate.params)).id
+            except SpaceError:
+                today = ""
+            self._rows_of_old_ids[candidate.id] = self.index.get(today)
+        return self._rows_of_old_ids[candidate.id]
 
     def structure(self, i: int) -> Structure:
         """The structure of candidate ``i``, rebuilt from its parameters."""
@@ -243,7 +263,7 @@ def pool_from_config(options: Mapping[str, Any], config: Any) -> StructurePool:
     key = parsed.model_dump_json()
     if cache_path is not None and cache_path.is_file():
         stored = json.loads(cache_path.read_text())
-        if stored.get("options") == key:
+        if stored.get("options") == key and stored.get("form") == _CACHE_FORM:
             featurizer = StructureFeaturizer(parsed.elements)
             return StructurePool([Candidate(p) for p in stored["candidates"]], featurizer)
     try:
@@ -252,7 +272,8 @@ def pool_from_config(options: Mapping[str, Any], config: Any) -> StructurePool:
         raise ConfigError(f"space.generator: {exc}") from None
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"options": key, "candidates": [dict(c.params) for c in pool.candidates]}
+        candidates = [dict(c.params) for c in pool.candidates]
+        payload = {"options": key, "form": _CACHE_FORM, "candidates": candidates}
         cache_path.write_text(json.dumps(payload))
     return pool
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from loop.candidate import Candidate
 from loop.config import load_config, parse_config
 from loop.errors import ConfigError
 from loop.ledger import Ledger
+from loop.ledger_records import Proposal
 from loop.stability import campaign_hull, hull_heights, hull_points, near_hull, phase_diagram
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft import DFTRunner
@@ -305,6 +307,28 @@ def test_near_hull_goal_stops_once_every_near_hull_structure_is_found(tmp_path: 
         "near-hull goal met: no unevaluated candidate's lower bound within 10 meV/atom of the hull "
         f"({len(wanted)} structures within it found; predictive std x {scale:.3g})"
     )
+    campaign.close()
+
+
+def test_a_ledger_in_the_old_structure_form_is_not_evaluated_again(tmp_path: Path) -> None:
+    # A ledger written before structures were encoded canonically holds another id for a pool
+    # candidate (here: a fractional 1.0 and a -0.0 where today's form has 0.0).
+    config = parse_config(_structure_campaign(max_atoms=4), tmp_path)
+    campaign = Campaign(config, oracle=InProcessEMT(tmp_path / "runs"))
+    assert campaign.pool is not None
+    params = dict(campaign.pool.candidates[3].params)
+    body = json.loads(str(params["structure"]))
+    body["frac_coords"] = [[1.0 if x == 0.0 else x for x in row] for row in body["frac_coords"]]
+    body["lattice"] = [[-0.0 if x == 0.0 else x for x in row] for row in body["lattice"]]
+    old = Candidate({**params, "structure": json.dumps(body, separators=(",", ":"))})
+    assert old.id not in campaign.pool.index
+    campaign.ledger.propose(campaign.id, campaign.run_id, 0, [Proposal(old)], "random", None)
+    assert 3 not in campaign.free_pool_rows()
+    assert len(campaign.free_pool_rows()) == len(campaign.pool) - 1
+    report = campaign.run()
+    evaluated = [e.candidate_id for e in campaign.ledger.evaluations(campaign.id)]
+    assert campaign.pool.ids[3] not in evaluated and len(evaluated) == len(set(evaluated))
+    assert report.experiments == len(campaign.pool)
     campaign.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,12 @@ def test_pool_from_config_builds_caches_and_names_bad_keys(tmp_path: Path) -> No
     assert (tmp_path / "cands.json").is_file()
     again = pool_from_config(config.space.generator.options, config)
     assert again.ids == pool.ids
+    # A cache written before the structure form was canonical (no "form") is made again.
+    cached = json.loads((tmp_path / "cands.json").read_text())
+    old = {**cached, "form": None, "candidates": cached["candidates"][:1]}
+    (tmp_path / "cands.json").write_text(json.dumps(old))
+    assert pool_from_config(config.space.generator.options, config).ids == pool.ids
+    assert json.loads((tmp_path / "cands.json").read_text())["form"] == 2
     hcp = pool_from_config({"elements": ["Cu", "Au"], "lattice": "hcp", "max_atoms": 4}, config)
     assert len(hcp) == 1 + 10 and {c.params["prototype"] for c in hcp.candidates} == {"hcp"}
     assert bool(hcp.X.isfinite().all())
@@ -206,14 +213,16 @@ def test_pool_from_config_builds_caches_and_names_bad_keys(tmp_path: Path) -> No
 
 
 def test_the_alloy_example_pool_keeps_its_candidate_ids() -> None:
-    # The 1,078 fcc Cu-Au-Pd orderings of examples/alloy_discovery, ids as before the pool
-    # streamed: a resumed campaign finds its candidates again.
+    # The 1,078 fcc Cu-Au-Pd orderings of examples/alloy_discovery, ids in the canonical form
+    # (no -0.0, fractional coordinates in [0, 1)) that float noise cannot move: a campaign
+    # resumed on another machine finds its candidates again. (Ledgers written before the form
+    # was canonical find theirs through StructurePool.row_of.)
     options = StructureSpaceOptions.model_validate(
         {"elements": ["Cu", "Au", "Pd"], "lattice": "fcc", "max_atoms": 6}
     )
     ids = generate(options).ids
     assert len(ids) == 1078
-    assert hashlib.sha256("".join(ids).encode()).hexdigest()[:16] == "ba9613a14e46ad9f"
+    assert hashlib.sha256("".join(ids).encode()).hexdigest()[:16] == "05ab43d1dd7d9c6b"
 
 
 def test_several_parent_lattices_and_prototypes_from_config(tmp_path: Path) -> None:
