@@ -79,6 +79,10 @@ evaluations_per_task = {per_task}
 """
 
 
+class SlurmUnavailable(RuntimeError):
+    """Slurm's commands are not found or do not answer: the benchmark cannot start."""
+
+
 INTERRUPTED = "EvaluationFailed: interrupted"
 """How the ledger's error of an evaluation whose workers were all lost begins."""
 
@@ -159,13 +163,13 @@ def run_scaleout(
         short, interrupted, jobs by final state, whether the ledgers are identical, versions.
 
     Raises:
-        RuntimeError: Slurm's commands are not found or do not answer.
+        SlurmUnavailable: Slurm's commands are not found or do not answer.
     """
     if shutil.which("sbatch") is None:
-        raise RuntimeError("Slurm's sbatch is not on PATH (apt-get install slurm-wlm munge)")
+        raise SlurmUnavailable("Slurm's sbatch is not on PATH (apt-get install slurm-wlm munge)")
     probe = subprocess.run(["sinfo", "--noheader"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
-        raise RuntimeError(f"sinfo failed: {probe.stderr.strip()} (is SLURM_CONF set?)")
+        raise SlurmUnavailable(f"sinfo failed: {probe.stderr.strip()} (is SLURM_CONF set?)")
     from flows.campaign import campaign_flow
     from loop.campaign import Campaign
     from loop.config import load_config
@@ -249,7 +253,7 @@ def scaleout(
     in-process run with the same seed: evaluations per minute, lost, duplicated."""
     try:
         result = run_scaleout(n, max_jobs, walltime, per_task, batch_size, seed, workdir)
-    except RuntimeError as exc:
+    except SlurmUnavailable as exc:
         typer.echo(f"alloop bench scaleout: {exc}", err=True)
         raise typer.Exit(2) from None
     if as_json:
