@@ -53,8 +53,11 @@ from loop.ledger import EvaluationRecord
 from loop.retry import RetryPolicy
 from loop.schema import DEFAULT_FIDELITY
 from oracles.base import Oracle, Result
-from oracles.errors import EvaluationFailed, OracleError
+from oracles.errors import EvaluationInterrupted, OracleError
 from surrogates.base import Surrogate
+
+#: The kind of an interrupted evaluation's failure outcome (never kept: it runs again).
+_INTERRUPTED = f"{EvaluationInterrupted.__module__}:{EvaluationInterrupted.__qualname__}"
 
 # --- what travels between the flow and the workers ---------------------------------------
 
@@ -212,12 +215,13 @@ def _measure(candidate: Candidate, oracle: Oracle | OracleSpec, retry: RetryPoli
 def _outcome(
     candidate: Candidate, oracle: Oracle | OracleSpec, retry: RetryPolicy | None, store: OutcomeStore | None
 ) -> Outcome:
-    """The kept outcome when a previous run of the task got this far, else a new one (kept)."""
+    """The kept outcome when a previous run of the task got this far, else a new one (kept,
+    unless it was interrupted: a run of the task on another worker evaluates it afresh)."""
     kept = None if store is None else store.get(candidate.id)
     if kept is not None:
         return kept
     outcome = _measure(candidate, oracle, retry)
-    if store is not None:
+    if store is not None and outcome.get("failure", [None])[0] != _INTERRUPTED:
         store.put(candidate.id, outcome)
     return outcome
 
@@ -283,15 +287,14 @@ def evaluate_batch(
     return outcomes
 
 
-def _lost(exc: BaseException) -> EvaluationFailed | None:
+def _lost(exc: BaseException) -> EvaluationInterrupted | None:
     """An interruption to record when ``exc`` says Dask gave up on a task after losing the
     workers that ran it (``KilledWorker``), else ``None``."""
     if type(exc).__name__ != "KilledWorker":
         return None
-    return EvaluationFailed(
+    return EvaluationInterrupted(
         "interrupted: the workers running this evaluation were lost (batch jobs killed at "
-        f"their walltime or preempted) as many times as Dask allows; not run again: {exc}",
-        retryable=True,
+        f"their walltime or preempted) as many times as Dask allows; not run again: {exc}"
     )
 
 

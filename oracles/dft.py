@@ -11,7 +11,9 @@ started. Outcomes map onto :mod:`oracles.errors`:
   (:class:`EvaluationTimeout`), retryable as configured (``retryable``);
 * atoms closer than ``min_distance_a`` in the candidate itself → rejected before any
   calculation (not retryable);
-* any other calculator exception → not retryable, with its traceback summary.
+* any other calculator exception → not retryable, with its traceback summary;
+* a job killed from outside (a batch system's SIGTERM at the walltime, its forkserver lost) →
+  ``interrupted``, retryable: the candidate is not at fault.
 
 Results carry ``energy_per_atom`` and ``formation_energy_per_atom`` (eV/atom) against the
 elements in their reference crystals, computed once with the same calculator and job settings
@@ -29,7 +31,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -46,7 +47,14 @@ from oracles.base import Measurement, Oracle, Result
 from oracles.calculators import CalculatorSpec, check_available
 from oracles.context import UniversalPotentials
 from oracles.dft_job import JobSettings, min_distance
-from oracles.errors import EvaluationFailed, EvaluationTimeout, InvalidResult, OracleSetupError
+from oracles.errors import (
+    EvaluationFailed,
+    EvaluationInterrupted,
+    EvaluationTimeout,
+    InvalidResult,
+    OracleSetupError,
+)
+from oracles.job_process import kill_group, killed_from_outside
 from oracles.prerelax import PreRelaxation
 
 FAILURES = ("scf_not_converged", "relaxation_not_converged", "exploded", "calculator_error", "timeout")
@@ -96,6 +104,7 @@ class DFTRunner(Oracle):
         self.retryable = tuple(retryable)
         self.capacity = int(capacity)
         self.prerelaxation = prerelaxation
+        self.start_method = start_method
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._context.set_forkserver_preload(list(JOB_PRELOAD))
@@ -218,7 +227,7 @@ class DFTRunner(Oracle):
         process.start()
         process.join(self.wall_time_s)
         if process.is_alive():
-            _kill_group(process)
+            kill_group(process)
             raise EvaluationTimeout(
                 f"job {name} exceeded its wall-time limit of {self.wall_time_s:g} s and was killed "
                 f"(folder {folder})",
@@ -226,11 +235,11 @@ class DFTRunner(Oracle):
             )
         result_file = folder / "result.json"
         if not result_file.is_file():
+            elapsed = f"after {time.perf_counter() - start:.1f} s without writing a result (folder {folder})"
+            if killer := killed_from_outside(process.exitcode, self.start_method):
+                raise EvaluationInterrupted(f"interrupted: job {name} {killer} {elapsed}")
             raise EvaluationFailed(
-                f"job {name} died with exit code {process.exitcode} "
-                f"after {time.perf_counter() - start:.1f} s "
-                f"without writing a result (folder {folder})",
-                retryable=False,
+                f"job {name} died with exit code {process.exitcode} {elapsed}", retryable=False
             )
         outcome = json.loads(result_file.read_text())
         status = outcome["status"]
@@ -256,15 +265,6 @@ class DFTRunner(Oracle):
                 attempt += 1
                 continue
             return folder
-
-
-def _kill_group(process: Any) -> None:
-    """Kill a job process and every process it started (its own process group)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        process.kill()
-    process.join(5)
 
 
 def candidate_atoms(candidate: Candidate) -> Atoms:

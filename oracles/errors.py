@@ -3,7 +3,8 @@
 * :class:`OracleSetupError` — the oracle cannot run at all (missing code, bad parameters,
   unreachable instrument). Never retried: retrying cannot help.
 * :class:`EvaluationFailed` — one evaluation went wrong while running (SCF did not converge,
-  a sample broke, a time-out). Retryable unless the error says otherwise.
+  a sample broke, a time-out). Retryable unless the error says otherwise;
+  :class:`EvaluationInterrupted` (stopped from outside) always is.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class EvaluationFailed(OracleError, RuntimeError):
 
 class EvaluationTimeout(EvaluationFailed):
     """An evaluation exceeded its wall-time limit and was stopped by the oracle."""
+
+
+class EvaluationInterrupted(EvaluationFailed):
+    """Something outside the evaluation stopped it (a batch system at a worker's walltime, a
+    lost worker or forkserver): the candidate is not at fault, so it may always run again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
 
 
 class InvalidResult(EvaluationFailed, ValueError):

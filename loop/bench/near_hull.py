@@ -3,10 +3,11 @@
 Every ordering of ``examples/alloy_discovery/campaign.toml`` is relaxed once (as the example's
 oracle relaxes them, cached in a JSON file); campaigns then run against a lookup oracle of
 those energies with Thompson sampling in batches of 4, ``near_hull_mev``/``near_hull_sigmas``
-and a ``[surrogate] calibration`` method, one per seed. A campaign is judged on whether it
+and a ``[surrogate] calibration`` method (``default``: the file names none, so the stopping
+rules judge by the std recalibrated by scale), one per seed. A campaign is judged on whether it
 stopped by the rule before the budget and how many true near-hull structures it had missed.
 
-    python -m loop.bench.near_hull --seeds 3 --calibration scale --workdir /tmp/near-hull
+    python -m loop.bench.near_hull --seeds 10 --within-mev 2 --workdir /tmp/near-hull
 """
 
 from __future__ import annotations
@@ -47,21 +48,21 @@ class LookupOracle(Oracle):
 def example_config(
     workdir: Path, seed: int, calibration: str, within_mev: float, sigmas: float
 ) -> CampaignConfig:
-    """The alloy example with batch-4 Thompson sampling and the near-hull rule."""
-    return load_config(
-        EXAMPLE,
-        {
-            "campaign.name": f"near-hull-{calibration}-{seed}",
-            "campaign.seed": seed,
-            "campaign.ledger": str(workdir / f"near-hull-{calibration}-{seed}.db"),
-            "oracle.workdir": str(workdir / "runs"),
-            "space.generator.cache": str(workdir / "candidates.json"),
-            "acquisition.batch_size": 4,
-            "surrogate.calibration": calibration,
-            "stopping.near_hull_mev": within_mev,
-            "stopping.near_hull_sigmas": sigmas,
-        },
-    )
+    """The alloy example with batch-4 Thompson sampling and the near-hull rule
+    (``calibration = "default"`` leaves ``[surrogate] calibration`` unset)."""
+    overrides: dict[str, Any] = {
+        "campaign.name": f"near-hull-{calibration}-{within_mev:g}-{seed}",
+        "campaign.seed": seed,
+        "campaign.ledger": str(workdir / f"near-hull-{calibration}-{within_mev:g}-{seed}.db"),
+        "oracle.workdir": str(workdir / "runs"),
+        "space.generator.cache": str(workdir / "candidates.json"),
+        "acquisition.batch_size": 4,
+        "stopping.near_hull_mev": within_mev,
+        "stopping.near_hull_sigmas": sigmas,
+    }
+    if calibration != "default":
+        overrides["surrogate.calibration"] = calibration
+    return load_config(EXAMPLE, overrides)
 
 
 def ground_truth(config: CampaignConfig, path: Path) -> dict[str, tuple[str, float]]:
@@ -123,12 +124,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--calibration", default="scale", choices=["none", "scale", "conformal"])
+    parser.add_argument("--calibration", default="default", choices=["default", "none", "scale", "conformal"])
+    parser.add_argument("--within-mev", type=float, default=10.0, help="near_hull_mev")
+    parser.add_argument("--sigmas", type=float, default=2.0, help="near_hull_sigmas")
     parser.add_argument("--workdir", type=Path, required=True)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        print(json.dumps(run_seed(args.workdir.resolve(), seed, args.calibration)), flush=True)
+        row = run_seed(args.workdir.resolve(), seed, args.calibration, args.within_mev, args.sigmas)
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

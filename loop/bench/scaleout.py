@@ -76,6 +76,8 @@ cluster_kwargs = {{ cores = 1, processes = 1, memory = "1GB", walltime = "{wallt
 interface = "lo", nanny = false, log_directory = "{logs}" }}
 adapt_kwargs = {{ minimum = 1, maximum = {max_jobs}, wait_count = 30 }}
 evaluations_per_task = {per_task}
+retries = 2
+retry_delay_s = 5
 """
 
 
@@ -83,8 +85,10 @@ class SlurmUnavailable(RuntimeError):
     """Slurm's commands are not found or do not answer: the benchmark cannot start."""
 
 
-INTERRUPTED = "EvaluationFailed: interrupted"
-"""How the ledger's error of an evaluation whose workers were all lost begins."""
+def _interrupted(error: str | None) -> bool:
+    """Whether a ledger error is an interruption (``<class>: interrupted: ...``): its workers
+    were all lost, or its job was killed from outside on every attempt."""
+    return (error or "").partition(": ")[2].startswith("interrupted")
 
 
 class JobMonitor(threading.Thread):
@@ -218,7 +222,7 @@ def run_scaleout(
             "evaluations": len(slurm_rows),
             "done": done,
             "failed": len(slurm_rows) - done,
-            "interrupted": sum(1 for r in slurm_rows if (r[4] or "").startswith(INTERRUPTED)),
+            "interrupted": sum(1 for r in slurm_rows if _interrupted(r[4])),
             "lost": sum(1 for r in slurm_rows if r[2] in ("proposed", "submitted")) + n - len(slurm_rows),
             "duplicated": sum(1 for count in finished.values() if count > 1),
             "relaxations_cut_short": cut,

@@ -143,7 +143,7 @@ def test_a_worker_killed_at_its_walltime_is_recorded_once_as_interrupted(
     assert elapsed < 300, "Slurm killed the worker at its walltime, long before the 600 s experiments"
     rows = evaluations(path)
     assert [r.status for r in rows] == ["failed", "failed"]
-    assert all(r.error is not None and r.error.startswith("EvaluationFailed: interrupted") for r in rows)
+    assert all(r.error is not None and r.error.startswith("EvaluationInterrupted: interrupted") for r in rows)
     assert report.cycles_run == 1, "the flow went on and closed its cycle"
     assert set(_journal_counts(journal, "started").values()) == {1}, "started once, not run again"
     assert not _journal_counts(journal, "finished")

@@ -9,7 +9,8 @@ import pytest
 
 from flows.tasks import OracleFailure, OutcomeStore, _settle, evaluate_batch, evaluate_candidate
 from loop.candidate import Candidate
-from oracles.errors import EvaluationFailed
+from oracles.base import Measurement, Oracle, Result
+from oracles.errors import EvaluationFailed, EvaluationInterrupted
 from oracles.functions import branin
 from oracles.simulated import EmulatedLab, read_journal
 
@@ -61,6 +62,35 @@ def test_failures_are_kept_too_and_come_back_as_the_oracle_raised_them(tmp_path:
     assert [e["event"] for e in read_journal(journal)].count("started") == 1
 
 
+class _Interrupting(Oracle):
+    """An oracle whose jobs are killed from outside (its worker's batch job ends) once."""
+
+    implemented_properties = ("y",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def evaluate(self, candidate: Candidate) -> Result:
+        self.calls += 1
+        if self.calls == 1:
+            raise EvaluationInterrupted("interrupted: job x was killed by SIGTERM")
+        return Result(candidate.id, {"y": Measurement(1.0)})
+
+
+def test_an_interrupted_evaluation_is_not_kept_so_a_rerun_evaluates_it_afresh(tmp_path: Path) -> None:
+    # The worker dies after its job was killed; Dask's run of the task on another worker must
+    # measure the candidate, not return the interruption.
+    store = OutcomeStore(str(tmp_path / "outcomes"))
+    (candidate,) = _candidates(1)
+    oracle = _Interrupting()
+    (first,) = evaluate_batch.fn([candidate], oracle, store=store)
+    assert first["failure"][0] == "oracles.errors:EvaluationInterrupted" and first["failure"][2] is True
+    assert store.get(candidate.id) is None
+    (again,) = evaluate_batch.fn([candidate], oracle, store=store)
+    assert again["result"]["measurements"]["y"]["value"] == 1.0 and oracle.calls == 2
+    assert store.get(candidate.id) == again
+
+
 class _Lost:
     """A future whose task Dask gave up on: its workers were lost (``KilledWorker``)."""
 
@@ -72,6 +102,6 @@ class _Lost:
 
 
 def test_a_task_dask_gave_up_on_settles_as_a_retryable_interruption() -> None:
-    with pytest.raises(EvaluationFailed, match=r"^interrupted: the workers running") as raised:
+    with pytest.raises(EvaluationInterrupted, match=r"^interrupted: the workers running") as raised:
         _settle(_Lost(), 0)  # type: ignore[arg-type]
     assert raised.value.retryable

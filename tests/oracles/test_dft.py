@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from oracles.calculators import CalculatorSpec
 from oracles.dft import DFTRunner, oracle_from_config
 from oracles.dft_job import JobSettings, execute
 from oracles.errors import EvaluationFailed, EvaluationTimeout, InvalidResult, OracleSetupError
+from oracles.job_process import killed_from_outside
 
 
 class SlowEMT(EMT):
@@ -165,6 +170,56 @@ def test_job_past_its_wall_time_is_killed_and_reported(tmp_path: Path) -> None:
     assert info.value.retryable
     folder = tmp_path / "runs" / l10_cuau().id
     assert (folder / "job.json").is_file() and not (folder / "result.json").exists()
+
+
+def _job_pid(folder: Path, within_s: float = 60.0) -> int:
+    """The pid of the job process working in ``folder`` (it chdirs there), once it runs."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and (proc / "cwd").resolve() == folder.resolve():
+                    return int(proc.name)
+            except OSError:
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no job process in {folder}")
+
+
+def _evaluate_in_background(
+    oracle: DFTRunner, candidate: Candidate
+) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread evaluating ``candidate``, and the list its error will be in."""
+    errors: list[BaseException] = []
+
+    def evaluate() -> None:
+        try:
+            oracle.evaluate(candidate)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=evaluate)
+    thread.start()
+    return thread, errors
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="finds the job process through /proc")
+def test_a_job_killed_from_outside_is_interrupted_and_may_run_again(tmp_path: Path) -> None:
+    # A batch system's SIGTERM at a worker's walltime reaches the job too: the candidate is
+    # not at fault, so the failure is retryable (a crash of the calculation is not).
+    oracle = runner(tmp_path, calculator=CalculatorSpec(here(SlowEMT)), wall_time_s=60)
+    oracle._references = {"Cu": 0.0, "Au": 0.0}
+    thread, errors = _evaluate_in_background(oracle, l10_cuau())
+    os.kill(_job_pid(tmp_path / "runs" / l10_cuau().id), signal.SIGTERM)
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], EvaluationFailed)
+    assert errors[0].retryable
+    expected = r"interrupted: job \w+ was killed by SIGTERM after [\d.]+ s without writing a result"
+    assert re.match(expected, str(errors[0]))
+    assert killed_from_outside(-int(signal.SIGSEGV), "forkserver") is None
+    assert killed_from_outside(1, "forkserver") is None
+    assert killed_from_outside(255, "spawn") is None
+    assert killed_from_outside(255, "forkserver") == "lost its forkserver process (killed from outside)"
 
 
 def test_a_job_process_imports_neither_torch_nor_pandas() -> None:
