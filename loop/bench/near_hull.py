@@ -56,6 +56,7 @@ def example_config(
         "campaign.ledger": str(workdir / f"near-hull-{calibration}-{within_mev:g}-{seed}.db"),
         "oracle.workdir": str(workdir / "runs"),
         "space.generator.cache": str(workdir / "candidates.json"),
+        "acquisition.type": "thompson",
         "acquisition.batch_size": 4,
         "stopping.near_hull_mev": within_mev,
         "stopping.near_hull_sigmas": sigmas,

@@ -30,7 +30,9 @@ HASHES_BEFORE = {
 }
 
 #: Hashes of the example campaigns at the same commit: none names a calibration key (the GPs
-#: then recalibrate by default); ``gpaw_prerelax`` is a committee.
+#: then recalibrate by default); ``gpaw_prerelax`` is a committee. The alloy example has since
+#: changed its acquisition (``hull_thompson``), so it is hashed with the one it had then.
+EXAMPLE_OVERRIDES = {"alloy_discovery/campaign.toml": {"acquisition.type": "thompson"}}
 EXAMPLE_HASHES_BEFORE = {
     "alloy_discovery/campaign.toml": "28e6f4e9b2a78f68",
     "alloy_discovery/campaign_gpaw.toml": "0ad45a4d3b19cfa2",
@@ -89,7 +91,8 @@ def test_the_default_recalibration_is_recorded_as_none_and_stored_as_it_is(tmp_p
 
 @pytest.mark.parametrize("example", list(EXAMPLE_HASHES_BEFORE))
 def test_the_examples_keep_their_hash(example: str) -> None:
-    assert load_config(EXAMPLES / example).hash == EXAMPLE_HASHES_BEFORE[example]
+    config = load_config(EXAMPLES / example, EXAMPLE_OVERRIDES.get(example, {}))
+    assert config.hash == EXAMPLE_HASHES_BEFORE[example]
 
 
 def test_a_committee_takes_no_recalibration(tmp_path: Path) -> None:
