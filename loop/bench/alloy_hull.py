@@ -17,10 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loop.bench.near_hull import EXAMPLE, LookupOracle, ground_truth
-from loop.campaign import Campaign
+from loop.bench.near_hull import EXAMPLE, ground_truth, run_against_truth
 from loop.config import CampaignConfig, load_config
-from loop.ledger import Ledger
 from loop.stability import best_fraction, hull_points, on_hull
 
 
@@ -47,13 +45,7 @@ def run_seed(workdir: Path, seed: int, acquisition: str) -> dict[str, Any]:
     points = hull_points([(k, f, e) for k, (f, e) in truth.items()])
     stable, best = on_hull(points), best_fraction(points, 0.01)
     started = time.perf_counter()
-    oracle = LookupOracle({k: e for k, (_, e) in truth.items()})
-    campaign = Campaign(config, ledger=Ledger(config.ledger_location), oracle=oracle)
-    try:
-        report = campaign.run()
-        done = {e.candidate_id for e in campaign.ledger.evaluations(campaign.id, ["done"])}
-    finally:
-        campaign.close()
+    report, done = run_against_truth(config, truth)
     return {
         "seed": seed,
         "acquisition": acquisition,

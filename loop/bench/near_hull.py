@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loop.campaign import Campaign
+from loop.campaign import Campaign, CampaignReport
 from loop.candidate import Candidate
 from loop.config import CampaignConfig, load_config
 from loop.ledger import Ledger
@@ -93,6 +93,21 @@ def _symbols(candidate: Candidate) -> set[str]:
     return set(structure_from_params(candidate.params).to_ase_atoms().get_chemical_symbols())
 
 
+def run_against_truth(
+    config: CampaignConfig, truth: Mapping[str, tuple[str, float]]
+) -> tuple[CampaignReport, set[str]]:
+    """Run a campaign to its end against the lookup oracle of ``truth``: its report and the
+    ids it evaluated."""
+    oracle = LookupOracle({k: e for k, (_, e) in truth.items()})
+    campaign = Campaign(config, ledger=Ledger(config.ledger_location), oracle=oracle)
+    try:
+        report = campaign.run()
+        done = {e.candidate_id for e in campaign.ledger.evaluations(campaign.id, ["done"])}
+    finally:
+        campaign.close()
+    return report, done
+
+
 def run_seed(
     workdir: Path, seed: int, calibration: str, within_mev: float = 10.0, sigmas: float = 2.0
 ) -> dict[str, Any]:
@@ -101,13 +116,7 @@ def run_seed(
     truth = ground_truth(config, workdir / "truth.json")
     wanted = near_hull(hull_points([(k, f, e) for k, (f, e) in truth.items()]), within_mev=within_mev)
     started = time.perf_counter()
-    oracle = LookupOracle({k: e for k, (_, e) in truth.items()})
-    campaign = Campaign(config, ledger=Ledger(config.ledger_location), oracle=oracle)
-    try:
-        report = campaign.run()
-        done = {e.candidate_id for e in campaign.ledger.evaluations(campaign.id, ["done"])}
-    finally:
-        campaign.close()
+    report, done = run_against_truth(config, truth)
     return {
         "seed": seed,
         "calibration": calibration,
