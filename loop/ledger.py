@@ -69,9 +69,18 @@ class Ledger(LedgerQueries):
         now: what its hash leaves out (the stopping rules, a default recalibration) may have
         changed, and the reports read them from the ledger.
 
+        Two processes may open a new campaign at once (two ``alloop run`` on one PostgreSQL
+        ledger): the one whose insert loses to the other's reads the row the other made.
+
         Raises:
             CampaignError: the campaign exists with another configuration hash.
         """
+        try:
+            return self._open_campaign(name, config, config_hash, seed)
+        except IntegrityError:  # created by another process since this one looked
+            return self._open_campaign(name, config, config_hash, seed)
+
+    def _open_campaign(self, name: str, config: Mapping[str, Any], config_hash: str, seed: int) -> int:
         with self.transaction() as conn:
             row = conn.execute(select(campaigns).where(campaigns.c.name == name)).first()
             if row is not None:

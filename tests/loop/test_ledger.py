@@ -97,6 +97,30 @@ def test_reopening_stores_the_configuration_as_it_runs_now(ledger):
     assert ledger.campaign("c1")["config"] == {"a": 1, "stopping": {"max_experiments": 20}}
 
 
+def test_a_campaign_created_by_another_process_meanwhile_is_opened_not_refused(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two `alloop run` of a new campaign on one PostgreSQL ledger: both find no row, both insert.
+    import loop.ledger
+
+    insert_row = loop.ledger._inserted_id
+    others: list[int] = []
+
+    def another_process_first(conn, statement):
+        if statement.table.name == "campaigns" and not others:
+            others.append(0)
+            with Ledger(postgres_url) as other:
+                others[0] = other.open_campaign("c1", {"a": 1}, "hash-1", seed=5)
+        return insert_row(conn, statement)
+
+    monkeypatch.setattr(loop.ledger, "_inserted_id", another_process_first)
+    with Ledger(postgres_url) as ledger:
+        assert ledger.open_campaign("c1", {"a": 1}, "hash-1", seed=5) == others[0]
+        with pytest.raises(CampaignError, match="different configuration"):
+            ledger.open_campaign("c1", {"a": 9}, "hash-2", seed=5)
+    assert query(postgres_url, "SELECT name, config_hash FROM campaigns") == [("c1", "hash-1")]
+
+
 def test_reopening_with_another_hash_is_refused(ledger, db):
     ledger.open_campaign("c1", {"a": 1}, "hash-1", seed=5)
     with pytest.raises(CampaignError, match=r"'c1'.*hash-1.*hash-2"):
