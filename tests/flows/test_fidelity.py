@@ -161,12 +161,14 @@ def _proposed(campaign: Campaign) -> list[EvaluationRecord]:
 def test_a_flow_run_killed_with_both_fidelities_in_flight_is_resumed_losing_and_repeating_nothing(
     tmp_path: Path, reference_lab: LabServer, prefect_server: str
 ) -> None:
-    reference_lab.lab.latency_s = 1.5  # long enough to kill the flow while the lab measures
+    # Long enough that a screen and the lab are both measuring for seconds, so that the poll
+    # below sees it on a loaded machine too (at 0.4 s and 1.5 s it once missed every window).
+    reference_lab.lab.latency_s = 3.0
     journal = tmp_path / "screen.jsonl"
     path = write_fidelity_campaign(
         tmp_path,
         max_cost=5,
-        screen_extra=f'latency_s = 0.4\njournal = "{journal}"',
+        screen_extra=f'latency_s = 2.0\njournal = "{journal}"',
         lab=robot_entry(reference_lab.url),
     )
     script = f"from flows.campaign import campaign_flow; campaign_flow({str(path)!r})"
