@@ -8,6 +8,7 @@ Needs Debian's ``slurm-wlm`` and ``munge`` and root (slurmd runs jobs as their u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -115,7 +116,8 @@ class LocalSlurm:
         return [(line.split()[0], line.split()[1]) for line in out.splitlines() if len(line.split()) > 1]
 
     def stop(self) -> None:
-        """Cancel every job, then stop the daemons (newest first) by their pid files."""
+        """Cancel every job, stop the daemons (newest first) by their pid files, then kill
+        what is left of the jobs."""
         if _alive(self._pid("slurmctld.pid")):
             self.command("scancel", "--user", str(os.geteuid()), check=False)
             deadline = time.monotonic() + 20
@@ -131,6 +133,25 @@ class LocalSlurm:
                 time.sleep(0.2)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        for pid in self._strays():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _strays(self) -> list[int]:
+        """Processes of this cluster's jobs still alive once it stopped: a job process whose
+        parent was killed (a test's SIGKILL) is reparented and ``proctrack/linuxproc`` loses it."""
+        marker = f"SLURM_CONF={self.conf}".encode()
+        strays = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                variables = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            if marker in variables and any(v.startswith(b"SLURM_JOB_ID=") for v in variables):
+                strays.append(int(entry.name))
+        return strays
 
     def _pid(self, name: str) -> int | None:
         try:
