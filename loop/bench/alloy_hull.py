@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from loop.bench.near_hull import EXAMPLE, ground_truth, run_against_truth
+from loop.bench.near_hull import EXAMPLE, ground_truth, run_against_truth, truth_points
 from loop.config import CampaignConfig, load_config
-from loop.stability import best_fraction, hull_points, on_hull
+from loop.stability import best_fraction, on_hull
 
 
 def example_config(workdir: Path, seed: int, acquisition: str) -> CampaignConfig:
@@ -42,10 +41,9 @@ def run_seed(workdir: Path, seed: int, acquisition: str) -> dict[str, Any]:
     """One campaign of the example: the true hull structures and best 1% it did not measure."""
     config = example_config(workdir, seed, acquisition)
     truth = ground_truth(config, workdir / "truth.json")
-    points = hull_points([(k, f, e) for k, (f, e) in truth.items()])
+    points = truth_points(truth)
     stable, best = on_hull(points), best_fraction(points, 0.01)
-    started = time.perf_counter()
-    report, done = run_against_truth(config, truth)
+    report, done, seconds = run_against_truth(config, truth)
     return {
         "seed": seed,
         "acquisition": acquisition,
@@ -54,7 +52,7 @@ def run_seed(workdir: Path, seed: int, acquisition: str) -> dict[str, Any]:
         "hull_true": len(stable),
         "hull_missed": sorted(stable - done),
         "best_1pct_missed": sorted(best - done),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
     }
 
 

@@ -23,7 +23,7 @@ from loop.campaign import Campaign, CampaignReport
 from loop.candidate import Candidate
 from loop.config import CampaignConfig, load_config
 from loop.ledger import Ledger
-from loop.stability import hull_points, near_hull
+from loop.stability import HullPoint, hull_points, near_hull
 from loop.structure_codec import structure_from_params
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft import DFTRunner
@@ -93,11 +93,17 @@ def _symbols(candidate: Candidate) -> set[str]:
     return set(structure_from_params(candidate.params).to_ase_atoms().get_chemical_symbols())
 
 
+def truth_points(truth: Mapping[str, tuple[str, float]]) -> list[HullPoint]:
+    """The ground truth's structures with their height above its hull."""
+    return hull_points([(k, f, e) for k, (f, e) in truth.items()])
+
+
 def run_against_truth(
     config: CampaignConfig, truth: Mapping[str, tuple[str, float]]
-) -> tuple[CampaignReport, set[str]]:
-    """Run a campaign to its end against the lookup oracle of ``truth``: its report and the
-    ids it evaluated."""
+) -> tuple[CampaignReport, set[str], float]:
+    """Run a campaign to its end against the lookup oracle of ``truth``: its report, the ids
+    it evaluated and its wall time (s)."""
+    started = time.perf_counter()
     oracle = LookupOracle({k: e for k, (_, e) in truth.items()})
     campaign = Campaign(config, ledger=Ledger(config.ledger_location), oracle=oracle)
     try:
@@ -105,7 +111,7 @@ def run_against_truth(
         done = {e.candidate_id for e in campaign.ledger.evaluations(campaign.id, ["done"])}
     finally:
         campaign.close()
-    return report, done
+    return report, done, time.perf_counter() - started
 
 
 def run_seed(
@@ -114,9 +120,8 @@ def run_seed(
     """One campaign: why and when it stopped, and the true near-hull structures it missed."""
     config = example_config(workdir, seed, calibration, within_mev, sigmas)
     truth = ground_truth(config, workdir / "truth.json")
-    wanted = near_hull(hull_points([(k, f, e) for k, (f, e) in truth.items()]), within_mev=within_mev)
-    started = time.perf_counter()
-    report, done = run_against_truth(config, truth)
+    wanted = near_hull(truth_points(truth), within_mev=within_mev)
+    report, done, seconds = run_against_truth(config, truth)
     return {
         "seed": seed,
         "calibration": calibration,
@@ -126,7 +131,7 @@ def run_seed(
         "budget": config.stopping.max_experiments,
         "near_hull_true": len(wanted),
         "near_hull_missed": len(wanted - done),
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }
 
 
