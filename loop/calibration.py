@@ -163,6 +163,13 @@ def prequential_z(
     return out
 
 
+def prequential_scores(z: Sequence[float], method: Method, min_count: int = MIN_COUNT) -> list[float]:
+    """``z`` in the order measured, each divided by the factor ``method`` fits to the scores
+    before it: a recalibration's scores on a stream without cycles (an on-the-fly run's oracle
+    calls), without looking ahead."""
+    return [v / fit_scale(z[:i], method, min_count) for i, v in enumerate(z)]
+
+
 def calibration_report(
     points: Sequence[CalibrationPoint],
     objectives: Sequence[str],

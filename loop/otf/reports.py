@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from loop.calibration import LEVELS, coverage
+from loop.calibration import LEVELS, MIN_COUNT, coverage, prequential_scores
 
 
 @dataclass(frozen=True)
@@ -70,19 +70,40 @@ class OTFReport:
         return {**asdict(self), "oracle_step_fraction": self.oracle_step_fraction}
 
 
-def force_coverage(ratios: Sequence[float]) -> dict[str, Any]:
+def force_coverage(ratios: Sequence[float], min_count: int = MIN_COUNT) -> dict[str, Any]:
     """Coverage of the committee's force intervals, per frame: the share of oracle calls whose
     RMS force error ``e`` lies within ``k`` RMS committee spreads ``u`` (``e / u <= k``), with
-    ``k`` the half-width of the central 50/80/90/95% normal interval, and RMS of ``e / u``.
+    ``k`` the half-width of the central 50/80/90/95% normal interval, and RMS of ``e / u``;
+    before and after recalibration (:func:`pooled_force_coverage`).
 
     Args:
-        ratios: ``e / u`` of every oracle call with a positive spread (eV/Å over eV/Å).
+        ratios: ``e / u`` of every oracle call with a positive spread, in the order measured
+            (eV/Å over eV/Å).
+        min_count: Ratios needed before a recalibration changes the spread.
     """
-    return {
-        "count": len(ratios),
-        "rms_ratio": (sum(r * r for r in ratios) / len(ratios)) ** 0.5 if ratios else None,
-        "coverage": {f"{level:g}": coverage(list(ratios), level) for level in LEVELS},
+    return pooled_force_coverage([ratios], min_count)
+
+
+def pooled_force_coverage(runs: Sequence[Sequence[float]], min_count: int = MIN_COUNT) -> dict[str, Any]:
+    """:func:`force_coverage` over several runs' ratios, pooled.
+
+    ``recalibrated`` holds what the spread scaled by a recalibration (``scale``: RMS of the
+    ratios; ``conformal``: their 90% quantile over ``Φ⁻¹(0.95)``) would have covered, each call's
+    factor fitted to the earlier calls of its own run only (:func:`~loop.calibration.prequential_scores`).
+    """
+
+    def numbers(r: Sequence[float]) -> dict[str, Any]:
+        return {
+            "rms_ratio": (sum(v * v for v in r) / len(r)) ** 0.5 if r else None,
+            "coverage": {f"{level:g}": coverage(list(r), level) for level in LEVELS},
+        }
+
+    raw = [r for run in runs for r in run]
+    recalibrated = {
+        method: numbers([v for run in runs for v in prequential_scores(run, method, min_count)])
+        for method in ("scale", "conformal")
     }
+    return {"count": len(raw), **numbers(raw), "min_count": min_count, "recalibrated": recalibrated}
 
 
 @dataclass

@@ -374,5 +374,5 @@ class OTFRun:
             resumed_from_steps=self.resumed_from,
             lost_walkers=[w.spec.name for w in self.walkers if w.lost],
             seconds=time.perf_counter() - self._started,
-            force_coverage=force_coverage(self.calibration.ratios),
+            force_coverage=force_coverage(self.calibration.ratios, self.settings.min_calibration_calls),
         )

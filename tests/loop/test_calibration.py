@@ -303,3 +303,30 @@ def test_otf_force_coverage_counts_errors_within_k_spreads() -> None:
     assert numbers["coverage"] == {"0.5": 1 / 5, "0.8": 2 / 5, "0.9": 3 / 5, "0.95": 4 / 5}
     assert numbers["rms_ratio"] == pytest.approx(math.sqrt((0.25 + 1 + 2.25 + 3.24 + 6.25) / 5))
     assert force_coverage([])["coverage"]["0.9"] is None
+
+
+def test_prequential_scores_divide_each_score_by_the_factor_of_the_earlier_ones_only() -> None:
+    z = [2.0, -2.0, 2.0, 4.0]
+    # min_count 2: the first two keep factor 1; the third is scaled by RMS(2, -2) = 2; the
+    # fourth by RMS(2, -2, 2) = 2, never by a factor that has seen it.
+    assert calibration.prequential_scores(z, "scale", min_count=2) == [2.0, -2.0, 1.0, 2.0]
+    assert calibration.prequential_scores(z, "none", min_count=1) == z
+    conformal = calibration.prequential_scores(z, "conformal", min_count=2)
+    assert conformal[:2] == [2.0, -2.0]
+    assert conformal[2] == pytest.approx(2.0 / (2.0 / calibration.half_width(0.9)))
+
+
+def test_otf_force_coverage_after_recalibration_is_prequential_within_each_run() -> None:
+    from loop.otf.reports import force_coverage, pooled_force_coverage
+
+    # Spreads four times too small: every ratio 4, outside every interval before recalibration.
+    # Recalibrated by the ratios before it, from the third call on each ratio is 4 / 4 = 1.
+    numbers = force_coverage([4.0] * 6, min_count=2)
+    assert numbers["coverage"]["0.9"] == 0.0 and numbers["min_count"] == 2
+    scaled = numbers["recalibrated"]["scale"]
+    assert scaled["coverage"]["0.9"] == pytest.approx(4 / 6)
+    assert scaled["rms_ratio"] == pytest.approx(math.sqrt((2 * 16 + 4 * 1) / 6))
+    # Pooled over runs, a run's factor never comes from another run's calls.
+    pooled = pooled_force_coverage([[4.0] * 3, [4.0] * 3], min_count=2)
+    assert pooled["count"] == 6
+    assert pooled["recalibrated"]["scale"]["coverage"]["0.9"] == pytest.approx(2 / 6)

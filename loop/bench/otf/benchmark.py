@@ -45,6 +45,7 @@ from loop.bench.otf.trajectory import CHECK_EVERY, HELD_OUT_EVERY, RDF_BIN_A, RD
 from loop.bench.otf.variants import every_kth_interval, run_committee_variant, run_ground_truth
 from loop.errors import ConfigError
 from loop.otf import RoundReport, load_otf_config
+from loop.otf.reports import pooled_force_coverage
 
 VARIANTS = ("ground_truth", "calibrated", "fixed_threshold", "every_kth")
 """The variants, in the order they run ((d) needs (b)'s calls)."""
@@ -287,6 +288,10 @@ def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             for key in keys
             if (values := [float(v[key]) for v in present if v.get(key) is not None])
         }
+        ratios = [v["force_ratios"] for v in present if "force_ratios" in v]
+        if ratios:  # each run's calls are a stream of their own: recalibrated within the run, then pooled
+            min_count = int(present[0]["force_coverage"]["min_count"])
+            variants[name]["force_coverage"] = pooled_force_coverage(ratios, min_count)
     comparisons: dict[str, dict[str, Any]] = {}
     for baseline in ("fixed_threshold", "every_kth"):
         pairs = [

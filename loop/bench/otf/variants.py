@@ -199,4 +199,6 @@ def run_committee_variant(
         "rollbacks": report.rollbacks,
         "lost_walkers": report.lost_walkers,
         "rounds": report.rounds,
+        "force_coverage": report.force_coverage,
+        "force_ratios": list(run.calibration.ratios),
     }

@@ -90,6 +90,9 @@ def test_bench_otf_runs_every_variant(tiny_config: Path, tmp_path: Path) -> None
     calibrated, kth = variants["calibrated"], variants["every_kth"]
     assert abs(kth["oracle_calls"] - calibrated["oracle_calls"]) <= 1
     assert kth["label_every"] >= 1 and kth["threshold"] is None
+    coverage = calibrated["force_coverage"]
+    assert coverage["count"] == len(calibrated["force_ratios"]) > 0
+    assert set(coverage["recalibrated"]) == {"scale", "conformal"}
     initial = report["protocol"]["initial_threshold_ev_per_a"]
     assert variants["fixed_threshold"]["threshold"] == pytest.approx(initial)
     for name in ("calibrated", "fixed_threshold", "every_kth"):
@@ -160,6 +163,16 @@ def test_summarize_seeds_counts_wins_and_judges_on_the_means() -> None:
     )
     with pytest.raises(ValueError, match="no runs"):
         summarize_seeds([])
+
+
+def test_summarize_seeds_pools_force_coverage_recalibrated_within_each_run() -> None:
+    runs = [_run(k, {"calibrated": 0.02}, {"calibrated": 0.03}) for k in range(2)]
+    for run, ratios in zip(runs, ([4.0, 4.0, 4.0], [0.5, 0.5, 0.5]), strict=True):
+        run["variants"]["calibrated"] |= {"force_ratios": ratios, "force_coverage": {"min_count": 2}}
+    coverage = summarize_seeds(runs)["variants"]["calibrated"]["force_coverage"]
+    assert coverage["count"] == 6 and coverage["coverage"]["0.9"] == pytest.approx(3 / 6)
+    # Run 0's third call is scaled by its own RMS (4), not by one pooled with run 1's ratios.
+    assert coverage["recalibrated"]["scale"]["coverage"]["0.9"] == pytest.approx(4 / 6)
 
 
 def test_run_otf_seeds_refuses_repeated_or_no_offsets(tiny_config: Path) -> None:
