@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
@@ -63,24 +64,19 @@ class FormationEnsemble(StructureEnsemble):
         super().__init__(committee, structures)
         self.references = dict(references_ev_per_atom)
 
-    def member_energies(self, index: int) -> Tensor:
-        """``s``: every member's formation energy per atom of candidate ``index`` (cached).
+    def check(self, atoms: Atoms) -> None:
+        """Raises:
+        SurrogateError: the candidate has an element without a reference energy."""
+        unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.references))
+        if unknown:
+            raise SurrogateError(
+                f"no reference energy for {unknown}: no labelled frame of the oracle has them yet"
+            )
 
-        Raises:
-            SurrogateError: the candidate has an element without a reference energy.
-        """
-        if index not in self._cache:
-            atoms = self.structures[index]
-            symbols = atoms.get_chemical_symbols()
-            unknown = sorted(set(symbols) - set(self.references))
-            if unknown:
-                raise SurrogateError(
-                    f"no reference energy for {unknown}: no labelled frame of the oracle has them yet"
-                )
-            reference = sum(self.references[s] for s in symbols)
-            energies = (self.committee.predict(atoms).energy - reference) / len(atoms)
-            self._cache[index] = torch.as_tensor(energies, dtype=torch.float64)
-        return self._cache[index]
+    def per_atom(self, atoms: Atoms, energy: np.ndarray) -> np.ndarray:
+        """``s`` members' total energies (eV) → formation energies per atom (eV/atom)."""
+        reference = sum(self.references[s] for s in atoms.get_chemical_symbols())
+        return (energy - reference) / len(atoms)
 
     def posterior(  # type: ignore[override]  # EnsembleModel's signature
         self,
@@ -134,6 +130,7 @@ class CommitteeSurrogate(Surrogate):
             keys.atoms, lambda: len(keys), prerelax, prerelax_settings or self.relax
         )
         self.ensemble: FormationEnsemble | None = None
+        self.references: dict[str, float] = {}
         self._n_train = 0
 
     def fit(self, dataset: SupervisedDataset) -> CommitteeSurrogate:
@@ -151,12 +148,32 @@ class CommitteeSurrogate(Surrogate):
                 "([oracle] type = 'dft')"
             )
         self.committee.fit(training.frames)
-        relaxed = RelaxedCandidates(
-            self.prerelaxed.__getitem__, lambda: len(self.keys), self.committee.calculator(), self.relax
-        )
-        self.ensemble = FormationEnsemble(self.committee, relaxed, training.references_ev_per_atom)
+        self.references = training.references_ev_per_atom
+        self.ensemble = self.fresh_ensemble()
         self._n_train = len(training.frames)
         return self
+
+    def fresh_ensemble(self, together: bool = True) -> FormationEnsemble:
+        """The current fit's ensemble with nothing relaxed or scored yet.
+
+        Args:
+            together: Relax the candidates a question needs together, with one committee call
+                per step for all of them (:func:`~surrogates.relaxation.relax_many`); ``False``
+                relaxes each alone through the committee's calculator (the same structures,
+                many more model calls: what benchmarks compare against).
+        """
+        relaxed = RelaxedCandidates(
+            self.prerelaxed.__getitem__,
+            lambda: len(self.keys),
+            self.committee.calculator(),
+            self.relax,
+            batch_forces=self._mean_forces if together else None,
+        )
+        return FormationEnsemble(self.committee, relaxed, self.references)
+
+    def _mean_forces(self, structures: Sequence[Atoms]) -> list[np.ndarray]:
+        """The committee's mean forces on many structures (what its calculator relaxes along)."""
+        return [p.forces.mean(axis=0) for p in self.committee.predict_many(structures)]
 
     # --- the BoTorch Model interface, delegated to the fitted ensemble ----------------------
 

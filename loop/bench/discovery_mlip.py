@@ -164,10 +164,16 @@ def committee_probe(
     seed: int = 0,
     settings: MACESettings | None = None,
     executor: Executor | None = None,
+    one_by_one: int = 20,
 ) -> dict[str, Any]:
     """Time one committee decision: EMT frames and fit on ``observations`` random candidates,
     then relaxing and scoring ``sample`` others (Thompson, one pick); the scoring cost per
-    candidate, times the free pool, gives the decision's seconds at this pool size."""
+    candidate, times the free pool, gives the decision's seconds at this pool size.
+
+    The candidates are relaxed together (one committee call per step for all of them); the
+    first ``one_by_one`` of them are then relaxed and scored again each alone, as before
+    batching, in the same process: ``one_by_one`` holds that path's cost per candidate and the
+    largest difference between the two paths' member energies."""
     keyed = keys_pool(pool)
     X = keyed.X
     rng = np.random.default_rng(seed)
@@ -190,6 +196,18 @@ def committee_probe(
             surrogate, X[list(scored)], 1, X[observed], Y, None, seed
         )
         score_s = time.perf_counter() - start
+        alone = surrogate.fresh_ensemble(together=False)
+        keys = [int(k) for k in X[list(scored[:one_by_one]), -1].tolist()]
+        start = time.perf_counter()
+        energies = [alone.member_energies(k) for k in keys]
+        alone_s = time.perf_counter() - start
+        difference = max(
+            (
+                float((e - surrogate.fitted.member_energies(k)).abs().max())
+                for e, k in zip(energies, keys, strict=True)
+            ),
+            default=None,
+        )
     finally:
         surrogate.close()
     free = len(pool) - observations
@@ -203,4 +221,10 @@ def committee_probe(
         "score_s_per_candidate": score_s / len(scored),
         "free_candidates": free,
         "seconds_per_decision_estimate": fit_s + score_s / len(scored) * free,
+        "one_by_one": {
+            "scored": len(keys),
+            "score_s": alone_s,
+            "score_s_per_candidate": alone_s / len(keys) if keys else None,
+            "max_member_energy_difference_ev_per_atom": difference,
+        },
     }

@@ -177,29 +177,65 @@ class MLIPCommittee:
         Raises:
             SurrogateError: the committee is not fitted, or ``atoms`` has an element it lacks.
         """
+        return self.predict_many([atoms])[0]
+
+    def predict_many(self, structures: Sequence[Atoms], chunk_size: int = 256) -> list[CommitteePrediction]:
+        """:meth:`predict` for many structures, ``chunk_size`` of them per model call.
+
+        One call of a member over a batch of graphs costs little more than over one small
+        structure, so screening thousands of candidates goes through here.
+
+        Raises:
+            SurrogateError: the committee is not fitted, or a structure has an element it lacks.
+        """
         if not self._models or self._arch is None:
             raise SurrogateError("the MLIP committee is not fitted yet")
         known = set(self._arch.numbers)
-        stray = sorted({int(z) for z in atoms.numbers} - known)
+        stray = sorted({int(z) for atoms in structures for z in atoms.numbers} - known)
         if stray:
             raise SurrogateError(f"structure has atomic numbers {stray} the committee was not trained on")
-        batch = _batch([_graph(atoms, self._arch)]).to_dict()
-        periodic = bool(np.all(atoms.pbc))
+        predictions: list[CommitteePrediction] = []
+        for first in range(0, len(structures), chunk_size):
+            predictions += self._predict_chunk(structures[first : first + chunk_size])
+        if self.baseline is None:
+            return predictions
+        corrected = []
+        for atoms, prediction in zip(structures, predictions, strict=True):
+            energy, force, stress = self.baseline.predict(atoms)
+            corrected.append(
+                CommitteePrediction(
+                    prediction.energy + energy, prediction.forces + force, prediction.stress + stress
+                )
+            )
+        return corrected
+
+    def _predict_chunk(self, structures: Sequence[Atoms]) -> list[CommitteePrediction]:
+        """Every member over one batch of graphs, split back into structures."""
+        assert self._arch is not None  # predict_many checked
+        batch = _batch([_graph(atoms, self._arch) for atoms in structures])
+        bounds = batch.ptr.tolist()  # atom ranges of the structures in the batch
+        periodic = [bool(np.all(atoms.pbc)) for atoms in structures]
         energies, forces, stresses = [], [], []
         for model in self._models:
             with torch.enable_grad():  # forces are gradients, also when a caller disabled them
-                out = model(dict(batch), training=False, compute_force=True, compute_stress=periodic)
-            energies.append(float(out[ENERGY].detach()[0]))
+                out = model(
+                    dict(batch.to_dict()), training=False, compute_force=True, compute_stress=any(periodic)
+                )
+            energies.append(out[ENERGY].detach().double().numpy())
             forces.append(out[FORCES].detach().double().numpy())
-            stress = out[STRESS].detach()[0].double().numpy() if periodic else np.zeros((3, 3))
-            stresses.append(stress_voigt(stress))
-        prediction = CommitteePrediction(np.array(energies), np.stack(forces), np.stack(stresses))
-        if self.baseline is None:
-            return prediction
-        energy, force, stress = self.baseline.predict(atoms)
-        return CommitteePrediction(
-            prediction.energy + energy, prediction.forces + force, prediction.stress + stress
-        )
+            stress = (
+                out[STRESS].detach().double().numpy() if any(periodic) else np.zeros((len(structures), 3, 3))
+            )
+            stresses.append(
+                np.stack(
+                    [stress_voigt(m) if pbc else np.zeros(6) for m, pbc in zip(stress, periodic, strict=True)]
+                )
+            )
+        energy, force, voigt = np.stack(energies), np.stack(forces), np.stack(stresses)
+        return [
+            CommitteePrediction(energy[:, k], force[:, bounds[k] : bounds[k + 1]], voigt[:, k])
+            for k in range(len(structures))
+        ]
 
     def calculator(self) -> CommitteeCalculator:
         """An ASE calculator backed by this committee (follows later fits)."""

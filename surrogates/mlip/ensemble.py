@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from ase import Atoms
 from botorch.models.ensemble import EnsembleModel
@@ -42,11 +43,33 @@ class StructureEnsemble(EnsembleModel):
 
     def member_energies(self, index: int) -> Tensor:
         """``s``: every member's energy per atom of structure ``index`` (cached)."""
-        if index not in self._cache:
-            atoms = self.structures[index]
-            energies = self.committee.predict(atoms).energy / len(atoms)
-            self._cache[index] = torch.as_tensor(energies, dtype=torch.float64)
+        self.score([index])
         return self._cache[index]
+
+    def score(self, indices: Iterable[int]) -> None:
+        """Predict the structures ``indices`` not cached yet, in batches: structures that are
+        relaxed on first access (:class:`~surrogates.relaxation.RelaxedCandidates`) are
+        relaxed together first."""
+        missing = sorted({i for i in indices if i not in self._cache})
+        if not missing:
+            return
+        prefetch = getattr(self.structures, "prefetch", None)
+        if prefetch is not None:
+            prefetch(missing)
+        structures = [self.structures[i] for i in missing]
+        for atoms in structures:
+            self.check(atoms)  # before the model runs on any of them
+        for i, atoms, prediction in zip(
+            missing, structures, self.committee.predict_many(structures), strict=True
+        ):
+            self._cache[i] = torch.as_tensor(self.per_atom(atoms, prediction.energy), dtype=torch.float64)
+
+    def check(self, atoms: Atoms) -> None:
+        """Refuse a structure this model cannot score (every structure here)."""
+
+    def per_atom(self, atoms: Atoms, energy: np.ndarray) -> np.ndarray:
+        """``s`` members' total energies (eV) → what the model predicts: energy per atom (eV/atom)."""
+        return energy / len(atoms)
 
     def forward(self, X: Tensor) -> Tensor:
         """``batch x q x d`` rows (indices last) → ``batch x s x q x 1`` energies per atom (eV/atom).
@@ -61,6 +84,8 @@ class StructureEnsemble(EnsembleModel):
             or indices.max() >= len(self.structures)
         ):
             raise SurrogateError(f"inputs must be structure indices in [0, {len(self.structures)})")
-        flat = torch.stack([self.member_energies(int(i)) for i in indices.reshape(-1).tolist()])
+        flat_indices = [int(i) for i in indices.reshape(-1).tolist()]
+        self.score(flat_indices)
+        flat = torch.stack([self._cache[i] for i in flat_indices])
         values = flat.reshape(*indices.shape, -1).to(X)  # batch x q x s
         return values.movedim(-1, -2).unsqueeze(-1)

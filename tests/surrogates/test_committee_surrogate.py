@@ -25,7 +25,7 @@ from surrogates.base import SurrogateError
 from surrogates.committee_surrogate import CommitteeSurrogate, TrainingSet
 from surrogates.ensemble_posterior import MemberPosterior
 from surrogates.mlip import MACESettings, MLIPCommittee
-from surrogates.relaxation import RelaxSettings
+from surrogates.relaxation import RelaxSettings, relax
 from surrogates.structure_keys import StructureKeys
 
 TINY = MACESettings(channels=8, interactions=1, epochs=4, warm_epochs=1, min_steps=2, r_max=4.0)
@@ -137,6 +137,28 @@ def test_posterior_is_the_members_formation_energies_of_relaxed_candidates(
     assert np.allclose(members[3].numpy(), expected)
     mean, variance = surrogate.predict(torch.arange(4, dtype=torch.double).reshape(4, 1))
     assert mean.shape == variance.shape == (4, 1)
+
+
+def test_many_candidates_are_relaxed_and_scored_together_as_one_by_one(
+    fitted: tuple[CommitteeSurrogate, StructureKeys, list[Structure]],
+) -> None:
+    surrogate, keys, structures = fitted
+    committee = surrogate.committee
+    atoms = [s.to_ase_atoms() for s in structures]
+    for a, many in zip(atoms, committee.predict_many(atoms, chunk_size=3), strict=True):  # two chunks
+        one = committee.predict(a)
+        assert np.allclose(many.energy, one.energy) and np.allclose(many.forces, one.forces)
+        assert np.allclose(many.stress, one.stress) and many.forces.shape == (3, len(a), 3)
+    # A fresh ensemble of the same fit: scoring all four relaxes them together (positions only,
+    # the committee's mean forces), ending where the committee's calculator takes each alone.
+    ensemble = surrogate.fresh_ensemble()
+    ensemble.posterior(torch.arange(4, dtype=torch.double).reshape(4, 1, 1))
+    for k in range(4):
+        alone = relax(keys.atoms(k), committee.calculator(), surrogate.relax)
+        assert np.allclose(ensemble.structures[k].positions, alone.positions, atol=1e-8)
+        assert torch.allclose(ensemble.member_energies(k), surrogate.fitted.member_energies(k))
+    one_by_one = surrogate.fresh_ensemble(together=False)
+    assert torch.allclose(one_by_one.member_energies(2), ensemble.member_energies(2))
 
 
 def test_candidates_are_relaxed_once_per_fit(

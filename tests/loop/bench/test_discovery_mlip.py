@@ -55,3 +55,7 @@ def test_committee_probe_times_fit_and_scoring(workdir: Path, mlip_workers: Exec
     assert out["seconds_per_decision_estimate"] == pytest.approx(
         out["fit_s"] + out["score_s"] / 3 * out["free_candidates"]
     )
+    alone = out["one_by_one"]
+    assert alone["scored"] == 3 and alone["score_s_per_candidate"] == pytest.approx(alone["score_s"] / 3)
+    # Relaxed together or each alone, the candidates end at the same structures and energies.
+    assert alone["max_member_energy_difference_ev_per_atom"] < 1e-6
