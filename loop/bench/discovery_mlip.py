@@ -199,12 +199,12 @@ def committee_probe(
         alone = surrogate.fresh_ensemble(together=False)
         keys = [int(k) for k in X[list(scored[:one_by_one]), -1].tolist()]
         start = time.perf_counter()
-        energies = [alone.member_energies(k) for k in keys]
+        members = [alone.member_energies(k) for k in keys]
         alone_s = time.perf_counter() - start
         difference = max(
             (
                 float((e - surrogate.fitted.member_energies(k)).abs().max())
-                for e, k in zip(energies, keys, strict=True)
+                for e, k in zip(members, keys, strict=True)
             ),
             default=None,
         )
