@@ -46,14 +46,18 @@ class LookupOracle(Oracle):
 
 
 def example_config(
-    workdir: Path, seed: int, calibration: str, within_mev: float, sigmas: float
+    workdir: Path, seed: int, calibration: str, within_mev: float, sigmas: float, descriptors: str = "pairs"
 ) -> CampaignConfig:
     """The alloy example with batch-4 Thompson sampling and the near-hull rule
-    (``calibration = "default"`` leaves ``[surrogate] calibration`` unset)."""
+    (``calibration = "default"`` leaves ``[surrogate] calibration`` unset; ``descriptors``
+    are the GP's inputs, ``[surrogate] descriptors``)."""
+    name = f"near-hull-{calibration}-{within_mev:g}-{seed}" + (
+        "" if descriptors == "pairs" else f"-{descriptors}"
+    )
     overrides: dict[str, Any] = {
-        "campaign.name": f"near-hull-{calibration}-{within_mev:g}-{seed}",
+        "campaign.name": name,
         "campaign.seed": seed,
-        "campaign.ledger": str(workdir / f"near-hull-{calibration}-{within_mev:g}-{seed}.db"),
+        "campaign.ledger": str(workdir / f"{name}.db"),
         "oracle.workdir": str(workdir / "runs"),
         "space.generator.cache": str(workdir / "candidates.json"),
         "acquisition.type": "thompson",
@@ -63,6 +67,8 @@ def example_config(
     }
     if calibration != "default":
         overrides["surrogate.calibration"] = calibration
+    if descriptors != "pairs":
+        overrides["surrogate.descriptors"] = descriptors
     return load_config(EXAMPLE, overrides)
 
 
@@ -115,16 +121,22 @@ def run_against_truth(
 
 
 def run_seed(
-    workdir: Path, seed: int, calibration: str, within_mev: float = 10.0, sigmas: float = 2.0
+    workdir: Path,
+    seed: int,
+    calibration: str,
+    within_mev: float = 10.0,
+    sigmas: float = 2.0,
+    descriptors: str = "pairs",
 ) -> dict[str, Any]:
     """One campaign: why and when it stopped, and the true near-hull structures it missed."""
-    config = example_config(workdir, seed, calibration, within_mev, sigmas)
+    config = example_config(workdir, seed, calibration, within_mev, sigmas, descriptors)
     truth = ground_truth(config, workdir / "truth.json")
     wanted = near_hull(truth_points(truth), within_mev=within_mev)
     report, done, seconds = run_against_truth(config, truth)
     return {
         "seed": seed,
         "calibration": calibration,
+        "descriptors": descriptors,
         "stop_reason": report.stop_reason,
         "stopped_by_rule": (report.stop_reason or "").startswith("near-hull goal met"),
         "experiments": report.experiments,
@@ -142,11 +154,14 @@ def main() -> None:
     parser.add_argument("--calibration", default="default", choices=["default", "none", "scale", "conformal"])
     parser.add_argument("--within-mev", type=float, default=10.0, help="near_hull_mev")
     parser.add_argument("--sigmas", type=float, default=2.0, help="near_hull_sigmas")
+    parser.add_argument("--descriptors", default="pairs", choices=["pairs", "chgnet"], help="the GP's inputs")
     parser.add_argument("--workdir", type=Path, required=True)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        row = run_seed(args.workdir.resolve(), seed, args.calibration, args.within_mev, args.sigmas)
+        row = run_seed(
+            args.workdir.resolve(), seed, args.calibration, args.within_mev, args.sigmas, args.descriptors
+        )
         print(json.dumps(row), flush=True)
 
 
