@@ -15,7 +15,7 @@ Until ``min_calibration_calls`` ratios are in, the threshold is the initial gues
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,8 @@ class Calibration:
     ratios: list[float] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)
     recent: deque[float] = field(default_factory=deque)
+    force_z: list[list[float]] = field(default_factory=list)
+    """Per oracle call, its force components' z-scores (for coverage reports, not the threshold)."""
 
     def __post_init__(self) -> None:
         if self.threshold <= 0:
@@ -47,11 +49,13 @@ class Calibration:
     def observe_step(self, uncertainty: float) -> None:
         self.recent.append(uncertainty)
 
-    def observe_call(self, uncertainty: float, error: float) -> None:
-        """Record what one oracle call measured: the frame's uncertainty and true error."""
+    def observe_call(self, uncertainty: float, error: float, force_z: Sequence[float] = ()) -> None:
+        """Record what one oracle call measured: the frame's uncertainty and true error (and
+        its force components' z-scores)."""
         self.errors.append(error)
         if uncertainty > 0:
             self.ratios.append(error / uncertainty)
+        self.force_z.append(list(force_z))
 
     def estimated_miss_rate(self, threshold: float) -> float:
         """The share of recent steps expected to exceed the tolerance below ``threshold``."""
@@ -94,6 +98,7 @@ class Calibration:
             "ratios": self.ratios,
             "errors": self.errors,
             "recent": list(self.recent),
+            "force_z": self.force_z,
         }
 
     @classmethod
@@ -104,4 +109,5 @@ class Calibration:
             list(values["ratios"]),
             list(values["errors"]),
             deque(values["recent"]),
+            [list(z) for z in values.get("force_z", [])],  # absent from checkpoints before it
         )

@@ -15,7 +15,7 @@ from loop.otf.reports import Label
 from loop.otf.walker import Pause
 from oracles.base import Oracle, Result
 from oracles.errors import EvaluationFailed
-from surrogates.mlip import force_error
+from surrogates.mlip import force_error, force_z_scores
 
 log = logging.getLogger("alloop.otf")
 
@@ -55,6 +55,7 @@ def compare(pause: Pause, candidate_id: str, frame: Frame, reused: bool = False)
         error=force_error(pause.prediction.forces.mean(axis=0), frame.forces),
         mae=float(np.abs(difference).mean()),
         reused=reused,
+        force_z=tuple(force_z_scores(pause.prediction, frame.forces).tolist()),
     )
 
 

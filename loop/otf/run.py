@@ -234,7 +234,7 @@ class OTFRun:
         labels = self.labeller.label(pauses, self.oracle, self.policy.budget_left(self._calls()))
         for label in labels:
             if label.error is not None and not label.reused and label.walker != "initial":
-                self.calibration.observe_call(label.uncertainty, label.error)
+                self.calibration.observe_call(label.uncertainty, label.error, label.force_z)
                 self.progress.calls_within_tolerance = self.policy.within_tolerance_run(
                     self.progress.calls_within_tolerance, label.error
                 )
@@ -374,5 +374,7 @@ class OTFRun:
             resumed_from_steps=self.resumed_from,
             lost_walkers=[w.spec.name for w in self.walkers if w.lost],
             seconds=time.perf_counter() - self._started,
-            force_coverage=force_coverage(self.calibration.ratios, self.settings.min_calibration_calls),
+            force_coverage=force_coverage(
+                self.calibration.ratios, self.settings.min_calibration_calls, self.calibration.force_z
+            ),
         )

@@ -34,7 +34,7 @@ from surrogates.mlip.committee import MLIPCommittee
 from surrogates.mlip.ensemble import StructureEnsemble
 from surrogates.mlip.mace import ENERGY, FORCES, STRESS
 from surrogates.mlip.mace import _initial_model as _initial_model  # tests reach for it here
-from surrogates.mlip.prediction import CommitteePrediction, force_error
+from surrogates.mlip.prediction import CommitteePrediction, force_error, force_z_scores
 from surrogates.mlip.settings import MACESettings
 from surrogates.mlip.training import _train_member as _train_member  # tests reach for it here
 from surrogates.mlip.training import training_pool
@@ -50,5 +50,6 @@ __all__ = [
     "MLIPCommittee",
     "StructureEnsemble",
     "force_error",
+    "force_z_scores",
     "training_pool",
 ]

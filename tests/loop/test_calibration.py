@@ -330,3 +330,17 @@ def test_otf_force_coverage_after_recalibration_is_prequential_within_each_run()
     pooled = pooled_force_coverage([[4.0] * 3, [4.0] * 3], min_count=2)
     assert pooled["count"] == 6
     assert pooled["recalibrated"]["scale"]["coverage"]["0.9"] == pytest.approx(2 / 6)
+
+
+def test_force_components_z_scores_are_recalibrated_call_by_call() -> None:
+    from loop.otf.reports import force_coverage
+
+    # Three calls of two components each, all z = 2 (outside the 90% interval, |z| <= 1.645).
+    numbers = force_coverage([1.0, 1.0, 1.0], min_count=1, force_z=[[2.0, -2.0]] * 3)
+    components = numbers["components"]
+    assert components["count"] == 6 and components["coverage"]["0.9"] == 0.0
+    assert components["rms_z"] == pytest.approx(2.0)
+    # From the second call on, each is divided by the RMS of the calls before it (2).
+    scaled = components["recalibrated"]["scale"]
+    assert scaled["coverage"]["0.9"] == pytest.approx(4 / 6)
+    assert "components" not in force_coverage([1.0]), "no z-scores: only the per-frame ratios"

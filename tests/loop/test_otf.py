@@ -116,6 +116,17 @@ def test_calibrated_threshold_meets_the_target_miss_rate() -> None:
     assert fixed.update() == fixed.settings.initial_threshold_ev_per_a
 
 
+def test_the_calibration_keeps_each_calls_force_z_scores_across_a_checkpoint() -> None:
+    settings = OTFSettings()
+    calibration = Calibration(settings)
+    calibration.observe_call(0.1, 0.2, [1.0, -2.0, 0.5])
+    calibration.observe_call(0.0, 0.1)  # no spread: no ratio, no z-scores
+    restored = Calibration.from_dict(settings, json.loads(json.dumps(calibration.as_dict())))
+    assert restored.force_z == [[1.0, -2.0, 0.5], []] and restored.ratios == [2.0]
+    older = {k: v for k, v in calibration.as_dict().items() if k != "force_z"}  # a checkpoint from before
+    assert Calibration.from_dict(settings, older).force_z == []
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
@@ -171,6 +182,7 @@ def test_an_oracle_failing_on_a_fifth_of_frames_does_not_stop_the_run(
     assert report.retrains >= 2 and 0 < report.oracle_step_fraction < 1
     coverage = report.as_dict()["force_coverage"]
     assert coverage["count"] == len(run.calibration.ratios) > 0
+    assert coverage["components"]["count"] == sum(len(z) for z in run.calibration.force_z) > 0
     assert all(0.0 <= c <= 1.0 for c in coverage["coverage"].values())
 
 

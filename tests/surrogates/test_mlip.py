@@ -212,3 +212,17 @@ def test_bad_inputs_are_refused(training: list[Frame]) -> None:
         Frame.from_atoms(atoms, float("nan"), np.zeros((len(atoms), 3)))
     with pytest.raises(ValueError, match="forces have shape"):
         Frame.from_atoms(atoms, 0.0, np.zeros((2, 3)))
+
+
+def test_force_z_scores_divide_each_component_error_by_its_atoms_spread_per_component() -> None:
+    from surrogates.mlip import CommitteePrediction, force_z_scores
+
+    mean = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    spread = np.array([[0.3, 0.0, 0.0], [0.0, 0.0, 0.0]])  # the second atom: members agree
+    prediction = CommitteePrediction(np.zeros(2), np.stack([mean + spread, mean - spread]), np.zeros((2, 6)))
+    true = mean - np.array([[0.1, 0.2, 0.0], [5.0, 5.0, 5.0]])
+
+    z = force_z_scores(prediction, true)
+
+    # forces_std of atom 0 is 0.3 (RMS of the members' deviation vectors): 0.3 / sqrt(3) per component.
+    assert z == pytest.approx(np.array([0.1, 0.2, 0.0]) / (0.3 / np.sqrt(3)))

@@ -291,7 +291,8 @@ def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ratios = [v["force_ratios"] for v in present if "force_ratios" in v]
         if ratios:  # each run's calls are a stream of their own: recalibrated within the run, then pooled
             min_count = int(present[0]["force_coverage"]["min_count"])
-            variants[name]["force_coverage"] = pooled_force_coverage(ratios, min_count)
+            force_z = [v.get("force_z", []) for v in present if "force_ratios" in v]
+            variants[name]["force_coverage"] = pooled_force_coverage(ratios, min_count, force_z)
     comparisons: dict[str, dict[str, Any]] = {}
     for baseline in ("fixed_threshold", "every_kth"):
         pairs = [

@@ -201,4 +201,5 @@ def run_committee_variant(
         "rounds": report.rounds,
         "force_coverage": report.force_coverage,
         "force_ratios": list(run.calibration.ratios),
+        "force_z": run.calibration.force_z,
     }
