@@ -167,13 +167,9 @@ class CommitteeSurrogate(Surrogate):
             lambda: len(self.keys),
             self.committee.calculator(),
             self.relax,
-            batch_forces=self._mean_forces if together else None,
+            batch_forces=self.committee.mean_forces_many if together else None,
         )
         return FormationEnsemble(self.committee, relaxed, self.references)
-
-    def _mean_forces(self, structures: Sequence[Atoms]) -> list[np.ndarray]:
-        """The committee's mean forces on many structures (what its calculator relaxes along)."""
-        return [p.forces.mean(axis=0) for p in self.committee.predict_many(structures)]
 
     # --- the BoTorch Model interface, delegated to the fitted ensemble ----------------------
 

@@ -183,7 +183,50 @@ class MLIPCommittee:
         """:meth:`predict` for many structures, ``chunk_size`` of them per model call.
 
         One call of a member over a batch of graphs costs little more than over one small
-        structure, so screening thousands of candidates goes through here.
+        structure, so screening thousands of candidates goes through here (and through
+        :meth:`mean_forces_many` and :meth:`energies_many`, which skip what they do not need).
+
+        Raises:
+            SurrogateError: the committee is not fitted, or a structure has an element it lacks.
+        """
+        predictions = []
+        for atoms, (energy, forces, stress) in zip(
+            structures, self._evaluate(structures, chunk_size, forces=True, stress=True), strict=True
+        ):
+            assert forces is not None
+            if self.baseline is not None:
+                base_energy, base_forces, base_stress = self.baseline.predict(atoms)
+                energy, forces, stress = energy + base_energy, forces + base_forces, stress + base_stress
+            predictions.append(CommitteePrediction(energy, forces, stress))
+        return predictions
+
+    def mean_forces_many(self, structures: Sequence[Atoms], chunk_size: int = 256) -> list[np.ndarray]:
+        """The members' mean forces (``n x 3``, eV/Å) on each structure, without stresses: what
+        relaxing positions needs (the committee calculator's forces)."""
+        out = []
+        for atoms, (_, forces, _) in zip(
+            structures, self._evaluate(structures, chunk_size, forces=True, stress=False), strict=True
+        ):
+            assert forces is not None
+            mean = forces.mean(axis=0)
+            out.append(mean if self.baseline is None else mean + self.baseline.predict(atoms)[1])
+        return out
+
+    def energies_many(self, structures: Sequence[Atoms], chunk_size: int = 256) -> np.ndarray:
+        """``len(structures) x s``: every member's total energy (eV) of each structure, without
+        forces or stresses: what scoring a relaxed candidate needs."""
+        rows = []
+        for atoms, (energy, _, _) in zip(
+            structures, self._evaluate(structures, chunk_size, forces=False, stress=False), strict=True
+        ):
+            rows.append(energy if self.baseline is None else energy + self.baseline.predict(atoms)[0])
+        return np.array(rows).reshape(len(structures), self.size)
+
+    def _evaluate(
+        self, structures: Sequence[Atoms], chunk_size: int, forces: bool, stress: bool
+    ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """Per structure, the members' energies (``s``), forces (``s x n x 3``) and Voigt
+        stresses (``s x 6``; zero for a structure that is not periodic), as asked.
 
         Raises:
             SurrogateError: the committee is not fitted, or a structure has an element it lacks.
@@ -194,46 +237,43 @@ class MLIPCommittee:
         stray = sorted({int(z) for atoms in structures for z in atoms.numbers} - known)
         if stray:
             raise SurrogateError(f"structure has atomic numbers {stray} the committee was not trained on")
-        predictions: list[CommitteePrediction] = []
+        out: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
         for first in range(0, len(structures), chunk_size):
-            predictions += self._predict_chunk(structures[first : first + chunk_size])
-        if self.baseline is None:
-            return predictions
-        corrected = []
-        for atoms, prediction in zip(structures, predictions, strict=True):
-            energy, force, stress = self.baseline.predict(atoms)
-            corrected.append(
-                CommitteePrediction(
-                    prediction.energy + energy, prediction.forces + force, prediction.stress + stress
-                )
-            )
-        return corrected
+            out += self._evaluate_chunk(structures[first : first + chunk_size], forces, stress)
+        return out
 
-    def _predict_chunk(self, structures: Sequence[Atoms]) -> list[CommitteePrediction]:
+    def _evaluate_chunk(
+        self, structures: Sequence[Atoms], forces: bool, stress: bool
+    ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
         """Every member over one batch of graphs, split back into structures."""
-        assert self._arch is not None  # predict_many checked
+        assert self._arch is not None  # _evaluate checked
         batch = _batch([_graph(atoms, self._arch) for atoms in structures])
         bounds = batch.ptr.tolist()  # atom ranges of the structures in the batch
-        periodic = [bool(np.all(atoms.pbc)) for atoms in structures]
-        energies, forces, stresses = [], [], []
+        periodic = np.array([bool(np.all(atoms.pbc)) for atoms in structures])
+        stress = stress and bool(periodic.any())
+        energies, member_forces, stresses = [], [], []
         for model in self._models:
-            with torch.enable_grad():  # forces are gradients, also when a caller disabled them
+            with torch.set_grad_enabled(
+                forces or stress
+            ):  # forces are gradients, also when a caller disabled them
                 out = model(
-                    dict(batch.to_dict()), training=False, compute_force=True, compute_stress=any(periodic)
+                    dict(batch.to_dict()), training=False, compute_force=forces, compute_stress=stress
                 )
             energies.append(out[ENERGY].detach().double().numpy())
-            forces.append(out[FORCES].detach().double().numpy())
-            stress = (
-                out[STRESS].detach().double().numpy() if any(periodic) else np.zeros((len(structures), 3, 3))
-            )
-            stresses.append(
-                np.stack(
-                    [stress_voigt(m) if pbc else np.zeros(6) for m, pbc in zip(stress, periodic, strict=True)]
-                )
-            )
-        energy, force, voigt = np.stack(energies), np.stack(forces), np.stack(stresses)
+            if forces:
+                member_forces.append(out[FORCES].detach().double().numpy())
+            if stress:
+                voigt = np.stack([stress_voigt(m) for m in out[STRESS].detach().double().numpy()])
+                stresses.append(np.where(periodic[:, None], voigt, 0.0))
+        energy = np.stack(energies)
+        force = np.stack(member_forces) if forces else None
+        voigt = np.stack(stresses) if stress else np.zeros((len(self._models), len(structures), 6))
         return [
-            CommitteePrediction(energy[:, k], force[:, bounds[k] : bounds[k + 1]], voigt[:, k])
+            (
+                energy[:, k],
+                None if force is None else force[:, bounds[k] : bounds[k + 1]],
+                voigt[:, k],
+            )
             for k in range(len(structures))
         ]
 

@@ -59,10 +59,9 @@ class StructureEnsemble(EnsembleModel):
         structures = [self.structures[i] for i in missing]
         for atoms in structures:
             self.check(atoms)  # before the model runs on any of them
-        for i, atoms, prediction in zip(
-            missing, structures, self.committee.predict_many(structures), strict=True
-        ):
-            self._cache[i] = torch.as_tensor(self.per_atom(atoms, prediction.energy), dtype=torch.float64)
+        energies = self.committee.energies_many(structures)
+        for i, atoms, energy in zip(missing, structures, energies, strict=True):
+            self._cache[i] = torch.as_tensor(self.per_atom(atoms, energy), dtype=torch.float64)
 
     def check(self, atoms: Atoms) -> None:
         """Refuse a structure this model cannot score (every structure here)."""

@@ -149,6 +149,15 @@ def test_many_candidates_are_relaxed_and_scored_together_as_one_by_one(
         one = committee.predict(a)
         assert np.allclose(many.energy, one.energy) and np.allclose(many.forces, one.forces)
         assert np.allclose(many.stress, one.stress) and many.forces.shape == (3, len(a), 3)
+    # What relaxing and scoring need, without the rest: the mean forces, the members' energies.
+    means, energies = (
+        committee.mean_forces_many(atoms, chunk_size=3),
+        committee.energies_many(atoms, chunk_size=3),
+    )
+    assert energies.shape == (4, 3)
+    for a, mean, energy in zip(atoms, means, energies, strict=True):
+        one = committee.predict(a)
+        assert np.allclose(mean, one.forces.mean(axis=0)) and np.allclose(energy, one.energy)
     # A fresh ensemble of the same fit: scoring all four relaxes them together (positions only,
     # the committee's mean forces), ending where the committee's calculator takes each alone.
     ensemble = surrogate.fresh_ensemble()
