@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+
     from loop.campaign import Campaign
     from loop.config import CampaignConfig
     from surrogates.base import Surrogate
@@ -132,16 +134,34 @@ class NearHull(StoppingRule):
         self.within_mev, self.sigmas = within_mev, sigmas
 
     def reason(self, campaign: Campaign, surrogate: Surrogate | None = None) -> str | None:
+        from loop.stability import hull_heights
+
+        if surrogate is None or campaign.pool is None or not campaign.free_pool_rows():
+            return None  # an exhausted pool: that rule says so
+        reaching, diagram, done, model = self._reaching(campaign, surrogate)
+        if reaching:
+            return None
+        found = sum(h * 1000.0 <= self.within_mev + 1e-9 for h in hull_heights(diagram, done))
+        return (
+            f"near-hull goal met: no unevaluated candidate's lower bound within {self.within_mev:g} "
+            f"meV/atom of the hull ({found} structures within it found; {_std_used(model)})"
+        )
+
+    def reaching(self, campaign: Campaign, surrogate: Surrogate) -> list[tuple[int, float, float]]:
+        """What keeps the rule from firing: ``(pool row, mean, std)`` (eV/atom, the std the rule
+        judges by) of every unevaluated candidate whose lower bound reaches the band."""
+        return self._reaching(campaign, surrogate)[0]
+
+    def _reaching(
+        self, campaign: Campaign, surrogate: Surrogate
+    ) -> tuple[list[tuple[int, float, float]], PhaseDiagram, list[tuple[str, float]], CalibratedSurrogate]:
         from pymatgen.core import Composition
 
-        from loop.stability import could_reach_hull, hull_heights, phase_diagram
+        from loop.stability import could_reach_hull, phase_diagram
 
         pool = campaign.pool
-        if surrogate is None or pool is None:
-            return None
+        assert pool is not None
         free = campaign.free_pool_rows()
-        if not free:
-            return None  # the pool is exhausted: that rule says so
         done = [
             (str(e.params["formula"]), e.values[self.PROPERTY])
             for e in campaign.ledger.evaluations(campaign.id, ["done"])
@@ -153,14 +173,10 @@ class NearHull(StoppingRule):
         model = campaign.predictive_model(surrogate)
         mean, variance = model.predict(pool.X[free])
         column = campaign.objectives.index(self.PROPERTY)
-        lower = mean[:, column] - self.sigmas * variance[:, column].sqrt()
-        if could_reach_hull(diagram, formulas, lower.tolist(), self.within_mev):
-            return None
-        found = sum(h * 1000.0 <= self.within_mev + 1e-9 for h in hull_heights(diagram, done))
-        return (
-            f"near-hull goal met: no unevaluated candidate's lower bound within {self.within_mev:g} "
-            f"meV/atom of the hull ({found} structures within it found; {_std_used(model)})"
-        )
+        mu, sigma = mean[:, column], variance[:, column].sqrt()
+        lower = mu - self.sigmas * sigma
+        reaching = could_reach_hull(diagram, formulas, lower.tolist(), self.within_mev)
+        return [(free[i], float(mu[i]), float(sigma[i])) for i in reaching], diagram, done, model
 
 
 def _std_used(model: CalibratedSurrogate) -> str:

@@ -17,13 +17,15 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from loop.campaign import Campaign, CampaignReport
 from loop.candidate import Candidate
 from loop.config import CampaignConfig, load_config
 from loop.ledger import Ledger
-from loop.stability import HullPoint, hull_points, near_hull
+from loop.stability import HullPoint, hull_heights, hull_points, near_hull, phase_diagram
+from loop.stopping import NearHull
 from loop.structure_codec import structure_from_params
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft import DFTRunner
@@ -147,6 +149,49 @@ def run_seed(
     }
 
 
+def what_keeps_it_going(
+    workdir: Path,
+    seed: int,
+    calibration: str,
+    within_mev: float = 10.0,
+    sigmas: float = 2.0,
+    descriptors: str = "pairs",
+) -> dict[str, Any]:
+    """A finished campaign's end, asked why the rule did not fire: the surrogate refitted on
+    all its results, the unevaluated candidates whose lower bound still reaches the band, and
+    how far above the true hull each of those really lies (meV/atom)."""
+    config = example_config(workdir, seed, calibration, within_mev, sigmas, descriptors)
+    truth = ground_truth(config, workdir / "truth.json")
+    heights = dict(zip(truth, hull_heights(phase_diagram(truth.values()), truth.values()), strict=True))
+    campaign = Campaign(config, ledger=Ledger(config.ledger_location), oracle=LookupOracle({}))
+    try:
+        assert campaign.pool is not None
+        surrogate = campaign.fit(cycle=10_000)  # the cycle only seeds the fit
+        if surrogate is None:
+            raise RuntimeError(f"campaign {config.campaign.name} has too few results to fit")
+        rule = NearHull(within_mev, sigmas)
+        reaching = rule.reaching(campaign, surrogate)
+        ids = [campaign.pool.candidates[row].id for row, _, _ in reaching]
+        free = len(campaign.free_pool_rows())
+    finally:
+        campaign.close()
+    true_mev = [heights[i] * 1000.0 for i in ids]
+    std_mev = [sd * 1000.0 for _, _, sd in reaching]
+
+    def spread(values: list[float]) -> list[float] | None:  # min, median, max
+        return [round(min(values), 1), round(median(values), 1), round(max(values), 1)] if values else None
+
+    return {
+        "seed": seed,
+        "descriptors": descriptors,
+        "unevaluated": free,
+        "reaching_the_band": len(ids),
+        "truly_near_hull_among_them": sum(h <= within_mev + 1e-9 for h in true_mev),
+        "their_true_height_mev": spread(true_mev),
+        "their_std_mev": spread(std_mev),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
@@ -156,9 +201,19 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, default=2.0, help="near_hull_sigmas")
     parser.add_argument("--descriptors", default="pairs", choices=["pairs", "chgnet"], help="the GP's inputs")
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument(
+        "--explain", action="store_true", help="ask finished campaigns' ends what kept the rule from firing"
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
+        if args.explain:
+            workdir = args.workdir.resolve()
+            why = what_keeps_it_going(
+                workdir, seed, args.calibration, args.within_mev, args.sigmas, args.descriptors
+            )
+            print(json.dumps(why), flush=True)
+            continue
         row = run_seed(
             args.workdir.resolve(), seed, args.calibration, args.within_mev, args.sigmas, args.descriptors
         )

@@ -24,6 +24,7 @@ from loop.errors import ConfigError
 from loop.ledger import Ledger
 from loop.ledger_records import Proposal
 from loop.stability import campaign_hull, hull_heights, hull_points, near_hull, phase_diagram
+from loop.stopping import NearHull
 from oracles.base import Measurement, Oracle, Result
 from oracles.dft import DFTRunner
 from oracles.dft_job import JobSettings, execute
@@ -374,8 +375,13 @@ def test_near_hull_goal_waits_while_a_lower_bound_reaches_the_hull(tmp_path: Pat
         f"({found} structures within it found; predictive std x 1)"
     )
     # One candidate's bound 1 meV/atom inside the reach: it could still land near the hull.
+    rule = NearHull(10.0, 2.0)
+    assert rule.reaching(campaign, PlannedSurrogate(X, mean, std)) == []
     mean[2] -= 0.002
     assert campaign.improvement_exhausted(PlannedSurrogate(X, mean, std)) is None
+    # What keeps it going: that candidate, with the mean and std the rule judged by.
+    [(row, mu, sigma)] = rule.reaching(campaign, PlannedSurrogate(X, mean, std))
+    assert row == free[2] and mu == pytest.approx(float(mean[2])) and sigma == pytest.approx(0.02)
     assert campaign.improvement_exhausted(None) is None
     campaign.close()
     # The bound one standard deviation below the mean: 20 meV/atom higher, out of reach again.
