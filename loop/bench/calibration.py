@@ -222,3 +222,59 @@ def run_calibration_benchmark(
     settings = {"campaigns": campaigns, "budget": budget, "batch_size": batch_size, "acquisition": "ucb"}
     verdict = decide(table)
     return {"settings": settings, "pools": table, "verdict": verdict, "default": default_by_rule(verdict)}
+
+
+#: The on-the-fly example whose force spread :func:`otf_force_coverage` measures.
+OTF_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "otf_md" / "otf.toml"
+
+
+def otf_force_coverage(
+    draws: int, config: str | Path = OTF_EXAMPLE, workdir: str | Path | None = None, **options: Any
+) -> dict[str, Any]:
+    """The on-the-fly example's force coverage over ``draws`` draws of its calibrated loop
+    (:func:`~loop.bench.otf.run_otf_seeds`, seed offsets ``0..draws-1``): per frame and per force
+    component, raw and recalibrated prequentially, and the goal's verdict per method.
+
+    Args:
+        options: Passed to :func:`~loop.bench.otf.run_otf_benchmark` (e.g. ``steps``).
+    """
+    from loop.bench.otf import run_otf_seeds
+
+    result = run_otf_seeds(config, list(range(draws)), workdir, variants=("calibrated",), **options)
+    coverage = result["summary"]["variants"]["calibrated"]["force_coverage"]
+    return {"draws": draws, "force_coverage": coverage, "goal_met": force_goal(coverage)}
+
+
+def force_goal(coverage: dict[str, Any]) -> dict[str, bool | None]:
+    """Per recalibration, whether the force components' 90% coverage is within :data:`GOAL`
+    (``None`` without component z-scores)."""
+    components = coverage.get("components")
+    if components is None:
+        return {"scale": None, "conformal": None}
+    low, high = GOAL
+    return {
+        method: low <= components["recalibrated"][method]["coverage"][f"{LEVEL:g}"] <= high
+        for method in ("scale", "conformal")
+    }
+
+
+def near_hull_rule(seeds: int, workdir: str | Path, within_mev: float = 2.0) -> dict[str, Any]:
+    """The near-hull stopping rule on the alloy example (:mod:`loop.bench.near_hull`: batch-4
+    Thompson, the default calibration, the exhaustive EMT truth cached in ``workdir``), seeds
+    ``0..seeds-1``, and the issue's two conditions."""
+    from loop.bench.near_hull import run_seed
+
+    runs = [run_seed(Path(workdir).resolve(), seed, "default", within_mev) for seed in range(seeds)]
+    return {"within_mev": within_mev, "runs": runs, **near_hull_verdict(runs)}
+
+
+def near_hull_verdict(runs: Sequence[dict[str, Any]]) -> dict[str, bool]:
+    """(a) no campaign stopped by the rule with a true near-hull structure unmeasured; (b) every
+    campaign stopped by the rule before its budget."""
+    never_missing = all(not (r["stopped_by_rule"] and r["near_hull_missed"]) for r in runs)
+    always_early = all(r["stopped_by_rule"] and r["experiments"] < r["budget"] for r in runs)
+    return {
+        "never_stops_missing": never_missing,
+        "stops_before_budget": always_early,
+        "met": never_missing and always_early,
+    }

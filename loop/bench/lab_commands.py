@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,13 +22,24 @@ def calibration_command(
     campaigns: Annotated[int, typer.Option("--campaigns", min=1, help="Campaigns per pool and method.")] = 10,
     budget: Annotated[int, typer.Option("--budget", min=3, help="Experiments per campaign.")] = 100,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Designs per cycle.")] = 4,
+    otf_draws: Annotated[
+        int,
+        typer.Option("--otf-draws", min=0, help="Draws of the on-the-fly example for its force coverage."),
+    ] = 0,
+    near_hull_seeds: Annotated[
+        int, typer.Option("--near-hull-seeds", min=0, help="Seeds of the alloy example's near-hull rule.")
+    ] = 0,
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", help="Where the OTF draws and the near-hull truth go.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
 ) -> None:
     """Prequential coverage of the 90% interval before and after recalibration, and sample
     efficiency with and without it (applied to every decision, or to the stopping rules only),
-    on the crossed-barrel and OER pools."""
-    from loop.bench.calibration import run_calibration_benchmark
+    on the crossed-barrel and OER pools; with ``--otf-draws`` the on-the-fly example's force
+    coverage, with ``--near-hull-seeds`` the near-hull stopping rule on the alloy example."""
+    from loop.bench.calibration import near_hull_rule, otf_force_coverage, run_calibration_benchmark
 
     def progress(pool: str, variant: str, k: int) -> None:
         if not quiet:
@@ -37,6 +49,13 @@ def calibration_command(
         result = run_calibration_benchmark(data_dir, campaigns, budget, batch, on_campaign=progress)
     except FileNotFoundError as err:
         raise typer.BadParameter(str(err), param_hint="--data-dir") from err
+    with tempfile.TemporaryDirectory(prefix="alloop-bench-calibration-") as scratch:
+        folder = Path(workdir) if workdir is not None else Path(scratch)
+        if otf_draws:
+            result["otf_forces"] = otf_force_coverage(otf_draws, workdir=folder / "otf")
+        if near_hull_seeds:
+            (folder / "near-hull").mkdir(parents=True, exist_ok=True)
+            result["near_hull"] = near_hull_rule(near_hull_seeds, folder / "near-hull")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -48,7 +67,9 @@ def calibration_command(
         for std, row in pool["coverage"].items():
             table.add_row(std, fmt(row["coverage"]["0.9"]), fmt(row["rms_z"]))
         Console().print(table)
-    typer.echo(json.dumps({"verdict": result["verdict"], "default": result["default"]}, indent=2))
+    extra = {k: result[k] for k in ("otf_forces", "near_hull") if k in result}
+    verdicts = {k: v.get("goal_met", v.get("met")) for k, v in extra.items()}
+    typer.echo(json.dumps({"verdict": result["verdict"], "default": result["default"], **verdicts}, indent=2))
 
 
 def feasibility_command(
