@@ -262,9 +262,10 @@ def near_hull_rule(seeds: int, workdir: str | Path, within_mev: float = 2.0) -> 
     """The near-hull stopping rule on the alloy example (:mod:`loop.bench.near_hull`: batch-4
     Thompson, the default calibration, the exhaustive EMT truth cached in ``workdir``), seeds
     ``0..seeds-1``, and the issue's two conditions."""
-    from loop.bench.near_hull import run_seed
+    from loop.bench.near_hull import NearHullCampaign, run_seed
 
-    runs = [run_seed(Path(workdir).resolve(), seed, "default", within_mev) for seed in range(seeds)]
+    folder = Path(workdir).resolve()
+    runs = [run_seed(NearHullCampaign(folder, seed, within_mev=within_mev)) for seed in range(seeds)]
     return {"within_mev": within_mev, "runs": runs, **near_hull_verdict(runs)}
 
 

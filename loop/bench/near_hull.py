@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -122,23 +123,36 @@ def run_against_truth(
     return report, done, time.perf_counter() - started
 
 
-def run_seed(
-    workdir: Path,
-    seed: int,
-    calibration: str,
-    within_mev: float = 10.0,
-    sigmas: float = 2.0,
-    descriptors: str = "pairs",
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class NearHullCampaign:
+    """One campaign of the bench: its folder (shared truth and pool), seed, calibration, the
+    rule's band and sigmas, and the GP's inputs."""
+
+    workdir: Path
+    seed: int
+    calibration: str = "default"
+    within_mev: float = 10.0
+    sigmas: float = 2.0
+    descriptors: str = "pairs"
+
+    def config(self) -> CampaignConfig:
+        return example_config(
+            self.workdir, self.seed, self.calibration, self.within_mev, self.sigmas, self.descriptors
+        )
+
+    def truth(self) -> dict[str, tuple[str, float]]:
+        return ground_truth(self.config(), self.workdir / "truth.json")
+
+
+def run_seed(run: NearHullCampaign) -> dict[str, Any]:
     """One campaign: why and when it stopped, and the true near-hull structures it missed."""
-    config = example_config(workdir, seed, calibration, within_mev, sigmas, descriptors)
-    truth = ground_truth(config, workdir / "truth.json")
-    wanted = near_hull(truth_points(truth), within_mev=within_mev)
+    config, truth = run.config(), run.truth()
+    wanted = near_hull(truth_points(truth), within_mev=run.within_mev)
     report, done, seconds = run_against_truth(config, truth)
     return {
-        "seed": seed,
-        "calibration": calibration,
-        "descriptors": descriptors,
+        "seed": run.seed,
+        "calibration": run.calibration,
+        "descriptors": run.descriptors,
         "stop_reason": report.stop_reason,
         "stopped_by_rule": (report.stop_reason or "").startswith("near-hull goal met"),
         "experiments": report.experiments,
@@ -149,19 +163,11 @@ def run_seed(
     }
 
 
-def what_keeps_it_going(
-    workdir: Path,
-    seed: int,
-    calibration: str,
-    within_mev: float = 10.0,
-    sigmas: float = 2.0,
-    descriptors: str = "pairs",
-) -> dict[str, Any]:
+def what_keeps_it_going(run: NearHullCampaign) -> dict[str, Any]:
     """A finished campaign's end, asked why the rule did not fire: the surrogate refitted on
     all its results, the unevaluated candidates whose lower bound still reaches the band, and
     how far above the true hull each of those really lies (meV/atom)."""
-    config = example_config(workdir, seed, calibration, within_mev, sigmas, descriptors)
-    truth = ground_truth(config, workdir / "truth.json")
+    config, truth = run.config(), run.truth()
     heights = dict(zip(truth, hull_heights(phase_diagram(truth.values()), truth.values()), strict=True))
     campaign = Campaign(config, ledger=Ledger(config.ledger_location), oracle=LookupOracle({}))
     try:
@@ -169,7 +175,7 @@ def what_keeps_it_going(
         surrogate = campaign.fit(cycle=10_000)  # the cycle only seeds the fit
         if surrogate is None:
             raise RuntimeError(f"campaign {config.campaign.name} has too few results to fit")
-        rule = NearHull(within_mev, sigmas)
+        rule = NearHull(run.within_mev, run.sigmas)
         reaching = rule.reaching(campaign, surrogate)
         ids = [campaign.pool.candidates[row].id for row, _, _ in reaching]
         free = len(campaign.free_pool_rows())
@@ -182,11 +188,11 @@ def what_keeps_it_going(
         return [round(min(values), 1), round(median(values), 1), round(max(values), 1)] if values else None
 
     return {
-        "seed": seed,
-        "descriptors": descriptors,
+        "seed": run.seed,
+        "descriptors": run.descriptors,
         "unevaluated": free,
         "reaching_the_band": len(ids),
-        "truly_near_hull_among_them": sum(h <= within_mev + 1e-9 for h in true_mev),
+        "truly_near_hull_among_them": sum(h <= run.within_mev + 1e-9 for h in true_mev),
         "their_true_height_mev": spread(true_mev),
         "their_std_mev": spread(std_mev),
     }
@@ -207,17 +213,10 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        if args.explain:
-            workdir = args.workdir.resolve()
-            why = what_keeps_it_going(
-                workdir, seed, args.calibration, args.within_mev, args.sigmas, args.descriptors
-            )
-            print(json.dumps(why), flush=True)
-            continue
-        row = run_seed(
+        run = NearHullCampaign(
             args.workdir.resolve(), seed, args.calibration, args.within_mev, args.sigmas, args.descriptors
         )
-        print(json.dumps(row), flush=True)
+        print(json.dumps(what_keeps_it_going(run) if args.explain else run_seed(run)), flush=True)
 
 
 if __name__ == "__main__":
