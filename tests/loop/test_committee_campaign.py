@@ -61,6 +61,14 @@ def _evaluations(ledger_path: Path) -> list[Any]:
         return ledger.evaluations(int(ledger.campaign("cuau")["id"]))
 
 
+def _started(ledger_path: Path) -> bool:
+    """The run has written its campaign row (the file alone may hold only the schema)."""
+    if not ledger_path.exists():
+        return False
+    with Ledger(ledger_path, create=False) as ledger:
+        return "cuau" in ledger.campaign_names()
+
+
 def test_committee_campaign_runs_and_scores_the_pool_with_its_members(
     tmp_path: Path, mlip_workers: Executor
 ) -> None:
@@ -211,7 +219,7 @@ def test_committee_campaign_resumes_after_sigkill_with_nothing_lost_or_repeated(
 
     def fitting() -> bool:
         """The initial designs are recorded and nothing is in flight: the committee is training."""
-        if not ledger_path.exists():
+        if not _started(ledger_path):
             return False
         statuses = Counter(e.status for e in _evaluations(ledger_path))
         return statuses["done"] >= 4 and statuses["proposed"] == statuses["submitted"] == 0
