@@ -3,10 +3,20 @@ negative transfer.
 
 BoTorch's ``MultiTaskGP`` (an index kernel over tasks times an ARD Matern kernel over inputs)
 is fitted to the target campaign's data (task 0) and each source campaign's (tasks 1...), and
-predicts the target task. Before a source is used, the guard asks whether it helps: the
-target data's held-out predictive log-likelihood (``k``-fold, hyper-parameters fitted once on
-all data) with the source must be at least that of the target-only GP. A source that does not
-help is dropped, so an unrelated campaign leaves a cold start, not a worse one.
+predicts the target task. Before a source is used, the guard asks two questions of the target's
+own results:
+
+1. Does the source rank them right? BoTorch's index kernel (``PositiveIndexKernel``, with a
+   prior favouring strong correlation) can only borrow from a positively correlated source, so
+   a source whose own GP orders the target's results the wrong way round (Kendall's tau <= 0)
+   can only mislead. Asked from two target results on.
+2. Does it predict them better? From :data:`MIN_TARGET_FOR_GUARD` results on, the target
+   data's held-out predictive log-likelihood (``k``-fold, hyper-parameters fitted once on all
+   data) with the source must be at least that of the target-only GP.
+
+A source is used only while both answers (those that can be asked yet) are yes; with fewer
+than two target results none is. So an unrelated or inverted campaign leaves a cold start,
+not a worse one.
 """
 
 from __future__ import annotations
@@ -25,8 +35,10 @@ from torch import Tensor
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate, SurrogateError
 from surrogates.gp import GPSurrogate
 
-#: Below this many target results the guard cannot judge a source, and every source is used.
+#: Below this many target results the guard judges a source by its ranking alone.
 MIN_TARGET_FOR_GUARD = 4
+#: Below this many target results no source can be judged, and none is used.
+MIN_TARGET_FOR_RANKING = 2
 
 
 class TransferGP(GPSurrogate):
@@ -56,7 +68,11 @@ class TransferGP(GPSurrogate):
         self.sources = list(sources)
         self.folds, self.guard = folds, guard
         self.used: list[str] = []
+        #: Kendall's tau between each source's predictions and the target's results, last fit.
+        self.agreement: dict[str, float] = {}
         self._cold: SingleTaskGP | None = None
+        # Each source's own GP (its data never change), fitted when first judged.
+        self._alone: dict[int, SingleTaskGP] = {}
         # The last fitted joint GP of each set of sources (indices into ``sources``): the
         # warm start of the next round's fit on that set.
         self._joint: dict[tuple[int, ...], MultiTaskGP] = {}
@@ -70,17 +86,9 @@ class TransferGP(GPSurrogate):
         if not self.sources:
             return self
         X, Y = dataset.X.double(), dataset.Y.double()
-        cold = _held_out_log_likelihood(X, Y, self._cold_factory(), self.fitted, self.folds)
-        judged = self.guard and X.shape[0] >= MIN_TARGET_FOR_GUARD
-        fitted: dict[tuple[int, ...], MultiTaskGP] = {}
-        used: list[int] = []
-        for i, (_, source) in enumerate(self.sources):
-            if not judged:
-                used.append(i)
-                continue
-            joint = fitted[(i,)] = self._fit_joint(X, Y, (i,))
-            if _held_out_log_likelihood(X, Y, self._joint_factory([source]), joint, self.folds) >= cold:
-                used.append(i)
+        fitted: dict[tuple[int, ...], MultiTaskGP] = {}  # this round's joint GPs, by sources
+        self.agreement = {}
+        used = self._judged(X, Y, fitted) if self.guard else list(range(len(self.sources)))
         self.used = [self.sources[i][0] for i in used]
         if used:
             key = tuple(used)
@@ -89,6 +97,40 @@ class TransferGP(GPSurrogate):
             self.model = fitted[key]
         self._joint.update(fitted)
         return self
+
+    def _judged(self, X: Tensor, Y: Tensor, fitted: dict[tuple[int, ...], MultiTaskGP]) -> list[int]:
+        """The sources that rank the target's results right and (from
+        :data:`MIN_TARGET_FOR_GUARD` results on) predict them at least as well as the cold GP;
+        records each one's :attr:`agreement`, and the joint GPs it fits in ``fitted``."""
+        if X.shape[0] < MIN_TARGET_FOR_RANKING:
+            return []
+        ranked = []
+        for i, (name, _) in enumerate(self.sources):
+            alone = self._source_alone(i)
+            with torch.no_grad():
+                predicted = alone.posterior(X).mean.reshape(-1)
+            self.agreement[name] = _kendall_tau(predicted, Y.reshape(-1))
+            if self.agreement[name] > 0:
+                ranked.append(i)
+        if X.shape[0] < MIN_TARGET_FOR_GUARD or not ranked:
+            return ranked
+        assert self._cold is not None
+        cold = _held_out_log_likelihood(X, Y, self._cold_factory(), self._cold, self.folds)
+        used = []
+        for i in ranked:
+            joint = fitted[(i,)] = self._fit_joint(X, Y, (i,))
+            make = self._joint_factory([self.sources[i][1]])
+            if _held_out_log_likelihood(X, Y, make, joint, self.folds) >= cold:
+                used.append(i)
+        return used
+
+    def _source_alone(self, i: int) -> SingleTaskGP:
+        """Source ``i``'s own GP, fitted once."""
+        if i not in self._alone:
+            source = self.sources[i][1]
+            model = self._cold_factory()(source.X.double(), source.Y.double())
+            self._alone[i] = self._fit_hyperparameters(model, None)
+        return self._alone[i]
 
     def _fit_joint(self, X: Tensor, Y: Tensor, sources: tuple[int, ...]) -> MultiTaskGP:
         """The joint GP of the target data and ``sources``, warm-started from its last fit."""
@@ -134,13 +176,25 @@ class TransferGP(GPSurrogate):
 
     def summary(self) -> dict[str, Any]:
         if not isinstance(self.model, MultiTaskGP):
-            return {**super().summary(), "type": "TransferGP", "sources_used": []}
+            return {**super().summary(), "type": "TransferGP", "sources_used": [], **self._agreement()}
         return {
             "type": "TransferGP",
             # gpytorch keeps train_inputs as a tuple of tensors; its stubs see a Module attribute
             "n_train": int(cast(tuple[Tensor, ...], self.model.train_inputs)[0].shape[-2]),
             "sources_used": list(self.used),
+            **self._agreement(),
         }
+
+    def _agreement(self) -> dict[str, Any]:
+        return {"source_agreement": {n: round(t, 3) for n, t in self.agreement.items()}}
+
+
+def _kendall_tau(a: Tensor, b: Tensor) -> float:
+    """Kendall's tau-a of two ``n`` vectors: concordant minus discordant pairs over all pairs
+    (tied pairs count as neither)."""
+    n = a.shape[0]
+    concordance = (torch.sign(a[:, None] - a[None, :]) * torch.sign(b[:, None] - b[None, :])).sum()
+    return float(concordance) / (n * (n - 1))
 
 
 def _with_task(X: Tensor, task: int) -> Tensor:

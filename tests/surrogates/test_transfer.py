@@ -10,7 +10,7 @@ from botorch.models import MultiTaskGP
 from botorch.utils.datasets import SupervisedDataset
 
 import surrogates.gp as gp_module
-from surrogates.transfer import TransferGP
+from surrogates.transfer import TransferGP, _kendall_tau
 
 UNIT = torch.tensor([[0.0], [1.0]], dtype=torch.double)
 
@@ -40,6 +40,12 @@ def source(related: bool) -> tuple[str, SupervisedDataset]:
     X = torch.linspace(0.0, 1.0, 30, dtype=torch.double).unsqueeze(-1)
     noise = 3 * torch.randn(30, 1, dtype=torch.double, generator=torch.Generator().manual_seed(1))
     return ("past", dataset(X, torch.sin(6 * X) + 0.3 if related else noise))
+
+
+def inverted_source() -> tuple[str, SupervisedDataset]:
+    """A past campaign of 30 results on the target's function negated: it ranks everything backwards."""
+    X = torch.linspace(0.0, 1.0, 30, dtype=torch.double).unsqueeze(-1)
+    return ("inverted", dataset(X, -torch.sin(6 * X)))
 
 
 @pytest.fixture
@@ -93,3 +99,40 @@ def test_a_warm_started_round_decides_as_a_fresh_fit(target, related):
     fresh = TransferGP([source(related)], UNIT).fit(dataset(X, Y))
     assert warm.used == fresh.used == (["past"] if related else [])
     assert warm.summary()["sources_used"] == warm.used
+
+
+def test_kendalls_tau_counts_concordant_minus_discordant_pairs():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert _kendall_tau(a, 10 * a) == 1.0
+    assert _kendall_tau(a, -a) == -1.0
+    # 6 pairs: (1,2) tied in b counts as neither; of the other five, 4 concordant, 1 discordant.
+    assert _kendall_tau(a, torch.tensor([0.0, 0.0, 2.0, 1.0])) == pytest.approx((4 - 1) / 6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_a_source_that_ranks_the_targets_results_backwards_is_never_used(target, n):
+    """BoTorch's index kernel can only borrow from a positively correlated source, so an inverted
+    one is dropped as soon as two results can be ranked, also before the likelihood can judge."""
+    X, Y = target
+    gp = TransferGP([inverted_source(), source(related=True)], UNIT)
+    torch.manual_seed(n)
+    gp.fit(dataset(X[:n], Y[:n]))
+    assert gp.agreement["inverted"] < 0 < gp.agreement["past"]
+    assert "inverted" not in gp.used
+    assert gp.summary()["source_agreement"] == {k: round(v, 3) for k, v in gp.agreement.items()}
+
+
+def test_with_one_target_result_no_source_is_used_and_the_model_is_the_cold_gp(target):
+    X, Y = target
+    gp = TransferGP([source(related=True)], UNIT).fit(dataset(X[:1], Y[:1]))
+    assert gp.used == [] and gp.agreement == {}
+    assert not isinstance(gp.model, MultiTaskGP)
+
+
+def test_without_the_guard_every_source_is_used_each_round(target):
+    X, Y = target
+    gp = TransferGP([inverted_source()], UNIT, guard=False)
+    for n in (2, 3):
+        gp.fit(dataset(X[:n], Y[:n]))
+        assert gp.used == ["inverted"] and isinstance(gp.model, MultiTaskGP)
+        assert gp.model.train_targets.shape[-1] == 30 + n, "this round's data, not last round's model"
