@@ -153,10 +153,13 @@ def transfer_command(
 
 
 def transfer_hartmann_command(
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm.")] = 10,
     arms: Annotated[str, typer.Option("--arms", help="Comma-separated arms.")] = (
         "cold,shifted_1,shifted_5,shifted_10,inverted_10"
     ),
+    first_seed: Annotated[
+        int, typer.Option("--first-seed", min=0, help="Seeds first..first+seeds-1 (0: the protocol's).")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """BayBE's shifted-Hartmann transfer benchmark: a source at 1-10% of the grid against a cold start."""
@@ -166,10 +169,12 @@ def transfer_hartmann_command(
         Console(stderr=True).print(f"{arm} seed {seed}: {result}", highlight=False)
 
     try:
-        result = transfer_hartmann.run(seeds, arms=tuple(arms.split(",")), on_run=show)
+        result = transfer_hartmann.run(seeds, arms=tuple(arms.split(",")), on_run=show, first_seed=first_seed)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--arms") from None
-    result["command"] = f"alloop bench transfer-hartmann --seeds {seeds} --arms {arms}" + (
-        " --json" if as_json else ""
+    result["command"] = (
+        f"alloop bench transfer-hartmann --seeds {seeds} --arms {arms}"
+        + (f" --first-seed {first_seed}" if first_seed else "")
+        + (" --json" if as_json else "")
     )
     typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))

@@ -75,8 +75,10 @@ def run(
     seeds: int,
     arms: tuple[str, ...] = tuple(ARMS),
     on_run: Callable[[str, int, dict[str, Any]], None] | None = None,
+    first_seed: int = 0,
 ) -> dict[str, Any]:
-    """Every arm over seeds ``0..seeds-1`` and the decision rule of benchmarks/RESULTS.md."""
+    """Every arm over seeds ``first_seed..first_seed+seeds-1`` and the decision rule of
+    benchmarks/RESULTS.md."""
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; known: {list(ARMS)}")
@@ -86,7 +88,7 @@ def run(
     minimum = float(y.min())
     bounds = torch.stack([torch.zeros(3), torch.ones(3)]).double()
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for arm in arms:
             spec = ARMS[arm]
             data = None
@@ -130,7 +132,7 @@ def run(
         "regret": REGRET,
         "budget": BUDGET,
         "batch": BATCH,
-        "seeds": seeds,
+        "seeds": list(range(first_seed, first_seed + seeds)),
         "arms": summary,
         "seconds": round(time.perf_counter() - started, 1),
     }
