@@ -12,7 +12,9 @@ posterior mean is the members' mean, its variance their spread.
 
 Model inputs are rows ending in a structure key (:class:`~surrogates.structure_keys.StructureKeys`,
 the pool's featurizer, which may put the atomic fractions first). Relaxed candidates are kept
-per key for one fit; pre-relaxed ones, which do not depend on the fit, for the surrogate's life.
+per key for one fit, and the next fit relaxes each from where the last one left it (a few FIRE
+steps, where starting over takes up to ``relax.steps``); pre-relaxed ones, which do not depend
+on the fit, are kept for the surrogate's life.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class CommitteeSurrogate(Surrogate):
             keys.atoms, lambda: len(keys), prerelax, prerelax_settings or self.relax
         )
         self.ensemble: FormationEnsemble | None = None
+        # The latest relaxed structure of each candidate relaxed by an earlier fit: where the
+        # current fit's relaxations start (a table, not the ensembles, which would chain).
+        self._last_relaxed: dict[int, Atoms] = {}
         self.references: dict[str, float] = {}
         self._n_train = 0
 
@@ -149,11 +154,13 @@ class CommitteeSurrogate(Surrogate):
             )
         self.committee.fit(training.frames)
         self.references = training.references_ev_per_atom
+        if self.ensemble is not None and isinstance(self.ensemble.structures, RelaxedCandidates):
+            self._last_relaxed = {**self._last_relaxed, **self.ensemble.structures.snapshot()}
         self.ensemble = self.fresh_ensemble()
         self._n_train = len(training.frames)
         return self
 
-    def fresh_ensemble(self, together: bool = True) -> FormationEnsemble:
+    def fresh_ensemble(self, together: bool = True, restart: bool = True) -> FormationEnsemble:
         """The current fit's ensemble with nothing relaxed or scored yet.
 
         Args:
@@ -161,9 +168,17 @@ class CommitteeSurrogate(Surrogate):
                 per step for all of them (:func:`~surrogates.relaxation.relax_many`); ``False``
                 relaxes each alone through the committee's calculator (the same structures,
                 many more model calls: what benchmarks compare against).
+            restart: Start each candidate's relaxation where the last fit's left it, if it
+                relaxed that one; ``False`` starts from the (pre-relaxed) candidate.
         """
+        last = self._last_relaxed if restart else {}
+
+        def start(key: int) -> Atoms:
+            kept = last.get(key)
+            return self.prerelaxed[key] if kept is None else kept
+
         relaxed = RelaxedCandidates(
-            self.prerelaxed.__getitem__,
+            start,
             lambda: len(self.keys),
             self.committee.calculator(),
             self.relax,
@@ -202,6 +217,9 @@ class CommitteeSurrogate(Surrogate):
             "baseline": None if self.committee.baseline is None else self.committee.baseline.name,
             "last_losses": list(self.committee.last_losses),
             "relaxed": relaxed.relaxed if isinstance(relaxed, RelaxedCandidates) else None,
+            "relax_force_evaluations": (
+                relaxed.force_evaluations if isinstance(relaxed, RelaxedCandidates) else None
+            ),
         }
 
     def close(self) -> None:

@@ -183,6 +183,8 @@ class RelaxedCandidates(Sequence[Atoms]):
         self.start, self._count = start, count  # not `count`: Sequence.count
         self.calculator, self.settings = calculator, settings
         self.batch_forces = batch_forces
+        #: Structure-evaluations of ``batch_forces`` so far (one per structure per FIRE step).
+        self.force_evaluations = 0
         self._relaxed: dict[int, Atoms] = {}
         self._lock = threading.Lock()  # one calculator
 
@@ -213,11 +215,20 @@ class RelaxedCandidates(Sequence[Atoms]):
         with self._lock:
             missing = sorted({k for k in keys if k not in self._relaxed})
             if together and missing:
-                assert self.batch_forces is not None
-                relaxed = relax_many([self.start(k) for k in missing], self.batch_forces, self.settings)
+                relaxed = relax_many([self.start(k) for k in missing], self._counted_forces, self.settings)
                 self._relaxed.update(zip(missing, relaxed, strict=True))
         for k in missing:
             self[k]  # relaxed above, or now one by one
+
+    def _counted_forces(self, structures: Sequence[Atoms]) -> list[np.ndarray]:
+        assert self.batch_forces is not None
+        self.force_evaluations += len(structures)
+        return self.batch_forces(structures)
+
+    def snapshot(self) -> dict[int, Atoms]:
+        """The candidates relaxed so far, by key (a copy of the table; nothing is relaxed)."""
+        with self._lock:
+            return dict(self._relaxed)
 
     def __iter__(self) -> Iterator[Atoms]:
         return (self[k] for k in range(len(self)))

@@ -231,10 +231,11 @@ def run_benchmark(
     workers: int = 1,
     committee_probe: int = 0,
     progress: Callable[[str], None] | None = None,
+    committee_refit: int = 0,
 ) -> dict[str, Any]:
     """The whole benchmark: ground truth, every variant and seed, decision timings (with
-    ``committee_probe`` > 0, one committee decision timed on that many candidates:
-    :func:`~loop.bench.discovery_mlip.committee_probe`)."""
+    ``committee_probe`` > 0, one committee decision timed on that many candidates, and the
+    next round ``committee_refit`` frames later: :func:`~loop.bench.discovery_mlip.committee_probe`)."""
     start = time.perf_counter()
     truth = load_truth(protocol, workdir, workers)
     runs = []
@@ -262,7 +263,9 @@ def run_benchmark(
         "decision_timing": decision_seconds(truth, decision_sizes, observations, protocol.batch_size),
         "committee_probe": None
         if committee_probe == 0
-        else probe(truth.pool, truth.energies, truth.path, protocol.initial, committee_probe),
+        else probe(
+            truth.pool, truth.energies, truth.path, protocol.initial, committee_probe, refit=committee_refit
+        ),
         "runs": runs,
         "wall_s": time.perf_counter() - start,
     }

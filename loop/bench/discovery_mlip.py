@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from botorch.utils.datasets import SupervisedDataset
 from torch import Tensor
 
@@ -37,7 +38,8 @@ from oracles.dft import candidate_atoms
 from oracles.dft_job import JobSettings, execute
 from surrogates.committee_surrogate import CommitteeSurrogate, TrainingSet
 from surrogates.descriptors import EmbeddingFeaturizer
-from surrogates.mlip import MACESettings, MLIPCommittee
+from surrogates.mlip import MACESettings, MLIPCommittee, StructureEnsemble
+from surrogates.relaxation import RelaxedCandidates
 from surrogates.structure_keys import StructureKeys
 from surrogates.universal import single_point_energies
 
@@ -165,6 +167,7 @@ def committee_probe(
     settings: MACESettings | None = None,
     executor: Executor | None = None,
     one_by_one: int = 20,
+    refit: int = 0,
 ) -> dict[str, Any]:
     """Time one committee decision: EMT frames and fit on ``observations`` random candidates,
     then relaxing and scoring ``sample`` others (Thompson, one pick); the scoring cost per
@@ -173,7 +176,11 @@ def committee_probe(
     The candidates are relaxed together (one committee call per step for all of them); the
     first ``one_by_one`` of them are then relaxed and scored again each alone, as before
     batching, in the same process: ``one_by_one`` holds that path's cost per candidate and the
-    largest difference between the two paths' member energies."""
+    largest difference between the two paths' member energies.
+
+    With ``refit`` > 0, the next round is timed too: ``refit`` more candidates' frames, a warm
+    fit, and the same ``sample`` scored twice, each relaxation starting where the first fit's
+    left it (as campaigns do) and, for comparison, from the candidate (``second_round``)."""
     keyed = keys_pool(pool)
     X = keyed.X
     rng = np.random.default_rng(seed)
@@ -208,6 +215,10 @@ def committee_probe(
             ),
             default=None,
         )
+        first_evaluations = _force_evaluations(surrogate.fitted)
+        second = (
+            None if refit == 0 else _second_round(surrogate, keyed, observed, scored, energies, refit, seed)
+        )
     finally:
         surrogate.close()
     free = len(pool) - observations
@@ -221,10 +232,61 @@ def committee_probe(
         "score_s_per_candidate": score_s / len(scored),
         "free_candidates": free,
         "seconds_per_decision_estimate": fit_s + score_s / len(scored) * free,
+        "force_evaluations": first_evaluations,
+        "second_round": second,
         "one_by_one": {
             "scored": len(keys),
             "score_s": alone_s,
             "score_s_per_candidate": alone_s / len(keys) if keys else None,
             "max_member_energy_difference_ev_per_atom": difference,
         },
+    }
+
+
+def _force_evaluations(ensemble: StructureEnsemble) -> int | None:
+    relaxed = ensemble.structures
+    return relaxed.force_evaluations if isinstance(relaxed, RelaxedCandidates) else None
+
+
+def _second_round(
+    surrogate: CommitteeSurrogate,
+    keyed: StructurePool,
+    observed: list[int],
+    scored: Sequence[int],
+    energies: Tensor,
+    refit: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The probe's next round: ``refit`` more frames, a warm fit, and ``scored`` relaxed and
+    scored from the last fit's structures and from the candidates (see :func:`committee_probe`)."""
+    taken = set(observed) | set(scored)
+    rng = np.random.default_rng(seed + 1)
+    extra = [int(i) for i in rng.permutation(len(keyed.X)) if int(i) not in taken][:refit]
+    observed.extend(extra)  # EMTFrames reads this list
+    X, Y = keyed.X, energies[observed].unsqueeze(-1)
+    training = EMTFrames(keyed, observed, surrogate.references)()
+    surrogate.frames_source = lambda: training
+    start = time.perf_counter()
+    surrogate.fit(SupervisedDataset(X[observed], Y, feature_names=keyed.feature_names, outcome_names=["e"]))
+    fit_s = time.perf_counter() - start
+    keys = [int(k) for k in X[list(scored), -1].tolist()]
+    rounds: dict[str, Any] = {}
+    members = {}
+    fresh = surrogate.fresh_ensemble(restart=False)
+    for name, ensemble in (("restarted", surrogate.fitted), ("from_the_candidates", fresh)):
+        start = time.perf_counter()
+        ensemble.score(keys)
+        members[name] = torch.stack([ensemble.member_energies(k) for k in keys])
+        seconds = time.perf_counter() - start
+        rounds[name] = {
+            "score_s": seconds,
+            "score_s_per_candidate": seconds / len(keys),
+            "force_evaluations": _force_evaluations(ensemble),
+        }
+    gap = (members["restarted"].mean(dim=-1) - members["from_the_candidates"].mean(dim=-1)).abs()
+    return {
+        "observations": len(observed),
+        "fit_s": fit_s,
+        **rounds,
+        "mean_energy_difference_ev_per_atom": {"median": float(gap.median()), "max": float(gap.max())},
     }

@@ -43,6 +43,14 @@ def discovery_command(
             help="Time one committee decision, scoring this many candidates (0: not).",
         ),
     ] = 0,
+    committee_refit: Annotated[
+        int,
+        typer.Option(
+            "--committee-refit",
+            min=0,
+            help="With --committee-probe: time the next round too, this many frames later (0: not).",
+        ),
+    ] = 0,
     decision_sizes: Annotated[
         str, typer.Option("--decision-sizes", help="Pool sizes of the seconds-per-decision timing.")
     ] = "10000,100000",
@@ -71,6 +79,7 @@ def discovery_command(
         workdir,
         sizes,
         committee_probe=committee_probe,
+        committee_refit=committee_refit,
         progress=lambda line: print(line, file=sys.stderr),
     )
     if as_json:

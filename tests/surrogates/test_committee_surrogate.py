@@ -170,6 +170,37 @@ def test_many_candidates_are_relaxed_and_scored_together_as_one_by_one(
     assert torch.allclose(one_by_one.member_energies(2), ensemble.member_energies(2))
 
 
+def test_the_next_fit_relaxes_each_candidate_from_where_the_last_one_left_it(mlip_workers: Executor) -> None:
+    structures = _cuau_structures()
+    candidates = []
+    for i, structure in enumerate(structures[2:]):  # the orderings, moved off their symmetric sites
+        atoms = structure.to_ase_atoms()
+        atoms.rattle(0.05, seed=10 + i)
+        candidates.append(AseAtomsAdaptor.get_structure(atoms))
+    keys = StructureKeys()
+    X = torch.tensor(keys.features(structures + candidates))
+    committee = MLIPCommittee(["Cu", "Au"], TINY, size=2, executor=mlip_workers)
+    settings = RelaxSettings(steps=3, fmax_ev_per_a=1e-4)  # never converged in 3 steps
+    surrogate = CommitteeSurrogate(committee, keys, lambda: _emt_training(structures), settings)
+    dataset = SupervisedDataset(X, torch.zeros(len(X), 1), feature_names=["k"], outcome_names=["y"])
+    rows = torch.tensor([[4.0], [5.0]], dtype=torch.double)
+    try:
+        surrogate.fit(dataset)
+        surrogate.predict(rows)
+        first = surrogate.fitted.structures
+        assert surrogate.summary()["relax_force_evaluations"] == 2 * 4  # 3 steps, then the test
+        surrogate.fit(dataset)
+        restarted, fresh = surrogate.fitted.structures, surrogate.fresh_ensemble(restart=False).structures
+        for k in (4, 5):
+            assert np.array_equal(restarted.start(k).positions, first[k].positions)
+            assert np.array_equal(fresh.start(k).positions, keys.atoms(k).positions)
+            assert not np.allclose(first[k].positions, keys.atoms(k).positions)
+        # A candidate the last fit did not relax starts as it is.
+        assert np.array_equal(restarted.start(3).positions, keys.atoms(3).positions)
+    finally:
+        surrogate.close()
+
+
 def test_candidates_are_relaxed_once_per_fit(
     fitted: tuple[CommitteeSurrogate, StructureKeys, list[Structure]],
 ) -> None:

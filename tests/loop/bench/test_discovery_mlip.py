@@ -49,7 +49,9 @@ def test_committee_probe_times_fit_and_scoring(workdir: Path, mlip_workers: Exec
         reference = sum(frames.references_ev_per_atom[chemical_symbols[z]] for z in frame.numbers)
         expected = float(truth.energies[index])
         assert (frame.energy - reference) / len(frame.numbers) == pytest.approx(expected, abs=1e-6)
-    out = committee_probe(truth.pool, truth.energies, truth.path, 5, 3, settings=TINY, executor=mlip_workers)
+    out = committee_probe(
+        truth.pool, truth.energies, truth.path, 5, 3, settings=TINY, executor=mlip_workers, refit=2
+    )
     assert (out["observations"], out["frames"], out["scored"]) == (5, 5, 3)
     assert out["free_candidates"] == len(truth.pool) - 5
     assert out["seconds_per_decision_estimate"] == pytest.approx(
@@ -59,3 +61,11 @@ def test_committee_probe_times_fit_and_scoring(workdir: Path, mlip_workers: Exec
     assert alone["scored"] == 3 and alone["score_s_per_candidate"] == pytest.approx(alone["score_s"] / 3)
     # Relaxed together or each alone, the candidates end at the same structures and energies.
     assert alone["max_member_energy_difference_ev_per_atom"] < 1e-6
+    # The next round: 2 more frames, and the same 3 candidates relaxed from the first fit's
+    # structures and from the candidates; each way counts its force evaluations.
+    second = out["second_round"]
+    assert second["observations"] == 7
+    for way in ("restarted", "from_the_candidates"):
+        assert second[way]["force_evaluations"] >= 3  # at least the convergence test of each
+    assert out["force_evaluations"] >= 3
+    assert second["mean_energy_difference_ev_per_atom"]["max"] >= 0
