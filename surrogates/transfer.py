@@ -30,6 +30,7 @@ from botorch.models import MultiTaskGP, SingleTaskGP
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.utils.datasets import SupervisedDataset
+from scipy.stats import kendalltau
 from torch import Tensor
 
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate, SurrogateError
@@ -190,11 +191,9 @@ class TransferGP(GPSurrogate):
 
 
 def _kendall_tau(a: Tensor, b: Tensor) -> float:
-    """Kendall's tau-a of two ``n`` vectors: concordant minus discordant pairs over all pairs
-    (tied pairs count as neither)."""
-    n = a.shape[0]
-    concordance = (torch.sign(a[:, None] - a[None, :]) * torch.sign(b[:, None] - b[None, :])).sum()
-    return float(concordance) / (n * (n - 1))
+    """Kendall's tau-b of two ``n`` vectors (SciPy's); 0 where either is constant."""
+    tau = float(kendalltau(a.numpy(), b.numpy()).statistic)
+    return 0.0 if math.isnan(tau) else tau
 
 
 def _with_task(X: Tensor, task: int) -> Tensor:

@@ -102,11 +102,12 @@ def test_a_warm_started_round_decides_as_a_fresh_fit(target, related):
 
 
 def test_kendalls_tau_counts_concordant_minus_discordant_pairs():
-    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert _kendall_tau(a, 10 * a) == 1.0
-    assert _kendall_tau(a, -a) == -1.0
-    # 6 pairs: (1,2) tied in b counts as neither; of the other five, 4 concordant, 1 discordant.
-    assert _kendall_tau(a, torch.tensor([0.0, 0.0, 2.0, 1.0])) == pytest.approx((4 - 1) / 6)
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.double)
+    assert _kendall_tau(a, 10 * a) == pytest.approx(1.0)
+    assert _kendall_tau(a, -a) == pytest.approx(-1.0)
+    # 6 pairs: one tied in b; of the other five, 4 concordant and 1 discordant (tau-b).
+    assert _kendall_tau(a, torch.tensor([0.0, 0.0, 2.0, 1.0])) == pytest.approx(3 / (6 * 5) ** 0.5)
+    assert _kendall_tau(a, torch.zeros(4)) == 0.0, "a constant says nothing"
 
 
 @pytest.mark.parametrize("n", [2, 3, 8])
