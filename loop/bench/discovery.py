@@ -146,14 +146,27 @@ class SimulatedCampaign:
     decisions: list[float]
 
 
-def run_variant(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: int) -> dict[str, Any]:
+def run_variant(
+    variant: str,
+    truth: Truth,
+    protocol: DiscoveryProtocol,
+    seed: int,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """One simulated campaign: the evaluation order, per-round metrics and decision times."""
-    run = simulate(variant, truth, protocol, seed)
+    run = simulate(variant, truth, protocol, seed, progress)
     return _summary(variant, seed, run.order, run.cycles, run.decisions, truth, protocol)
 
 
-def simulate(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: int) -> SimulatedCampaign:
-    """Run the campaign of ``variant`` on one seed against the ground truth."""
+def simulate(
+    variant: str,
+    truth: Truth,
+    protocol: DiscoveryProtocol,
+    seed: int,
+    progress: Callable[[str], None] | None = None,
+) -> SimulatedCampaign:
+    """Run the campaign of ``variant`` on one seed against the ground truth; ``progress`` gets a
+    JSON line per round (what a run stopped midway leaves)."""
     pool = truth.pool
     acquisition = _acquisition(variant, protocol, pool.feature_names)
     kind, inputs = VARIANTS[variant]
@@ -186,6 +199,10 @@ def simulate(variant: str, truth: Truth, protocol: DiscoveryProtocol, seed: int)
         decisions.append(time.perf_counter() - start)
         order += [free[p.index] for p in picks if p.index is not None]  # in place: the committee reads it
         cycles += [cycle] * len(picks)
+        if progress is not None:
+            found = sum(pool.ids[i] in truth.targets for i in order)
+            line = {"variant": variant, "seed": seed, "cycle": cycle, "evaluated": len(order)}
+            progress(json.dumps({**line, "targets_found": found, "decision_s": round(decisions[-1], 2)}))
     if isinstance(surrogate, CommitteeSurrogate):
         surrogate.close()
     return SimulatedCampaign(order, cycles, decisions)
@@ -241,7 +258,7 @@ def run_benchmark(
     runs = []
     for variant in protocol.variants:
         for seed in protocol.seeds:
-            runs.append(run_variant(variant, truth, protocol, seed))
+            runs.append(run_variant(variant, truth, protocol, seed, progress))
             if progress is not None:
                 progress(json.dumps({k: v for k, v in runs[-1].items() if k != "rounds"}))
     observations = min(1000, len(truth.pool) // 2)
