@@ -362,7 +362,11 @@ def test_closing_the_oracle_cancels_runs_in_flight(tmp_path: Path) -> None:
     with _server(tmp_path, instruments=1, latency_s=1.0) as server:
         oracle = _oracle(server.url)
         futures = oracle.submit(_candidates(3))
-        time.sleep(0.1)
+        # All three on the lab (one running, two queued) before closing: a loaded machine may
+        # take longer than a fixed pause to post them.
+        deadline = time.monotonic() + 20
+        while len(server.lab.store.runs()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         oracle.close()
         assert all(f.done() for f in futures)
         deadline = time.monotonic() + 5  # the running one stops within an instrument tick
