@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -190,7 +190,8 @@ def committee_probe(
     surrogate = committee_surrogate(keyed, observed, references(truth_path), seed, settings, executor)
     try:
         start = time.perf_counter()
-        training = surrogate.frames_source()  # the EMT frames, outside the fit's time
+        emt_frames = surrogate.frames_source  # relaxes each candidate once, then keeps its frame
+        training = emt_frames()  # the EMT frames, outside the fit's time
         frames_s = time.perf_counter() - start
         Y = energies[observed].unsqueeze(-1)
         dataset = SupervisedDataset(X[observed], Y, feature_names=keyed.feature_names, outcome_names=["e"])
@@ -216,9 +217,9 @@ def committee_probe(
             default=None,
         )
         first_evaluations = _force_evaluations(surrogate.fitted)
-        second = (
-            None if refit == 0 else _second_round(surrogate, keyed, observed, scored, energies, refit, seed)
-        )
+        second = None
+        if refit > 0:
+            second = _second_round(surrogate, emt_frames, keyed, observed, scored, energies, refit, seed)
     finally:
         surrogate.close()
     free = len(pool) - observations
@@ -250,6 +251,7 @@ def _force_evaluations(ensemble: StructureEnsemble) -> int | None:
 
 def _second_round(
     surrogate: CommitteeSurrogate,
+    emt_frames: Callable[[], TrainingSet],
     keyed: StructurePool,
     observed: list[int],
     scored: Sequence[int],
@@ -264,7 +266,7 @@ def _second_round(
     extra = [int(i) for i in rng.permutation(len(keyed.X)) if int(i) not in taken][:refit]
     observed.extend(extra)  # EMTFrames reads this list
     X, Y = keyed.X, energies[observed].unsqueeze(-1)
-    training = EMTFrames(keyed, observed, surrogate.references)()
+    training = emt_frames()  # the new candidates' frames only; the first round's are kept
     surrogate.frames_source = lambda: training
     start = time.perf_counter()
     surrogate.fit(SupervisedDataset(X[observed], Y, feature_names=keyed.feature_names, outcome_names=["e"]))
