@@ -134,6 +134,7 @@ class RobotOracle(Oracle, Reattachable):
         self._capabilities: dict[str, Any] | None = None
         self._program_spec: ProgramInfo | None = None
         self._inflight: dict[str, str | None] = {}
+        self._posting: set[asyncio.Task[str]] = set()  # submissions the lab has not answered
         self._tasks: set[concurrent.futures.Future[Result]] = set()
         self._lock = threading.Lock()
 
@@ -290,7 +291,10 @@ class RobotOracle(Oracle, Reattachable):
         self._inflight[candidate.id] = run_id
         try:
             if run_id is None:
-                run_id = await self._runs.post(candidate, deadline)
+                post = asyncio.ensure_future(self._runs.post(candidate, deadline))
+                self._posting.add(post)
+                post.add_done_callback(self._posting.discard)
+                run_id = await post
                 self._inflight[candidate.id] = run_id
             if ack is not None:
                 ack.set_result(run_id)
@@ -316,11 +320,24 @@ class RobotOracle(Oracle, Reattachable):
 
     def cancel_outstanding(self, timeout: float = 15.0) -> int:
         """Cancel every run this oracle is following (the campaign stopped); returns how many
-        cancel requests the lab accepted."""
+        cancel requests the lab accepted.
+
+        Submissions the lab has not answered yet may already have made runs: their answers
+        are awaited for up to half of ``timeout`` so those runs are cancelled too. One still
+        unanswered then is logged; a restarted campaign re-attaches to it by idempotency key.
+        """
         if not self._http.started:
             return 0
 
         async def cancel_all() -> int:
+            if self._posting:
+                _, unanswered = await asyncio.wait(set(self._posting), timeout=timeout / 2)
+                if unanswered:
+                    log.warning(
+                        "%d submission(s) still unanswered by the lab; a run it made for them is "
+                        "not cancelled",
+                        len(unanswered),
+                    )
             run_ids = [r for r in self._inflight.values() if r is not None]
             done = await asyncio.gather(*(self._runs.cancel(r) for r in run_ids))
             return sum(done)

@@ -375,6 +375,20 @@ def test_closing_the_oracle_cancels_runs_in_flight(tmp_path: Path) -> None:
         assert server.lab.store.counts()["cancelled"] == 3
 
 
+def test_closing_while_submissions_are_unanswered_still_cancels_their_runs(tmp_path: Path) -> None:
+    # The lab creates each run at once but answers the POST a second later; the oracle is
+    # closed before any answer, so it does not know a single run id yet.
+    faults = Faults(slow_probability=1.0, slow_s=1.0)
+    with _server(tmp_path, instruments=1, latency_s=5.0, faults=faults) as server:
+        oracle = _oracle(server.url, events=False, ack_wait_s=0.01, request_timeout_s=5.0)
+        oracle.submit(_candidates(3))
+        deadline = time.monotonic() + 20
+        while len(server.lab.store.runs()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        oracle.close()
+        assert [r.cancel_requested for r in server.lab.store.runs()] == [True] * 3
+
+
 def test_a_run_past_its_timeout_is_cancelled(tmp_path: Path) -> None:
     with (
         _server(tmp_path, instruments=1, latency_s=5.0) as server,
