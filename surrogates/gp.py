@@ -29,6 +29,7 @@ from torch import Tensor
 
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate, SurrogateError
 from surrogates.predict import exact_predict
+from surrogates.prior_mean import ColumnMean
 
 Kernel = Literal["matern52", "rbf"]
 #: Observations from which a warm-started fit is capped at ``warm_max_iterations``.
@@ -65,6 +66,10 @@ class GPSurrogate(Surrogate, SamplesPaths):
             backward pass (~0.15 s at 10^3 points) and the previous round's hyper-parameters
             are already near the optimum: on a 10^3-structure pool, 20 warm iterations reach
             the marginal likelihood of 100 within 0.3% and the same prediction error, 5x faster.
+        prior_mean_column: An input column holding a cheap model's prediction of the outcome
+            (e.g. a universal potential's formation energy): the prior mean becomes
+            ``a + b x[column]`` (:class:`~surrogates.prior_mean.ColumnMean`), so the kernel
+            learns the correction to it (Δ-learning). ``None``: a constant mean.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class GPSurrogate(Surrogate, SamplesPaths):
         warm_start: bool = True,
         max_iterations: int = 100,
         warm_max_iterations: int = 20,
+        prior_mean_column: int | None = None,
     ) -> None:
         super().__init__()
         if kernel not in ("matern52", "rbf"):
@@ -89,6 +95,9 @@ class GPSurrogate(Surrogate, SamplesPaths):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.noise, self.warm_start = noise, warm_start
         self.max_iterations, self.warm_max_iterations = max_iterations, warm_max_iterations
+        if prior_mean_column is not None and prior_mean_column < 0:
+            raise ValueError(f"prior_mean_column must be >= 0, got {prior_mean_column}")
+        self.prior_mean_column = prior_mean_column
         self.model: SingleTaskGP | None = None
 
     # --- fitting ----------------------------------------------------------------------------
@@ -97,6 +106,10 @@ class GPSurrogate(Surrogate, SamplesPaths):
         X, Y, Yvar = dataset.X.double(), dataset.Y.double(), dataset.Yvar
         if X.shape[0] == 0:
             raise SurrogateError("cannot fit a GP to an empty dataset")
+        if self.prior_mean_column is not None and self.prior_mean_column >= X.shape[-1]:
+            raise SurrogateError(
+                f"prior_mean_column {self.prior_mean_column} is past the inputs' {X.shape[-1]} columns"
+            )
         for name, tensor in (("X", X), ("Y", Y), ("Yvar", Yvar)):
             if tensor is not None and not torch.isfinite(tensor).all():
                 raise SurrogateError(f"training {name} contains NaN or infinite values")
@@ -121,6 +134,8 @@ class GPSurrogate(Surrogate, SamplesPaths):
         iterations = self.max_iterations
         if self.warm_start and previous is not None:
             model.covar_module.load_state_dict(previous.covar_module.state_dict())
+            if self.prior_mean_column is not None:
+                model.mean_module.load_state_dict(previous.mean_module.state_dict())
             if self.noise == "inferred":
                 model.likelihood.load_state_dict(previous.likelihood.state_dict())
             if model.train_inputs[0].shape[-2] >= LARGE_FIT:
@@ -141,6 +156,9 @@ class GPSurrogate(Surrogate, SamplesPaths):
             Y,
             train_Yvar=Yvar,
             covar_module=self._covar_module(d, batch_shape),
+            mean_module=None
+            if self.prior_mean_column is None
+            else ColumnMean(self.prior_mean_column, batch_shape),
             input_transform=Normalize(d, bounds=self.input_bounds),
             outcome_transform=Standardize(m),
         )
@@ -221,6 +239,12 @@ class GPSurrogate(Surrogate, SamplesPaths):
             "lengthscales": base.lengthscale.detach().squeeze().tolist(),
             "noise": self.noise,
         }
+        if isinstance(model.mean_module, ColumnMean):
+            summary["prior_mean"] = {
+                "column": model.mean_module.column,
+                "bias": model.mean_module.bias.detach().squeeze().tolist(),
+                "weight": model.mean_module.weight.detach().squeeze().tolist(),
+            }
         if scaled:
             summary["outputscale"] = model.covar_module.outputscale.detach().tolist()
         if self.noise == "inferred":

@@ -249,3 +249,56 @@ def test_warm_fits_on_large_datasets_are_capped(monkeypatch):
     gp.fit(dataset(X, Y))  # warm and large
     GPSurrogate(max_iterations=80, warm_start=False).fit(dataset(X, Y))  # large but cold
     assert iterations == [80, 80, 7, 80]
+
+
+# --- a prior mean from a cheap model's column (Δ-learning) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def cheap_and_expensive() -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D inputs: ``x0`` a position, ``x1`` a cheap model's prediction of the outcome, which
+    is ``2 x1 + 0.1 sin(6 x0)``: the cheap model is right up to scale and a small wiggle."""
+    torch.manual_seed(5)
+    X = torch.rand(60, 2, dtype=torch.double)
+    Y = 2 * X[:, 1:] + 0.1 * torch.sin(6 * X[:, :1])
+    return X, Y
+
+
+def test_a_prior_mean_column_carries_the_cheap_model_where_there_is_no_data(cheap_and_expensive):
+    X, Y = cheap_and_expensive
+    near, far = X[:, 1] < 0.4, X[:, 1] > 0.8  # train where the cheap prediction is low only
+    unit = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.double)
+    delta = GPSurrogate(input_bounds=unit, prior_mean_column=1).fit(dataset(X[near], Y[near]))
+    plain = GPSurrogate(input_bounds=unit).fit(dataset(X[near], Y[near]))
+    error_delta = (delta.predict(X[far])[0] - Y[far]).abs().mean()
+    error_plain = (plain.predict(X[far])[0] - Y[far]).abs().mean()
+    assert error_delta < 0.1 < error_plain
+    # the fitted mean is the cheap column's scale (standardised outcome over normalised input)
+    prior = delta.summary()["prior_mean"]
+    assert prior["column"] == 1 and prior["weight"] > 0
+    json.dumps(delta.summary())
+
+
+def test_sample_paths_carry_the_prior_mean(cheap_and_expensive):
+    X, Y = cheap_and_expensive
+    near = X[:, 1] < 0.4
+    unit = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.double)
+    gp = GPSurrogate(input_bounds=unit, prior_mean_column=1).fit(dataset(X[near], Y[near]))
+    torch.manual_seed(6)
+    draws = gp.sample_paths(400)(X)[..., 0]
+    mean, variance = gp.predict(X)
+    assert ((draws.mean(0) - mean[:, 0]).abs() <= 4 * variance[:, 0].sqrt() / math.sqrt(400) + 1e-3).all()
+
+
+def test_a_prior_mean_column_is_warm_started_and_checked(cheap_and_expensive):
+    X, Y = cheap_and_expensive
+    with pytest.raises(ValueError, match="prior_mean_column must be >= 0"):
+        GPSurrogate(prior_mean_column=-1)
+    gp = GPSurrogate(prior_mean_column=2)
+    with pytest.raises(SurrogateError, match="prior_mean_column 2 is past the inputs' 2 columns"):
+        gp.fit(dataset(X, Y))
+    assert gp.model is None
+    gp = GPSurrogate(prior_mean_column=1, max_iterations=50).fit(dataset(X[:40], Y[:40]))
+    first = gp.summary()["prior_mean"]["weight"]
+    gp.max_iterations = 1  # a warm refit of one iteration starts from the fitted mean
+    assert gp.fit(dataset(X, Y)).summary()["prior_mean"]["weight"] == pytest.approx(first, rel=0.2)
