@@ -15,6 +15,7 @@ from loop.stability import (
     hull_heights,
     hull_planes,
     hull_points,
+    lower_hull_planes,
     near_hull,
     on_hull,
     phase_diagram,
@@ -92,8 +93,42 @@ def test_hull_planes_give_the_hull_energy_at_every_composition() -> None:
         )
         for row in fractions
     ]
-    assert hull_energy(planes, fractions) == pytest.approx(expected, abs=1e-12)
+    assert hull_energy(planes, fractions) == pytest.approx(expected, abs=1e-9)
     assert hull_energy(planes, [[0.5, 0.5, 0.0]]) == pytest.approx([-0.05])
+
+
+def test_the_fast_hull_is_pymatgens_hull() -> None:
+    # Random points of a 4-element system (most above the hull, one composition twice) give
+    # the same hull energy everywhere as the PhaseDiagram of the same points.
+    elements = ["Ag", "Au", "Cu", "Pd"]
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 4, size=(120, 4))
+    counts = counts[(counts > 0).sum(axis=1) > 1]  # no elements: pymatgen would take them as references
+    fractions = counts / counts.sum(axis=1, keepdims=True)
+    energies = rng.normal(-0.05, 0.05, size=len(fractions))
+    energies[1] = energies[0] + 0.01
+    fractions[1] = fractions[0]
+    formulas = [" ".join(f"{el}{n}" for el, n in zip(elements, row, strict=True) if n) for row in counts]
+    formulas[1] = formulas[0]
+    diagram = phase_diagram(zip(formulas, energies, strict=True), elements)
+    probe = rng.dirichlet(np.ones(4), size=300)
+    probe[:40, 2:] = 0.0  # the Ag-Au edge
+    probe /= probe.sum(axis=1, keepdims=True)
+    fast = hull_energy(lower_hull_planes(fractions, energies), probe)
+    assert fast == pytest.approx(hull_energy(hull_planes(diagram, elements), probe), abs=1e-9)
+
+
+def test_the_fast_hull_of_nothing_below_zero_is_zero_and_bad_rows_are_refused() -> None:
+    planes = lower_hull_planes(np.array([[0.5, 0.5, 0.0]]), np.array([0.2]))
+    assert hull_energy(planes, [[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]) == pytest.approx([0.0, 0.0])
+    assert hull_energy(lower_hull_planes(np.zeros((0, 2)), np.zeros(0)), [[0.4, 0.6]]) == pytest.approx([0.0])
+    # an element's polymorph below its reference crystal is the hull at that corner
+    corner = lower_hull_planes(np.array([[1.0, 0.0, 0.0]]), np.array([-0.02]))
+    assert hull_energy(corner, [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]) == pytest.approx([-0.02, -0.01])
+    with pytest.raises(SpaceError, match="atomic fractions"):
+        lower_hull_planes(np.array([[0.5, 0.6]]), np.array([-0.1]))
+    with pytest.raises(SpaceError, match="finite"):
+        lower_hull_planes(np.array([[0.5, 0.5]]), np.array([np.nan]))
 
 
 def test_hull_planes_of_the_bare_elements_are_zero() -> None:
