@@ -5,7 +5,8 @@ Every strategy is BoTorch's own: analytic UCB/LCB and posterior standard deviati
 ``qPosteriorStandardDeviation``; Thompson sampling draws whole posterior functions (pathwise,
 when the surrogate can) and takes their arg-max; ``random`` picks uniformly. Structure pools
 may rank by the predicted height above the current convex hull instead
-(``hull_probability``, ``hull_lcb``, ``hull_thompson``: :mod:`loop.hull_acquisition`).
+(``hull_probability``, ``hull_lcb``, ``hull_thompson``, ``hull_membership``:
+:mod:`loop.hull_acquisition`).
 
 Finite pools are scored in memory-bounded chunks: single picks of UCB/LCB and pure
 exploration straight from the surrogate's chunked marginal predictions; batches and
@@ -47,10 +48,12 @@ from loop.errors import CampaignError
 from loop.hull_acquisition import (
     HULL_AWARE,
     HULL_KINDS,
+    HULL_MEMBERSHIP,
     HULL_THOMPSON,
     HullEnergy,
     HullTarget,
     hull_acquisition,
+    hull_membership,
     hull_scores,
 )
 from loop.space import SearchSpace
@@ -68,6 +71,7 @@ Kind = Literal[
     "hull_probability",
     "hull_lcb",
     "hull_thompson",
+    "hull_membership",
 ]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 _THOMPSON_KINDS = ("thompson", HULL_THOMPSON)
@@ -96,7 +100,8 @@ class Acquisition:
         kind: One of :data:`KINDS`.
         weights: ``m`` signed objective weights (``+w`` maximise, ``-w`` minimise).
         beta: UCB/LCB exploration: mean ± sqrt(beta) · std.
-        mc_samples: Quasi-MC samples of the Monte-Carlo strategies.
+        mc_samples: Quasi-MC samples of the Monte-Carlo strategies; posterior draws of
+            ``hull_membership``.
         chunk_size: Pool candidates scored at once.
         num_restarts: Restarts of the continuous optimiser.
         raw_samples: Raw samples that seed the continuous optimiser.
@@ -238,6 +243,8 @@ class Acquisition:
             self.hull.fractions(choices)  # refuses inputs that carry no compositions
         if self.kind in _THOMPSON_KINDS:
             return self._thompson(model, choices, q, seed, self._hull_margin(choices, X_baseline, Y_baseline))
+        if self.kind == HULL_MEMBERSHIP:
+            return self._hull_membership(model, choices, q, X_baseline, Y_baseline, X_pending, seed)
         if q == 1 and X_pending is None and self.kind in _MARGINAL_KINDS:
             scores = self._marginal_scores(model, choices, X_baseline, Y_baseline)
             best = int(torch.argmax(scores))
@@ -308,6 +315,41 @@ class Acquisition:
             taken.append(best)
             picks.append(Pick(choices[best], float(values[best]), best))
         return picks
+
+    def _hull_membership(
+        self,
+        model: Surrogate,
+        choices: Tensor,
+        q: int,
+        X_baseline: Tensor,
+        Y_baseline: Tensor,
+        X_pending: Tensor | None,
+        seed: int,
+    ) -> list[Pick]:
+        """The ``q`` candidates most often within ``X`` of a posterior draw's hull (ties: the
+        lowest mean height above it). Pending candidates are drawn with the pool, so they shape
+        each draw's hull, but are not picked again."""
+        assert self.hull is not None
+        torch.manual_seed(seed)
+        X = choices if X_pending is None else torch.cat([choices, X_pending.to(choices)])
+        groups = []
+        for start in range(0, self.mc_samples, _THOMPSON_GROUP):
+            num = min(_THOMPSON_GROUP, self.mc_samples - start)
+            draws = self._sample_functions(model, X, num)
+            if draws is None:
+                draws = torch.stack([self._sample_function(model, X) for _ in range(num)])
+            groups.append(draws)
+        energies = torch.cat(groups) / self.weights[0]  # the draws are of -w E
+        probability, height = hull_membership(
+            energies,
+            self.hull.fractions(X),
+            self.hull.fractions(X_baseline),
+            Y_baseline[:, 0],
+            self.hull.within_ev,
+        )
+        probability, height = probability[: choices.shape[0]], height[: choices.shape[0]]
+        ranked = np.lexsort((height.numpy(), -probability.numpy()))[:q]
+        return [Pick(choices[r], float(probability[r]), int(r)) for r in ranked]
 
     def _sample_functions(self, model: Surrogate, X: Tensor, num: int) -> Tensor | None:
         """``num`` joint posterior draws of the scalarised objective at every row of ``X``

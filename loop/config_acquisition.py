@@ -27,6 +27,7 @@ class AcquisitionSection(Strict):
         "hull_probability",
         "hull_lcb",
         "hull_thompson",
+        "hull_membership",
         "mf_mes",
         "mf_ucb",
         "mf_hull",
@@ -36,7 +37,8 @@ class AcquisitionSection(Strict):
     """UCB/LCB: mean ± sqrt(beta) · std (beta = 1 is one standard deviation)."""
     within_mev: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """``hull_probability``: the probability of landing within this many meV/atom of the
-    current hull is maximised (default 0: on or below it)."""
+    current hull is maximised (default 0: on or below it); ``hull_membership``: of the hull
+    of a posterior draw of the whole pool."""
     batch_size: int = Field(default=1, ge=1, le=1000)
     initial_designs: int = Field(default=4, ge=1)
     """Random designs before the first model fit."""
@@ -57,8 +59,8 @@ class AcquisitionSection(Strict):
 
     @model_validator(mode="after")
     def _within_for_hull(self) -> AcquisitionSection:
-        if self.within_mev is not None and self.type != "hull_probability":
-            raise ValueError("'within_mev' applies only with type = 'hull_probability'")
+        if self.within_mev is not None and self.type not in ("hull_probability", "hull_membership"):
+            raise ValueError("'within_mev' applies only with type = 'hull_probability' or 'hull_membership'")
         return self
 
     @model_serializer(mode="wrap")
@@ -76,7 +78,7 @@ class AcquisitionSection(Strict):
         Raises:
             ValueError: naming ``acquisition.type``.
         """
-        if self.type not in ("hull_probability", "hull_lcb", "hull_thompson", "mf_hull"):
+        if self.type not in ("hull_probability", "hull_lcb", "hull_thompson", "hull_membership", "mf_hull"):
             return
         if [(o.name, o.direction) for o in objectives] != [("formation_energy_per_atom", "minimize")]:
             raise ValueError(

@@ -16,6 +16,14 @@ surrogate's Gaussian posterior ``N(μ, σ²)`` of formation energy per atom:
   draws the batch's functions together). Its cost grows linearly with the pool, where the
   Monte-Carlo batches below grow with the pool times the batch squared: it is the batch
   acquisition for screening pools of 10^4-10^5 structures.
+* ``hull_membership``: the probability of being within ``X`` of the hull the pool will have,
+  not of the current one, estimated from joint posterior draws of every unevaluated
+  candidate: in each draw the hull is rebuilt from the results and the draw's energies
+  (:func:`loop.stability.lower_hull_planes`, milliseconds), and a candidate counts where it
+  lies within ``X`` of it (:func:`hull_membership`). The batch is the ``q`` most probable
+  members. Against the current hull, every polymorph of an unexplored composition looks
+  promising; against the drawn hull only those that could be the lowest there do, and a
+  polymorph the model cannot tell from a measured hull structure counts as often as it ties.
 
 Single picks use the closed forms; batches and pending candidates use their Monte-Carlo
 versions (BoTorch's ``qProbabilityOfImprovement`` and ``qUpperConfidenceBound`` on the
@@ -31,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from botorch.acquisition import (
     AcquisitionFunction,
@@ -46,15 +55,16 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from loop.errors import CampaignError
-from loop.stability import hull_planes, phase_diagram
+from loop.stability import hull_energy, hull_planes, lower_hull_planes, phase_diagram
 from surrogates.composition import fraction_names
 
 HullKind = Literal["hull_probability", "hull_lcb"]
 #: The hull-aware kinds with a closed form (and a Monte-Carlo batch version).
 HULL_KINDS: tuple[HullKind, ...] = ("hull_probability", "hull_lcb")
 HULL_THOMPSON = "hull_thompson"
-#: Every kind that needs the current hull (a :class:`HullTarget`).
-HULL_AWARE: tuple[str, ...] = (*HULL_KINDS, HULL_THOMPSON)
+HULL_MEMBERSHIP = "hull_membership"
+#: Every kind that needs the candidates' compositions and a hull (a :class:`HullTarget`).
+HULL_AWARE: tuple[str, ...] = (*HULL_KINDS, HULL_THOMPSON, HULL_MEMBERSHIP)
 #: Temperature (eV/atom) of the sigmoid that smooths the Monte-Carlo "within X" indicator.
 MC_TAU_EV = 1e-4
 _FRACTION_TOL = 1e-6
@@ -145,6 +155,42 @@ class HullTarget:
         diagram = phase_diagram(points, self.elements)
         planes = torch.as_tensor(hull_planes(diagram, self.elements), dtype=torch.double)
         return HullEnergy(planes, self.columns)
+
+
+def hull_membership(
+    draws: Tensor,
+    fractions: Tensor,
+    measured_fractions: Tensor,
+    measured_energies: Tensor,
+    within_ev: float,
+) -> tuple[Tensor, Tensor]:
+    """How often each unevaluated candidate lies within ``X`` of the hull of a posterior draw.
+
+    Args:
+        draws: ``S x N`` joint draws of the candidates' formation energies (eV/atom).
+        fractions: ``N x k`` their atomic fractions.
+        measured_fractions: ``n x k`` atomic fractions of the evaluated structures.
+        measured_energies: ``n`` their formation energies (eV/atom).
+        within_ev: ``X`` (eV/atom).
+
+    Returns:
+        ``N`` fractions of the draws in which the candidate is within ``X`` of that draw's hull
+        (of the results and the draw), and ``N`` its mean height above that hull (eV/atom).
+    """
+    every = torch.cat([measured_fractions.double(), fractions.double()]).numpy()
+    compositions, index = np.unique(every.round(9), axis=0, return_inverse=True)
+    index = index.reshape(-1)
+    measured = np.full(len(compositions), np.inf)
+    np.minimum.at(measured, index[: len(measured_energies)], measured_energies.double().numpy())
+    mine, points = index[len(measured_energies) :], fractions.double().numpy()
+    within, height = np.zeros(points.shape[0]), np.zeros(points.shape[0])
+    for draw in draws.double().numpy():
+        lowest = measured.copy()
+        np.minimum.at(lowest, mine, draw)
+        above = draw - hull_energy(lower_hull_planes(compositions, lowest), points)
+        within += above <= within_ev
+        height += above
+    return torch.from_numpy(within / len(draws)), torch.from_numpy(height / len(draws))
 
 
 # --- closed forms ---------------------------------------------------------------------------

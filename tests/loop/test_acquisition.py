@@ -303,4 +303,5 @@ def test_kinds_are_the_documented_ones():
         "hull_probability",
         "hull_lcb",
         "hull_thompson",
+        "hull_membership",
     }

@@ -186,6 +186,50 @@ def test_hull_thompson_follows_the_hull_not_the_lowest_energy() -> None:
     assert first.index == 1
 
 
+def test_hull_membership_is_within_x_of_the_hull_the_draws_make() -> None:
+    # Certain posterior, X = 4 meV/atom: with the candidates at their means the hull runs
+    # A - c0 (0.25, -0.06) - AB - B; c3 lies 3.3 meV/atom above it, c4 5, c1 10 (AB is lower).
+    picks = acquisition("hull_membership", 4.0, mc_samples=8).select_from_pool(
+        TableModel(), certain(CHOICES), 5, X_DONE, Y_DONE, None, seed=0
+    )
+    assert [p.index for p in picks] == [0, 3, 4, 1, 2]
+    assert [p.value for p in picks] == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_hull_membership_counts_only_the_lowest_polymorph_of_a_composition() -> None:
+    # A second A3B ordering 2 meV/atom above c0 is 8 meV/atom below the current hull, so
+    # hull_thompson takes it second; on the drawn hull (c0 included) it is no member.
+    second = torch.tensor([row(0.25, -0.058, 0.010, 0)], dtype=torch.double)
+    choices = certain(torch.cat([CHOICES, second]))
+    thompson = acquisition("hull_thompson", 1.0).select_from_pool(
+        TableModel(), choices, 2, X_DONE, Y_DONE, None, 0
+    )
+    assert [p.index for p in thompson] == [0, 5]
+    member = acquisition("hull_membership", 1.0, mc_samples=8)
+    picks = member.select_from_pool(TableModel(), choices, 6, X_DONE, Y_DONE, None, 0)
+    assert picks[0].index == 0 and picks[0].value == 1.0
+    assert {p.index: p.value for p in picks}[5] == 0.0
+
+
+def test_hull_membership_of_a_tie_with_a_measured_hull_structure_is_about_one_half() -> None:
+    # A candidate the model puts exactly at AB's measured -0.10 (std 20 meV/atom) is on the
+    # drawn hull whenever its draw is below AB's, or within X = 1 meV/atom above it.
+    tie = torch.tensor([row(0.5, -0.10, 0.020, 0)], dtype=torch.double)
+    (pick,) = acquisition("hull_membership", 1.0, mc_samples=2000).select_from_pool(
+        TableModel(), tie, 1, X_DONE, Y_DONE, None, 0
+    )
+    assert pick.value == pytest.approx(phi(0.001 / 0.020), abs=0.03)
+
+
+def test_pending_candidates_shape_the_drawn_hull_and_are_not_picked() -> None:
+    # A pending A3B ordering certain at -0.08 takes c0's place on every draw's hull.
+    pending = certain(torch.tensor([row(0.25, -0.080, 0.010, 7)], dtype=torch.double))
+    member = acquisition("hull_membership", 4.0, mc_samples=8)
+    picks = member.select_from_pool(TableModel(), certain(CHOICES), 5, X_DONE, Y_DONE, pending, 0)
+    assert sorted(p.index for p in picks) == [0, 1, 2, 3, 4]
+    assert {p.index: p.value for p in picks}[0] == 0.0
+
+
 def test_inputs_without_compositions_are_refused() -> None:
     bad = CHOICES.clone()
     bad[:, 0] = 0.9
@@ -197,7 +241,7 @@ def test_inputs_without_compositions_are_refused() -> None:
         HullTarget.from_feature_names(["A", "C"], FEATURES)
 
 
-@pytest.mark.parametrize("kind", ["hull_probability", "hull_lcb", "hull_thompson"])
+@pytest.mark.parametrize("kind", ["hull_probability", "hull_lcb", "hull_thompson", "hull_membership"])
 @pytest.mark.parametrize(("weights", "target"), [([-1.0], None), ([1.0], TARGET), ([-1.0, 1.0], TARGET)])
 def test_hull_kinds_need_compositions_and_one_minimised_objective(kind, weights, target) -> None:
     with pytest.raises(ValueError, match="one minimised objective"):
@@ -217,6 +261,11 @@ def test_configured_hull_acquisition_reads_the_featurizer_compositions() -> None
     assert built.hull.elements == ("Au", "Cu", "Pd")
     assert [names[c] for c in built.hull.columns] == ["x_Au", "x_Cu", "x_Pd"]
     assert built.hull.within_ev == pytest.approx(0.005)
+    member = build_acquisition(
+        load_config(ALLOY, {"acquisition.type": "hull_membership", "acquisition.within_mev": 1.0})
+    )
+    assert member.kind == "hull_membership" and member.hull is not None
+    assert member.hull.within_ev == pytest.approx(0.001)
 
 
 @pytest.mark.parametrize(
