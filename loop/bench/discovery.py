@@ -28,7 +28,14 @@ from botorch.utils.datasets import SupervisedDataset
 from torch import Tensor
 
 from loop.acquisition import Acquisition
-from loop.bench.discovery_mlip import chgnet_pool, committee_surrogate, keys_pool, references
+from loop.bench.discovery_mlip import (
+    chgnet_energies,
+    chgnet_pool,
+    chgnet_references,
+    committee_surrogate,
+    keys_pool,
+    references,
+)
 from loop.bench.discovery_mlip import committee_probe as probe
 from loop.bench.discovery_truth import CAMPAIGN_SETTINGS, cache_key, cached_pool, ground_truth
 from loop.discovery import EvaluatedStructure, discovery_report
@@ -41,7 +48,8 @@ from surrogates.committee_surrogate import CommitteeSurrogate
 from surrogates.gp import GPSurrogate
 
 #: Variant name → (acquisition kind, model inputs: ``pairs`` features, ``chgnet`` embedding,
-#: ``keys`` of the committee; ``random`` fits nothing).
+#: ``chgnet_prior`` both and CHGNet's formation energy as the GP's prior mean, ``keys`` of the
+#: committee; ``random`` fits nothing).
 VARIANTS: dict[str, tuple[str, str]] = {
     "random": ("random", "pairs"),
     "gp_pair_thompson": ("thompson", "pairs"),
@@ -49,6 +57,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "gp_pair_hull_thompson": ("hull_thompson", "pairs"),
     "gp_chgnet_thompson": ("thompson", "chgnet"),
     "gp_chgnet_hull_thompson": ("hull_thompson", "chgnet"),
+    "gp_pair_hull_membership": ("hull_membership", "pairs"),
+    "gp_chgnet_prior_hull_thompson": ("hull_thompson", "chgnet_prior"),
+    "gp_chgnet_prior_hull_membership": ("hull_membership", "chgnet_prior"),
     "committee_thompson": ("thompson", "keys"),
 }
 
@@ -79,6 +90,14 @@ class DiscoveryProtocol:
     )
 
 
+@dataclass(frozen=True)
+class ModelInputs:
+    """Model inputs put together from several featurisations: ``N x d`` rows, their names."""
+
+    X: Tensor
+    feature_names: list[str]
+
+
 @dataclass
 class Truth:
     """The pool (relaxed candidates only), its features and formation energies, and the targets."""
@@ -103,6 +122,26 @@ class Truth:
             else:
                 self.inputs[kind] = keys_pool(self.pool)
         return self.inputs[kind]
+
+    def chgnet_prior_inputs(self) -> ModelInputs:
+        """Pair features, CHGNet's embedding and, last, CHGNet's formation energy: the inputs
+        of the GP whose prior mean is the universal potential's prediction (Δ-learning)."""
+        pairs, embedding, k = self.pool, self.with_inputs("chgnet"), len(self.pool.featurizer.elements)
+        cheap = self.chgnet_formation_energies().unsqueeze(-1).to(pairs.X)
+        return ModelInputs(
+            torch.cat([pairs.X, embedding.X[:, k:], cheap], dim=-1),
+            [*pairs.feature_names, *embedding.feature_names[k:], "chgnet_formation_energy_per_atom"],
+        )
+
+    def chgnet_formation_energies(self) -> Tensor:
+        """CHGNet's single-point formation energy per atom of every candidate at its geometry
+        as generated (``N``, eV/atom; :func:`~loop.bench.discovery_mlip.chgnet_energies`)
+        against CHGNet's energies of the elements' reference crystals, cached beside the pool."""
+        cache = self.cache_path("chgnet-energy.npz")
+        elements = self.pool.featurizer.elements  # sorted: the order of the x_<element> columns
+        energies = torch.as_tensor(chgnet_energies(self.pool, cache), dtype=torch.double)
+        references = torch.as_tensor(chgnet_references(elements, cache), dtype=torch.double)
+        return energies - self.pool.X[:, : len(elements)].double() @ references
 
     def cache_path(self, suffix: str) -> Path:
         """Where a cache of the pool sits: beside its ground truth, ``pool-<key>.<suffix>``."""
@@ -170,15 +209,17 @@ def simulate(
     pool = truth.pool
     acquisition = _acquisition(variant, protocol, pool.feature_names)
     kind, inputs = VARIANTS[variant]
-    featurised = truth.with_inputs(inputs)
+    featurised = truth.chgnet_prior_inputs() if inputs == "chgnet_prior" else truth.with_inputs(inputs)
     X = featurised.X
     rng = np.random.default_rng(seed)
     order = [int(i) for i in rng.choice(len(pool), size=min(protocol.initial, len(pool)), replace=False)]
     surrogate: Surrogate | None = None
     if inputs == "keys":
+        assert isinstance(featurised, StructurePool)
         surrogate = committee_surrogate(featurised, order, references(truth.path), seed)
     elif kind != "random":
-        surrogate = GPSurrogate(input_bounds=pool_bounds(X))
+        prior = X.shape[-1] - 1 if inputs == "chgnet_prior" else None
+        surrogate = GPSurrogate(input_bounds=pool_bounds(X), prior_mean_column=prior)
     cycles = [0] * len(order)
     decisions: list[float] = []
     budget = min(protocol.budget, len(pool))

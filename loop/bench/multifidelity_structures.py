@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from loop.bench.discovery import DiscoveryProtocol, Truth, load_truth, simulate
-from loop.bench.discovery_mlip import chgnet_energies, chgnet_references
 from loop.bench.multifidelity import PoolProblem, Run, Settings, Trace, median, run_multi, summarise
 from loop.fidelity import Fidelities
 from loop.hull_acquisition import HullTarget
@@ -78,22 +77,13 @@ class StructureProtocol:
         }
 
 
-def cheap_formation_energies(truth: Truth, hull: HullTarget) -> torch.Tensor:
-    """CHGNet's formation energy per atom of every candidate (``N``, eV/atom) against CHGNet's
-    energies of the elements' reference crystals; the energies cached beside the pool."""
-    cache = truth.cache_path("chgnet-energy.npz")
-    energies = torch.as_tensor(chgnet_energies(truth.pool, cache), dtype=torch.double)
-    references = torch.as_tensor(chgnet_references(hull.elements, cache), dtype=torch.double)
-    return energies - hull.fractions(truth.with_inputs("chgnet").X) @ references
-
-
 def structure_problem(truth: Truth, protocol: StructureProtocol) -> PoolProblem:
     """The pool at its two fidelities, on the atomic fractions + CHGNet embedding."""
     featurised = truth.with_inputs("chgnet")
     X = featurised.X  # first: the embedding's width, and so the feature names, come with it
     elements = sorted(protocol.discovery.pool.elements)
     hull = HullTarget.from_feature_names(elements, featurised.feature_names, protocol.discovery.within_mev)
-    table = {"chgnet": cheap_formation_energies(truth, hull).tolist(), "emt": truth.energies.tolist()}
+    table = {"chgnet": truth.chgnet_formation_energies().tolist(), "emt": truth.energies.tolist()}
     good = [cid in truth.targets for cid in truth.pool.ids]
     return PoolProblem(
         X,

@@ -7,6 +7,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 import pytest
+import torch
 from ase.data import chemical_symbols
 
 from loop.bench.discovery import DiscoveryProtocol, load_truth, run_variant
@@ -38,6 +39,25 @@ def test_gp_on_chgnet_descriptors_runs_the_protocol(workdir: Path) -> None:
     assert run["evaluations"] == 15
     (cache,) = workdir.glob("pool-*.chgnet.npz")
     assert cache.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_chgnet_prior_gp_learns_the_correction_to_chgnet(workdir: Path) -> None:
+    pytest.importorskip("chgnet")
+    protocol = DiscoveryProtocol(CUAU, seeds=(0,), budget=20, batch_size=5, initial=10)
+    truth = load_truth(protocol, workdir)
+    inputs = truth.chgnet_prior_inputs()
+    pairs = truth.pool
+    # pair features, the embedding without its fractions, CHGNet's formation energy last
+    assert inputs.X.shape == (len(pairs), pairs.X.shape[1] + 64 + 1)
+    assert inputs.feature_names[: pairs.X.shape[1]] == pairs.feature_names
+    assert inputs.feature_names[-1] == "chgnet_formation_energy_per_atom"
+    cheap = inputs.X[:, -1]
+    assert cheap.tolist() == truth.chgnet_formation_energies().tolist()
+    # CHGNet and EMT agree on the sign of mixing in Cu-Au: the prior carries information
+    assert float(torch.corrcoef(torch.stack([cheap, truth.energies]))[0, 1]) > 0.5
+    run = run_variant("gp_chgnet_prior_hull_membership", truth, protocol, 0)
+    assert run["evaluations"] == 20 and len(run["decision_s"]) == 2
 
 
 @pytest.mark.slow

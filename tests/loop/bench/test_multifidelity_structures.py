@@ -37,7 +37,7 @@ def test_cheap_energies_are_computed_once_and_cached_beside_the_pool(
 ) -> None:
     truth, problem = pool
     assert problem.hull is not None
-    first = structures.cheap_formation_energies(truth, problem.hull)
+    first = truth.chgnet_formation_energies()
     assert truth.cache_path("chgnet-energy.npz").is_file()
 
     def no_chgnet(*args: object) -> None:
@@ -45,7 +45,7 @@ def test_cheap_energies_are_computed_once_and_cached_beside_the_pool(
 
     monkeypatch.setattr(discovery_mlip, "single_point_energies", no_chgnet)
     again = load_truth(TINY.discovery, truth.path.parent)  # a fresh run reads the cache
-    assert structures.cheap_formation_energies(again, problem.hull).tolist() == first.tolist()
+    assert again.chgnet_formation_energies().tolist() == first.tolist()
 
 
 def test_cheap_formation_energies_put_the_pure_elements_at_zero(pool: tuple[Truth, PoolProblem]) -> None:
