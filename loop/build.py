@@ -7,6 +7,7 @@ campaign whose parts cannot work together fails before its ledger is opened.
 from __future__ import annotations
 
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -116,25 +117,38 @@ def build_oracle(
 
 def surrogate_inputs(config: CampaignConfig, pool: Pool) -> Pool:
     """A generated pool with the model inputs its surrogate reads: structure keys for the
-    committee (which looks at the structures itself), a universal model's embedding for
-    ``descriptors``, else the pool as generated (pair features). Keys and embeddings follow
-    the atomic fractions, which the hull-aware acquisitions read."""
+    committee (which looks at the structures itself); for a GP the pair features, a universal
+    model's embedding, or both (``descriptors``), and with ``prior`` a universal potential's
+    formation energy last. Every kind of input leads with the atomic fractions, which the
+    hull-aware acquisitions read."""
     from loop.structures import StructurePool
 
     section = config.surrogate
-    if not isinstance(pool, StructurePool) or (section.type == "gp" and section.descriptors == "pairs"):
+    gp_as_generated = section.type == "gp" and section.descriptors == "pairs" and section.prior is None
+    if not isinstance(pool, StructurePool) or gp_as_generated:
         return pool
     elements = pool.featurizer.elements
     if section.type == "committee":
         from surrogates.structure_keys import StructureKeys
 
         return StructurePool(pool.candidates, StructureKeys(elements))  # type: ignore[arg-type]
-    from surrogates.descriptors import EmbeddingFeaturizer
+    from surrogates.descriptors import EmbeddingFeaturizer, Featurizer, PriorEnergyColumn, StackedFeaturizer
 
     generated = config.space.generator.options.get("cache") if config.space.generator else None
-    suffix = f".{section.descriptors}.npz"
-    cache = None if generated is None else config.resolve(generated).with_suffix(suffix)
-    featurizer = EmbeddingFeaturizer(section.descriptors, cache, section.device, elements)
+
+    def cache(suffix: str) -> Path | None:
+        return None if generated is None else config.resolve(generated).with_suffix(suffix)
+
+    pairs, _, model = section.descriptors.rpartition("+")
+    featurizer: Featurizer = pool.featurizer
+    if model != "pairs":
+        leading = None if pairs else elements  # fractions lead the pairs' columns already
+        embedding = EmbeddingFeaturizer(model, cache(f".{model}.npz"), section.device, leading)
+        featurizer = StackedFeaturizer(pool.featurizer, embedding) if pairs else embedding
+    if section.prior is not None:
+        featurizer = PriorEnergyColumn(
+            featurizer, section.prior, elements, cache(f".{section.prior}-energy.npz"), section.device
+        )
     return StructurePool(pool.candidates, featurizer)  # type: ignore[arg-type]
 
 
@@ -173,6 +187,9 @@ def build_surrogate(config: CampaignConfig, space: SearchSpace | None, pool: Poo
         inputs = pool if pool is not None else space
         assert inputs is not None
         return TransferGP(load_sources(config, inputs), input_bounds(space, pool), **options)
+    if section.prior is not None:
+        assert pool is not None  # a prior needs a structure pool (checked with the configuration)
+        options["prior_mean_column"] = pool.X.shape[-1] - 1  # PriorEnergyColumn puts it last
     return GPSurrogate(input_bounds=input_bounds(space, pool), **options)
 
 

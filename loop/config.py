@@ -142,6 +142,15 @@ class CampaignConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _prior_without_transfer(self) -> CampaignConfig:
+        if self.surrogate.prior is not None and self.transfer is not None:
+            raise ValueError(
+                "surrogate.prior: a universal potential's prior mean is not offered with [transfer] "
+                "(its multi-task GP keeps a constant mean per campaign)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _acquisition_hull(self) -> CampaignConfig:
         self.acquisition.check_hull(self.objectives, self.space)
         return self

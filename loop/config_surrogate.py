@@ -36,6 +36,7 @@ _GP_KEYS = (
     "noise",
     "warm_start",
     "descriptors",
+    "prior",
     "calibration",
     "calibration_applies_to",
 )
@@ -64,9 +65,13 @@ class SurrogateSection(Strict):
     acquisition), or ``"stopping"`` (the stopping rules only: the acquisition keeps the
     model's own std, so it picks what ``calibration = "none"`` would). ``"all"`` where only
     ``calibration`` is named, as before this key existed."""
-    descriptors: Literal["pairs", "chgnet", "mace-mp"] = "pairs"
+    descriptors: Literal["pairs", "chgnet", "mace-mp", "pairs+chgnet", "pairs+mace-mp"] = "pairs"
     """Structure pools: the GP's inputs, pair features or the embedding of a universal model
-    that offers one (:func:`surrogates.universal.structure_embedding`)."""
+    that offers one (:func:`surrogates.universal.structure_embedding`), or both side by side."""
+    prior: UniversalModel | None = None
+    """Structure pools: a universal potential whose formation energy of each candidate (one
+    single point at its geometry as generated) is the GP's last input and its prior mean
+    ``a + b E`` (Δ-learning: the kernel learns the correction to the universal potential)."""
     size: int = Field(default=4, ge=2, le=64)
     """Committee members."""
     mace: dict[str, Any] = {}  # noqa: RUF012 (a pydantic default, copied per instance)
@@ -124,6 +129,8 @@ class SurrogateSection(Strict):
         data: dict[str, Any] = handler(self)
         if data.get("calibration_applies_to") == "all":
             data.pop("calibration_applies_to", None)
+        if data.get("prior") is None:  # nor before 'prior' existed
+            data.pop("prior", None)
         return data
 
     def identity(self) -> dict[str, Any]:
@@ -182,5 +189,10 @@ class SurrogateSection(Strict):
         if self.descriptors != "pairs" and not structures:
             raise ValueError(
                 "surrogate.descriptors: learned descriptors need a structure pool "
+                "([space.generator] type = 'structures')"
+            )
+        if self.prior is not None and not structures:
+            raise ValueError(
+                "surrogate.prior: a universal potential's prior needs a structure pool "
                 "([space.generator] type = 'structures')"
             )

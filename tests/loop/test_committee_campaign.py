@@ -122,9 +122,70 @@ def test_gp_on_a_universal_models_embedding_runs_with_the_hull_aware_acquisition
     assert summary is not None and summary["type"] == "GPSurrogate" and len(summary["lengthscales"]) == 66
 
 
+def test_gp_with_a_universal_potentials_prior_learns_the_correction_to_it(tmp_path: Path) -> None:
+    pytest.importorskip("chgnet")
+    surrogate = {"type": "gp", "descriptors": "pairs+chgnet", "prior": "chgnet"}
+    settings = _campaign(surrogate, max_experiments=6, cache="candidates.json")
+    settings["acquisition"] = {
+        "type": "hull_membership",
+        "within_mev": 1.0,
+        "batch_size": 2,
+        "initial_designs": 4,
+    }
+    config = parse_config(settings, tmp_path)
+    campaign = Campaign.open(config, oracle=InProcessEMTRelax(tmp_path / "runs"))
+    try:
+        report = campaign.run()
+        assert campaign.pool is not None
+        features, names = campaign.pool.X, campaign.pool.feature_names
+        candidates = campaign.pool.candidates
+        summary = campaign.ledger.cycles(campaign.id)[-1].surrogate
+    finally:
+        campaign.close()
+
+    assert report.experiments == 6
+    # pair features (fractions first), the embedding, CHGNet's formation energy last
+    assert names[:2] == ["x_Au", "x_Cu"] and names[-1] == "chgnet_formation_energy_per_atom"
+    assert [n for n in names if n.startswith("chgnet_")][:2] == ["chgnet_0", "chgnet_1"]
+    assert features.shape[1] == len(names) and len(names) > 2 + 64 + 1
+    # the column is CHGNet's energy per atom less its elemental references' (fcc Au and Cu)
+    from ase.build import bulk
+
+    from oracles.dft import candidate_atoms
+    from surrogates.universal import single_point_energies
+
+    first = candidate_atoms(candidates[0])
+    au, cu = single_point_energies("chgnet", [bulk("Au"), bulk("Cu")])
+    (energy,) = single_point_energies("chgnet", [first])
+    expected = energy - features[0, 0].item() * au - features[0, 1].item() * cu
+    assert features[0, -1].item() == pytest.approx(expected, abs=1e-6)
+    assert (tmp_path / "candidates.chgnet-energy.npz").is_file(), "the energies are kept beside the pool"
+    assert summary is not None and summary["prior_mean"]["column"] == len(names) - 1
+
+
+def test_a_prior_is_not_offered_with_transfer(tmp_path: Path) -> None:
+    settings = {**_campaign({"type": "gp", "prior": "chgnet"}), "transfer": {"campaigns": ["old"]}}
+    with pytest.raises(
+        ConfigError, match=r"surrogate.prior: a universal potential's prior mean is not offered"
+    ):
+        parse_config(settings, tmp_path)
+    assert not (tmp_path / "ledger.db").exists()
+
+
+def test_a_prior_whose_weights_are_absent_offline_names_the_model(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = parse_config(_campaign({"type": "gp", "prior": "mace-mp"}), tmp_path)
+    with pytest.raises(Exception, match="mace-mp") as raised:
+        Campaign.open(config, oracle=InProcessEMTRelax(tmp_path / "runs"))
+    assert "offline" in str(raised.value) or "weights" in str(raised.value)
+    assert not (tmp_path / "ledger.db").exists()
+
+
 @pytest.mark.parametrize(
     ("surrogate", "message"),
     [
+        ({**COMMITTEE, "prior": "chgnet"}, "surrogate.prior: applies only to type = 'gp'"),
+        ({"type": "gp", "prior": "gnome"}, "surrogate.prior: Input should be 'chgnet'"),
         ({**COMMITTEE, "size": 1}, "surrogate.size: Input should be greater than or equal to 2"),
         ({**COMMITTEE, "kernel": "rbf"}, "surrogate.kernel: applies only to type = 'gp'"),
         ({"type": "gp", "relax_steps": 5}, "surrogate.relax_steps: applies only to type = 'committee'"),
@@ -155,6 +216,10 @@ def test_structure_surrogates_need_a_structure_pool_and_formation_energy(tmp_pat
         ConfigError, match=r"surrogate.descriptors: learned descriptors need a structure pool"
     ):
         parse_config({**_campaign({"descriptors": "chgnet"}), "space": parameters}, tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"surrogate.prior: a universal potential's prior needs a structure pool"
+    ):
+        parse_config({**_campaign({"prior": "chgnet"}), "space": parameters}, tmp_path)
     energy = [{"name": "energy_per_atom", "direction": "minimize"}]
     with pytest.raises(
         ConfigError, match=r"'committee' predicts the one objective 'formation_energy_per_atom'"
@@ -259,4 +324,5 @@ def test_the_configs_model_names_are_the_universal_models_known() -> None:
 
     assert sorted(get_args(UniversalModel)) == sorted(KNOWN_MODELS)
     descriptors = get_args(SurrogateSection.model_fields["descriptors"].annotation)
-    assert sorted(descriptors) == sorted(["pairs", *(n for n, m in KNOWN_MODELS.items() if m.embedding)])
+    embedding = [n for n, m in KNOWN_MODELS.items() if m.embedding]
+    assert sorted(descriptors) == sorted(["pairs", *embedding, *(f"pairs+{n}" for n in embedding)])
