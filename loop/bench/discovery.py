@@ -209,7 +209,7 @@ def simulate(
     pool = truth.pool
     acquisition = _acquisition(variant, protocol, pool.feature_names)
     kind, inputs = VARIANTS[variant]
-    featurised = truth.chgnet_prior_inputs() if inputs == "chgnet_prior" else truth.with_inputs(inputs)
+    featurised = model_inputs(truth, inputs)
     X = featurised.X
     rng = np.random.default_rng(seed)
     order = [int(i) for i in rng.choice(len(pool), size=min(protocol.initial, len(pool)), replace=False)]
@@ -218,8 +218,7 @@ def simulate(
         assert isinstance(featurised, StructurePool)
         surrogate = committee_surrogate(featurised, order, references(truth.path), seed)
     elif kind != "random":
-        prior = X.shape[-1] - 1 if inputs == "chgnet_prior" else None
-        surrogate = GPSurrogate(input_bounds=pool_bounds(X), prior_mean_column=prior)
+        surrogate = gp_of(inputs, X)
     cycles = [0] * len(order)
     decisions: list[float] = []
     budget = min(protocol.budget, len(pool))
@@ -249,29 +248,52 @@ def simulate(
     return SimulatedCampaign(order, cycles, decisions)
 
 
+def model_inputs(truth: Truth, inputs: str) -> StructurePool | ModelInputs:
+    """The pool's rows as the model of a variant reads them (see :data:`VARIANTS`)."""
+    return truth.chgnet_prior_inputs() if inputs == "chgnet_prior" else truth.with_inputs(inputs)
+
+
+def gp_of(inputs: str, X: Tensor) -> GPSurrogate:
+    """The GP of a variant, inputs scaled by the pool's range; on ``chgnet_prior`` inputs its
+    prior mean reads CHGNet's formation energy, the last column."""
+    prior = X.shape[-1] - 1 if inputs == "chgnet_prior" else None
+    return GPSurrogate(input_bounds=pool_bounds(X), prior_mean_column=prior)
+
+
 def decision_seconds(
-    truth: Truth, sizes: Sequence[int], observations: int, q: int, seed: int = 0
+    truth: Truth,
+    sizes: Sequence[int],
+    observations: int,
+    q: int,
+    seed: int = 0,
+    variant: str = "gp_pair_thompson",
+    protocol: DiscoveryProtocol | None = None,
 ) -> list[dict[str, Any]]:
-    """Seconds of one warm decision (GP fit + Thompson batch of ``q``) on pools of ``sizes``
-    rows, with ``observations`` measured; pools larger than the truth repeat its feature
+    """Seconds of one warm decision (GP fit + batch of ``q``) of a GP ``variant`` on pools of
+    ``sizes`` rows, with ``observations`` measured; pools larger than the truth repeat its
     rows (the cost depends on the rows' number, not their values). Peak RSS is the process's."""
-    X, Y = truth.pool.X, truth.energies.unsqueeze(-1)
+    kind, inputs = VARIANTS[variant]
+    if kind == "random" or inputs == "keys":
+        raise ValueError(f"decision timing is of the GP variants, not {variant!r}")
+    featurised = model_inputs(truth, inputs)
+    X, Y = featurised.X, truth.energies.unsqueeze(-1)
     rng = np.random.default_rng(seed)
     observed = torch.as_tensor(rng.choice(X.shape[0], size=observations, replace=False))
     out = []
     for size in sizes:
         choices = X[torch.arange(size) % X.shape[0]]
-        surrogate = GPSurrogate(input_bounds=pool_bounds(X))
+        surrogate = gp_of(inputs, X)
         dataset = SupervisedDataset(
-            X[observed], Y[observed], feature_names=truth.pool.feature_names, outcome_names=["e"]
+            X[observed], Y[observed], feature_names=featurised.feature_names, outcome_names=["e"]
         )
         surrogate.fit(dataset)  # the campaign's later decisions start warm
-        acquisition = Acquisition("thompson", [-1.0])
+        acquisition = _acquisition(variant, protocol or DiscoveryProtocol(), truth.pool.feature_names)
         start = time.perf_counter()
         surrogate.fit(dataset)
         acquisition.select_from_pool(surrogate, choices, q, X[observed], Y[observed], None, seed)
         out.append(
             {
+                "variant": variant,
                 "candidates": size,
                 "observations": observations,
                 "batch_size": q,
@@ -290,8 +312,10 @@ def run_benchmark(
     committee_probe: int = 0,
     progress: Callable[[str], None] | None = None,
     committee_refit: int = 0,
+    decision_variant: str = "gp_pair_thompson",
 ) -> dict[str, Any]:
-    """The whole benchmark: ground truth, every variant and seed, decision timings (with
+    """The whole benchmark: ground truth, every variant and seed, decision timings of
+    ``decision_variant`` (with
     ``committee_probe`` > 0, one committee decision timed on that many candidates, and the
     next round ``committee_refit`` frames later: :func:`~loop.bench.discovery_mlip.committee_probe`)."""
     start = time.perf_counter()
@@ -318,7 +342,9 @@ def run_benchmark(
         "targets": len(truth.targets),
         "prevalence": len(truth.targets) / len(truth.pool),
         "summary": aggregate(runs, truth),
-        "decision_timing": decision_seconds(truth, decision_sizes, observations, protocol.batch_size),
+        "decision_timing": decision_seconds(
+            truth, decision_sizes, observations, protocol.batch_size, 0, decision_variant, protocol
+        ),
         "committee_probe": None
         if committee_probe == 0
         else probe(

@@ -54,6 +54,9 @@ def discovery_command(
     decision_sizes: Annotated[
         str, typer.Option("--decision-sizes", help="Pool sizes of the seconds-per-decision timing.")
     ] = "10000,100000",
+    decision_variant: Annotated[
+        str, typer.Option("--decision-variant", help="The GP variant whose decisions are timed.")
+    ] = "gp_pair_thompson",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Structure discovery against an exhaustive EMT ground truth: evaluations to 95%/100% hull recall."""
@@ -61,7 +64,7 @@ def discovery_command(
     from loop.structures import StructureSpaceOptions
 
     chosen = tuple(variants.split(",")) if variants else DiscoveryProtocol().variants
-    unknown = [v for v in chosen if v not in VARIANTS]
+    unknown = [v for v in (*chosen, decision_variant) if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     pool = StructureSpaceOptions(
@@ -81,6 +84,7 @@ def discovery_command(
         committee_probe=committee_probe,
         committee_refit=committee_refit,
         progress=lambda line: print(line, file=sys.stderr),
+        decision_variant=decision_variant,
     )
     if as_json:
         typer.echo(json.dumps(result, indent=2))

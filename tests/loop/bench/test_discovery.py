@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.bench.discovery import DiscoveryProtocol, load_truth, run_benchmark
+from loop.bench.discovery import DiscoveryProtocol, decision_seconds, load_truth, run_benchmark
 from loop.bench.discovery_truth import read_truth
 from loop.structures import StructureSpaceOptions
 
@@ -56,3 +56,14 @@ def test_runs_mean_what_they_say(result: tuple[dict, Path]) -> None:
     (timing,) = out["decision_timing"]
     assert timing["candidates"] == 500 and timing["seconds_per_decision"] > 0
     json.dumps(out)  # the --json output
+
+
+def test_decisions_of_any_gp_variant_are_timed(result: tuple[dict, Path]) -> None:
+    _, workdir = result
+    protocol = DiscoveryProtocol(TINY, batch_size=10)
+    truth = load_truth(protocol, workdir)
+    (timing,) = decision_seconds(truth, [400], 40, 10, variant="gp_pair_hull_membership", protocol=protocol)
+    assert timing["variant"] == "gp_pair_hull_membership" and timing["candidates"] == 400
+    assert timing["seconds_per_decision"] > 0 and timing["peak_rss_mb"] > 0
+    with pytest.raises(ValueError, match="decision timing is of the GP variants, not 'random'"):
+        decision_seconds(truth, [400], 40, 10, variant="random")
