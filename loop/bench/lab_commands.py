@@ -99,6 +99,15 @@ def moo_command(
     evaluations: Annotated[
         int, typer.Option("--evaluations", min=1, help="Evaluations after the initial designs.")
     ] = 12,
+    arms: Annotated[
+        str,
+        typer.Option(
+            "--arms", help="Comma-separated arms (random, qparego, qlognehvi, qlognehvi_tr, baybe)."
+        ),
+    ] = "random,qparego,qlognehvi,qlognehvi_tr,baybe",
+    candidate: Annotated[
+        str, typer.Option("--candidate", help="The alloop arm the decision rule judges against BayBE.")
+    ] = "qlognehvi",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Hypervolume after a fixed budget: alloop's qLogNEHVI and qParEGO against random and BayBE."""
@@ -113,10 +122,18 @@ def moo_command(
     def show(case: str, arm: str, seed: int, result: dict[str, Any]) -> None:
         Console(stderr=True).print(f"{case} {arm} seed {seed}: {result}", highlight=False)
 
-    result = moo.run([parse(c) for c in cases.split(",")], seeds, initial, evaluations, on_run=show)
+    chosen = [a.strip() for a in arms.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - set(moo.ARMS))
+    if unknown or candidate not in chosen:
+        raise typer.BadParameter(
+            f"--arms must be among {list(moo.ARMS)} and include --candidate {candidate!r}, got {chosen}"
+        )
+    result = moo.run(
+        [parse(c) for c in cases.split(",")], seeds, initial, evaluations, show, chosen, candidate
+    )
     result["command"] = (
         f"alloop bench moo --cases {cases} --seeds {seeds} --initial {initial} --evaluations {evaluations}"
-        + (" --json" if as_json else "")
+        f" --arms {arms} --candidate {candidate}" + (" --json" if as_json else "")
     )
     typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))
 

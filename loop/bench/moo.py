@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import median
 from typing import Any, cast
@@ -30,7 +30,13 @@ from loop.space import Continuous, SearchSpace
 from oracles.functions import thin_film
 from surrogates.gp import GPSurrogate
 
-ARMS = ("random", "qparego", "qlognehvi", "baybe")
+ARMS = ("random", "qparego", "qlognehvi", "qlognehvi_tr", "baybe")
+#: Arms of alloop's acquisitions: arm → (kind, trust region side; ``None``: the whole box).
+_ALLOOP_ARMS: dict[str, tuple[str, float | None]] = {
+    "qparego": ("qparego", None),
+    "qlognehvi": ("qlognehvi", None),
+    "qlognehvi_tr": ("qlognehvi", 0.8),  # TuRBO's starting side, not tuned
+}
 _ACQ_OPTIONS: dict[str, Any] = {"num_restarts": 4, "raw_samples": 128, "mc_samples": 64, "max_iterations": 60}
 
 
@@ -101,13 +107,20 @@ def _box(problem: Problem) -> list[tuple[str, float, float]]:
     return list(zip(problem.names, *problem.bounds.tolist(), strict=True))
 
 
-def _alloop_step(kind: str, problem: Problem, X: Tensor, Y: Tensor, q: int, seed: int) -> Tensor:
+def _alloop_step(arm: str, problem: Problem, X: Tensor, Y: Tensor, q: int, seed: int) -> Tensor:
+    kind, trust_region = _ALLOOP_ARMS[arm]
     space = SearchSpace([Continuous(n, lo, hi) for n, lo, hi in _box(problem)])
     gp = GPSurrogate(input_bounds=problem.bounds, warm_start=False)
     torch.manual_seed(seed)
     gp.fit(SupervisedDataset(X, Y, feature_names=list(problem.names), outcome_names=["f1", "f2"]))
     acquisition = ModelledAcquisition(
-        kind, [1.0, 1.0], None, 2, reference_point=problem.ref_point.tolist(), **_ACQ_OPTIONS
+        kind,
+        [1.0, 1.0],
+        None,
+        2,
+        reference_point=problem.ref_point.tolist(),
+        trust_region=trust_region,
+        **_ACQ_OPTIONS,
     )
     picks = acquisition.select_in_space(gp, space, q, X, Y, None, seed)
     return torch.stack([p.X for p in picks])
@@ -180,16 +193,23 @@ def run(
     initial: int,
     evaluations: int,
     on_run: Callable[[str, str, int, dict[str, Any]], None] | None = None,
+    arms: Sequence[str] = ARMS,
+    candidate: str = "qlognehvi",
 ) -> dict[str, Any]:
     """Every arm on every ``(problem, q)`` case over seeds ``0..seeds-1``, ``evaluations``
     after the ``initial`` designs (a multiple of each ``q``), and the decision rule of
-    benchmarks/RESULTS.md: alloop's ``qlognehvi`` median hypervolume ≥ BayBE's on every case."""
+    benchmarks/RESULTS.md: the ``candidate`` arm's median hypervolume ≥ BayBE's on every case."""
     for _, q in cases:
         if evaluations % q:
             raise ValueError(f"evaluations ({evaluations}) must be a multiple of q ({q})")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown or candidate not in arms:
+        raise ValueError(
+            f"arms must be among {list(ARMS)} and include the candidate {candidate!r}, got {list(arms)}"
+        )
     catalogue = problems()
     skipped = baybe_available()
-    arms = [a for a in ARMS if a != "baybe" or skipped is None]
+    arms = [a for a in arms if a != "baybe" or skipped is None]
     started = time.perf_counter()
     results: dict[str, Any] = {}
     for name, q in cases:
@@ -210,7 +230,7 @@ def run(
             for arm, runs in per_arm.items()
         }
     ahead = {
-        label: case["qlognehvi"]["hypervolume_median"] >= case["baybe"]["hypervolume_median"]
+        label: case[candidate]["hypervolume_median"] >= case["baybe"]["hypervolume_median"]
         for label, case in results.items()
         if "baybe" in case
     }
@@ -222,7 +242,8 @@ def run(
         "acquisition_options": _ACQ_OPTIONS,
         "baybe_skipped": skipped,
         "cases": results,
-        "qlognehvi_ahead_of_baybe": ahead,
+        "candidate": candidate,
+        "candidate_ahead_of_baybe": ahead,
         "goal_met": bool(ahead) and all(ahead.values()) if skipped is None else None,
         "seconds": round(time.perf_counter() - started, 1),
     }

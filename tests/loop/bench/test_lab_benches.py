@@ -17,7 +17,7 @@ def test_every_moo_arm_starts_from_the_same_designs_and_never_loses_hypervolume(
     assert torch.equal(X, moo.initial_designs(problem, 5, seed=3))
     assert ((problem.bounds[0] <= X) & (problem.bounds[1] >= X)).all()
     start = hypervolume(problem.evaluate(X), problem.ref_point)
-    for arm in ("random", "qlognehvi"):
+    for arm in ("random", "qlognehvi", "qlognehvi_tr"):
         result = moo.run_arm(arm, problem, q=2, initial=5, iterations=1, seed=3)
         assert result["initial_hypervolume"] == pytest.approx(start)
         assert result["hypervolume"] >= result["initial_hypervolume"]
@@ -30,9 +30,35 @@ def test_the_thin_film_problem_trades_conductivity_against_roughness() -> None:
     assert c_hot > c_cool and r_hot < r_cool  # hotter: more conductive, rougher (roughness negated)
 
 
-def test_moo_refuses_a_budget_that_is_not_a_multiple_of_q() -> None:
+def test_moo_refuses_a_budget_that_is_not_a_multiple_of_q_and_unknown_arms() -> None:
     with pytest.raises(ValueError, match="multiple of q"):
         moo.run([("branincurrin", 4)], seeds=1, initial=4, evaluations=6)
+    with pytest.raises(ValueError, match=r"include the candidate 'qlognehvi_tr', got \['random'\]"):
+        moo.run(
+            [("branincurrin", 1)],
+            seeds=1,
+            initial=4,
+            evaluations=1,
+            arms=["random"],
+            candidate="qlognehvi_tr",
+        )
+    with pytest.raises(ValueError, match="arms must be among"):
+        moo.run([("branincurrin", 1)], seeds=1, initial=4, evaluations=1, arms=["qlognehvi", "turbo"])
+
+
+def test_the_rule_judges_the_candidate_arm() -> None:
+    result = moo.run(
+        [("branincurrin", 1)],
+        seeds=1,
+        initial=4,
+        evaluations=1,
+        arms=["random", "qlognehvi"],
+        candidate="random",
+    )
+    assert result["candidate"] == "random" and set(result["cases"]["branincurrin_q1"]) == {
+        "random",
+        "qlognehvi",
+    }
 
 
 def test_plates_are_encoded_over_the_union_of_their_elements(tmp_path: Path) -> None:
