@@ -20,6 +20,10 @@ def discovery_command(
         Path, typer.Option("--workdir", help="Where the pool and its EMT ground truth are cached.")
     ] = Path("runs/bench-discovery"),
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per variant (0, 1, ...).")] = 5,
+    first_seed: Annotated[
+        int,
+        typer.Option("--first-seed", min=0, help="The first seed (held-out checks: past the protocol's)."),
+    ] = 0,
     budget: Annotated[int, typer.Option("--budget", min=2, help="EMT evaluations per campaign.")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Candidates per round.")] = 50,
     max_atoms: Annotated[
@@ -74,7 +78,12 @@ def discovery_command(
         prototypes=["built-in"] if prototypes else [],
     )
     protocol = DiscoveryProtocol(
-        pool, tuple(range(seeds)), budget, batch_size, min(batch_size, budget), variants=chosen
+        pool,
+        tuple(range(first_seed, first_seed + seeds)),
+        budget,
+        batch_size,
+        min(batch_size, budget),
+        variants=chosen,
     )
     sizes = [int(s) for s in decision_sizes.split(",") if s]
     result = run_benchmark(

@@ -67,3 +67,17 @@ def test_decisions_of_any_gp_variant_are_timed(result: tuple[dict, Path]) -> Non
     assert timing["seconds_per_decision"] > 0 and timing["peak_rss_mb"] > 0
     with pytest.raises(ValueError, match="decision timing is of the GP variants, not 'random'"):
         decision_seconds(truth, [400], 40, 10, variant="random")
+
+
+def test_the_command_runs_the_seeds_it_is_given(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from loop.cli import app
+
+    args = ["bench", "discovery", "--elements", "Cu,Au", "--max-atoms", "3", "--no-prototypes", "--json"]
+    args += ["--seeds", "2", "--first-seed", "5", "--budget", "8", "--batch-size", "4"]
+    args += ["--variants", "random"]
+    result = CliRunner().invoke(app, [*args, "--decision-sizes", "", "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert out["protocol"]["seeds"] == [5, 6] and [r["seed"] for r in out["runs"]] == [5, 6]
