@@ -41,6 +41,7 @@ from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.acquisition.objective import ScalarizedPosteriorTransform
 from botorch.models.model import Model
 from botorch.optim import optimize_acqf_discrete
+from botorch.posteriors.ensemble import EnsemblePosterior
 from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
@@ -332,8 +333,9 @@ class Acquisition:
         assert self.hull is not None
         torch.manual_seed(seed)
         X = choices if X_pending is None else torch.cat([choices, X_pending.to(choices)])
-        groups = []
-        for start in range(0, self.mc_samples, _THOMPSON_GROUP):
+        members = None if isinstance(model, SamplesPaths) else self._members(model, X)
+        groups = [] if members is None else [members]
+        for start in range(0, 0 if groups else self.mc_samples, _THOMPSON_GROUP):
             num = min(_THOMPSON_GROUP, self.mc_samples - start)
             draws = self._sample_functions(model, X, num)
             if draws is None:
@@ -350,6 +352,17 @@ class Acquisition:
         probability, height = probability[: choices.shape[0]], height[: choices.shape[0]]
         ranked = np.lexsort((height.numpy(), -probability.numpy()))[:q]
         return [Pick(choices[r], float(probability[r]), int(r)) for r in ranked]
+
+    def _members(self, model: Surrogate, X: Tensor) -> Tensor | None:
+        """An equally weighted ensemble's members at every row of ``X`` (``s x N``, scalarised):
+        its joint posterior exactly, in one call; ``None`` for other models."""
+        posterior = model.posterior(X, posterior_transform=self.posterior_transform)
+        if not isinstance(posterior, EnsemblePosterior):
+            return None
+        weights = posterior.mixture_weights
+        if not torch.allclose(weights, weights.reshape(-1)[0].expand_as(weights)):
+            return None
+        return posterior.values.reshape(-1, X.shape[0])
 
     def _sample_functions(self, model: Surrogate, X: Tensor, num: int) -> Tensor | None:
         """``num`` joint posterior draws of the scalarised objective at every row of ``X``

@@ -22,6 +22,7 @@ from loop.errors import CampaignError, ConfigError
 from loop.featurize import StructureFeaturizer
 from loop.hull_acquisition import AnalyticHullAcquisition, HullTarget
 from surrogates.base import Surrogate
+from surrogates.ensemble_posterior import MemberPosterior
 
 # Inputs: x_A, x_B (atomic fractions), then the posterior the model reads off each row:
 # mean and std of formation energy (eV/atom), and a group (rows of one group move together).
@@ -228,6 +229,42 @@ def test_pending_candidates_shape_the_drawn_hull_and_are_not_picked() -> None:
     picks = member.select_from_pool(TableModel(), certain(CHOICES), 5, X_DONE, Y_DONE, pending, 0)
     assert sorted(p.index for p in picks) == [0, 1, 2, 3, 4]
     assert {p.index: p.value for p in picks}[0] == 0.0
+
+
+class MembersModel(Surrogate):
+    """An ensemble of four members, each the row's mean plus its own offset (eV/atom)."""
+
+    num_outputs = 1
+    offsets = torch.tensor([-0.03, -0.02, 0.02, 0.03], dtype=torch.double)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def fit(self, dataset: SupervisedDataset) -> MembersModel:
+        return self
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size()
+
+    def posterior(self, X: Tensor, *args: Any, **kwargs: Any) -> MemberPosterior:
+        self.calls += 1
+        values = X[..., 2].unsqueeze(-2) + self.offsets.unsqueeze(-1)  # s x N
+        transform = kwargs.get("posterior_transform")
+        if transform is not None:
+            values = values * transform.weights[0]
+        return MemberPosterior(values.unsqueeze(-1))
+
+
+def test_hull_membership_of_an_ensemble_counts_its_members_in_one_call() -> None:
+    # c0 (A3B, mean -0.06) in its members: -0.09, -0.08, -0.04, -0.03 against the measured
+    # hull's -0.05 there: two of four are on the drawn hull.
+    model = MembersModel()
+    (pick,) = acquisition("hull_membership", 0.0).select_from_pool(
+        model, CHOICES[:1], 1, X_DONE, Y_DONE, None, 0
+    )
+    assert pick.value == 0.5 and model.calls == 1
 
 
 def test_inputs_without_compositions_are_refused() -> None:
