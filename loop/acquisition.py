@@ -333,15 +333,7 @@ class Acquisition:
         assert self.hull is not None
         torch.manual_seed(seed)
         X = choices if X_pending is None else torch.cat([choices, X_pending.to(choices)])
-        members = None if isinstance(model, SamplesPaths) else self._members(model, X)
-        groups = [] if members is None else [members]
-        for start in range(0, 0 if groups else self.mc_samples, _THOMPSON_GROUP):
-            num = min(_THOMPSON_GROUP, self.mc_samples - start)
-            draws = self._sample_functions(model, X, num)
-            if draws is None:
-                draws = torch.stack([self._sample_function(model, X) for _ in range(num)])
-            groups.append(draws)
-        energies = torch.cat(groups) / self.weights[0]  # the draws are of -w E
+        energies = self._joint_draws(model, X) / self.weights[0]  # the draws are of -w E
         probability, height = hull_membership(
             energies,
             self.hull.fractions(X),
@@ -352,6 +344,22 @@ class Acquisition:
         probability, height = probability[: choices.shape[0]], height[: choices.shape[0]]
         ranked = np.lexsort((height.numpy(), -probability.numpy()))[:q]
         return [Pick(choices[r], float(probability[r]), int(r)) for r in ranked]
+
+    def _joint_draws(self, model: Surrogate, X: Tensor) -> Tensor:
+        """Joint posterior draws of the scalarised objective at every row of ``X`` (``S x N``):
+        an equally weighted ensemble's members, else ``mc_samples`` draws (paths where the
+        model has them, up to :data:`_THOMPSON_GROUP` at once)."""
+        members = None if isinstance(model, SamplesPaths) else self._members(model, X)
+        if members is not None:
+            return members
+        groups = []
+        for start in range(0, self.mc_samples, _THOMPSON_GROUP):
+            num = min(_THOMPSON_GROUP, self.mc_samples - start)
+            draws = self._sample_functions(model, X, num)
+            if draws is None:
+                draws = torch.stack([self._sample_function(model, X) for _ in range(num)])
+            groups.append(draws)
+        return torch.cat(groups)
 
     def _members(self, model: Surrogate, X: Tensor) -> Tensor | None:
         """An equally weighted ensemble's members at every row of ``X`` (``s x N``, scalarised):

@@ -181,9 +181,12 @@ class PriorEnergyColumn:
         from ase.build import bulk
 
         keys = [structure_digest(s) for s in structures]
-        wanted = {f"reference:{el}": bulk(el) for el in self.elements}
-        wanted.update((k, s.to_ase_atoms()) for k, s in zip(keys, structures, strict=True))
-        missing = {k: atoms for k, atoms in wanted.items() if k not in self._energies}
+        missing = {
+            f"reference:{el}": bulk(el) for el in self.elements if f"reference:{el}" not in self._energies
+        }
+        missing.update(
+            (k, s.to_ase_atoms()) for k, s in zip(keys, structures, strict=True) if k not in self._energies
+        )
         if missing:
             energies = single_point_energies(self.model, list(missing.values()), self.device)
             self._energies.update(zip(missing, np.asarray(energies, dtype=float).tolist(), strict=True))

@@ -279,15 +279,15 @@ def decision_seconds(
     X, Y = featurised.X, truth.energies.unsqueeze(-1)
     rng = np.random.default_rng(seed)
     observed = torch.as_tensor(rng.choice(X.shape[0], size=observations, replace=False))
+    dataset = SupervisedDataset(
+        X[observed], Y[observed], feature_names=featurised.feature_names, outcome_names=["e"]
+    )
+    acquisition = _acquisition(variant, protocol or DiscoveryProtocol(), truth.pool.feature_names)
     out = []
     for size in sizes:
         choices = X[torch.arange(size) % X.shape[0]]
         surrogate = gp_of(inputs, X)
-        dataset = SupervisedDataset(
-            X[observed], Y[observed], feature_names=featurised.feature_names, outcome_names=["e"]
-        )
         surrogate.fit(dataset)  # the campaign's later decisions start warm
-        acquisition = _acquisition(variant, protocol or DiscoveryProtocol(), truth.pool.feature_names)
         start = time.perf_counter()
         surrogate.fit(dataset)
         acquisition.select_from_pool(surrogate, choices, q, X[observed], Y[observed], None, seed)

@@ -42,7 +42,7 @@ def test_gp_on_chgnet_descriptors_runs_the_protocol(workdir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_chgnet_prior_gp_learns_the_correction_to_chgnet(workdir: Path) -> None:
+def test_the_chgnet_prior_inputs_end_with_chgnet_formation_energy_and_run_the_protocol(workdir: Path) -> None:
     pytest.importorskip("chgnet")
     protocol = DiscoveryProtocol(CUAU, seeds=(0,), budget=20, batch_size=5, initial=10)
     truth = load_truth(protocol, workdir)
