@@ -145,6 +145,10 @@ def transfer_command(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
     source_size: Annotated[int, typer.Option("--source-size", min=4, help="Source results used.")] = 100,
     budget: Annotated[int, typer.Option("--budget", min=3, help="Experiments per campaign at most.")] = 150,
+    arms: Annotated[str, typer.Option("--arms", help="Comma-separated arms.")] = "cold,transfer,unrelated",
+    first_seed: Annotated[
+        int, typer.Option("--first-seed", min=0, help="Seeds first..first+seeds-1 (0: the protocol's).")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """A new OER plate with a past plate (or unrelated data) as source, against a cold start."""
@@ -159,12 +163,24 @@ def transfer_command(
     def show(arm: str, seed: int, result: dict[str, Any]) -> None:
         Console(stderr=True).print(f"{arm} seed {seed}: {result}", highlight=False)
 
-    result = transfer.run(
-        paths[0], paths[1], seeds=seeds, source_size=source_size, budget=budget, on_run=show
-    )
+    try:
+        result = transfer.run(
+            paths[0],
+            paths[1],
+            seeds=seeds,
+            source_size=source_size,
+            budget=budget,
+            on_run=show,
+            arms=tuple(arms.split(",")),
+            first_seed=first_seed,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--arms") from None
     result["command"] = (
         f"alloop bench transfer --target {target} --source {source} --seeds {seeds} "
-        f"--source-size {source_size} --budget {budget}" + (" --json" if as_json else "")
+        f"--source-size {source_size} --budget {budget} --arms {arms}"
+        + (f" --first-seed {first_seed}" if first_seed else "")
+        + (" --json" if as_json else "")
     )
     typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))
 

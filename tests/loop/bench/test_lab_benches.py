@@ -82,6 +82,20 @@ def test_a_campaign_stops_once_it_has_found_what_it_wanted() -> None:
     assert found == 2 and n is not None and 2 < n <= 30
 
 
+def test_the_plate_benchmark_runs_chosen_arms_and_seeds_and_judges_only_all_three(tmp_path: Path) -> None:
+    grid = torch.linspace(0, 1, 11, dtype=torch.double)
+    for name, other in (("target", "ni"), ("source", "la")):
+        rows = [f"{a:.1f},{1 - a:.1f},{(a - 0.35) ** 2 + 0.3:.4f}" for a in grid.tolist()] * 3
+        header = f"fe_load,{other}_load,overpotential"
+        (tmp_path / f"{name}.csv").write_text("\n".join([header, *rows]) + "\n")
+    paths = (tmp_path / "target.csv", tmp_path / "source.csv")
+    result = transfer.run(*paths, seeds=2, source_size=5, budget=6, arms=("cold",), first_seed=3)
+    assert result["seeds"] == [3, 4] and list(result["arms"]) == ["cold"]
+    assert "goal_met" not in result  # the rule needs every arm
+    with pytest.raises(ValueError, match=r"unknown arm\(s\) \['warm'\]"):
+        transfer.run(*paths, seeds=1, arms=("cold", "warm"))
+
+
 def test_a_pool_campaign_measures_distinct_rows_in_batches_up_to_its_budget() -> None:
     X = torch.linspace(0, 1, 30, dtype=torch.double).reshape(-1, 1)
     y = (X - 0.3) ** 2
