@@ -190,6 +190,8 @@ def build_surrogate(config: CampaignConfig, space: SearchSpace | None, pool: Poo
     if section.prior is not None:
         assert pool is not None  # a prior needs a structure pool (checked with the configuration)
         options["prior_mean_column"] = pool.X.shape[-1] - 1  # PriorEnergyColumn puts it last
+    # The objectives are the first modelled outcomes (loop.labconfig.modelled_outcomes).
+    options["log_outcomes"] = [i for i, o in enumerate(config.objectives) if o.log_scale]
     return GPSurrogate(input_bounds=input_bounds(space, pool), **options)
 
 

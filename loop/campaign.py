@@ -98,6 +98,7 @@ class Campaign(CandidateProposer, EvaluationRecorder):
         #: What encodes candidates into model inputs: the pool if there is one, else the space.
         self.inputs: Pool | SearchSpace = self.pool if self.pool is not None else self.space  # type: ignore[assignment]
         self.objectives = [o.name for o in config.objectives]
+        self.log_scale = [o.name for o in config.objectives if o.log_scale]
         #: What the surrogate models: the objectives, then outcomes only a constraint reads.
         self.outcomes = modelled_outcomes(config)
         self.oracle = oracle if oracle is not None else self.build_oracle()

@@ -151,6 +151,22 @@ class CampaignConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _log_scale_on_a_gp(self) -> CampaignConfig:
+        logged = [o.name for o in self.objectives if o.log_scale]
+        refusals = {
+            "the MACE committee models energies as they are": self.surrogate.type == "committee",
+            "the multi-task GP of [transfer] models each outcome as it is": self.transfer is not None,
+            "the multi-fidelity GP of [[oracles]] models each outcome as it is": self.oracles is not None,
+            "surrogate.noise = 'observed' gives variances of the values, not of their logarithms": (
+                self.surrogate.noise == "observed"
+            ),
+        }
+        reasons = [reason for reason, applies in refusals.items() if applies]
+        if logged and reasons:
+            raise ValueError(f"objectives.log_scale ({', '.join(logged)}): not offered here: {reasons[0]}")
+        return self
+
+    @model_validator(mode="after")
     def _acquisition_hull(self) -> CampaignConfig:
         self.acquisition.check_hull(self.objectives, self.space)
         return self

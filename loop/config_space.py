@@ -127,3 +127,6 @@ class ObjectiveConfig(Strict):
     objectives without weights mean a Pareto search (:mod:`loop.labconfig`)."""
     target: float | None = None
     """Stop once a measured value reaches it (>= when maximising, <= when minimising)."""
+    log_scale: bool = False
+    """Model this objective's logarithm: a positive quantity spanning orders of magnitude
+    (conductivity, a rate). A result <= 0 is recorded as a failed evaluation."""

@@ -139,4 +139,7 @@ def drop_unset(identity: dict[str, Any], config: CampaignConfig) -> dict[str, An
     for key in ("reference_point", "trust_region"):
         if getattr(config.acquisition, key) is None:
             identity.get("acquisition", {}).pop(key, None)
+    for objective in identity.get("objectives", []):
+        if not objective.get("log_scale"):
+            objective.pop("log_scale", None)
     return identity

@@ -46,12 +46,14 @@ class CampaignRows:
 class EvaluationRecorder(CampaignRows):
     """Mixin of :class:`~loop.campaign.Campaign`: dispatch, record, retry, recover.
 
-    It needs the campaign's ``ledger``, ``id``, ``run_id``, ``oracle``, ``objectives`` and
-    ``retry``.
+    It needs the campaign's ``ledger``, ``id``, ``run_id``, ``oracle``, ``objectives``,
+    ``log_scale`` and ``retry``.
     """
 
     oracle: Oracle
     objectives: list[str]
+    log_scale: list[str]
+    """Objectives modelled as logarithms: a result must have them > 0."""
     retry: RetryPolicy
 
     def dispatch(self, batch: Sequence[EvaluationRecord]) -> dict[Future[Result], EvaluationRecord]:
@@ -162,7 +164,7 @@ class EvaluationRecorder(CampaignRows):
                 f"oracle answered for {result.candidate_id} when asked about {evaluation.candidate_id}",
                 retryable=False,
             )
-        result.check(self.objectives)
+        result.check(self.objectives, positive=self.log_scale)
         self.ledger.record_result(evaluation.id, result, self.run_id)
 
     def record_failure(self, evaluation: EvaluationRecord, error: str, retryable: bool) -> str:

@@ -119,12 +119,16 @@ class Result:
         except ValueError as exc:
             raise InvalidResult(f"result for {candidate_id}: {exc}") from None
 
-    def check(self, required: Sequence[str]) -> None:
+    def check(self, required: Sequence[str], positive: Sequence[str] = ()) -> None:
         """Refuse results that must not reach a model.
+
+        Args:
+            required: Properties the result must have.
+            positive: Properties that must be > 0 (a model takes their logarithm).
 
         Raises:
             InvalidResult: a required property is missing, or a value, uncertainty or cost is
-                NaN or infinite, or an uncertainty is negative.
+                NaN or infinite, or an uncertainty is negative, or a ``positive`` one is <= 0.
         """
         missing = [p for p in required if p not in self.measurements]
         if missing:
@@ -145,6 +149,12 @@ class Result:
                 )
         if not (math.isfinite(self.cost) and self.cost >= 0):
             raise InvalidResult(f"result for {self.candidate_id}: cost {self.cost} is not finite and >= 0")
+        for name in positive:
+            if name in self.measurements and self.measurements[name].value <= 0:
+                raise InvalidResult(
+                    f"result for {self.candidate_id}: {name} = {self.measurements[name].value!r} is not > 0, "
+                    "and it is modelled on a log scale"
+                )
 
 
 class Oracle(ABC):

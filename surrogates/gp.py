@@ -4,11 +4,12 @@ Inputs are normalised to the unit cube with the *space's* bounds (fixed once, so
 scaled once over all its candidates), outcomes are standardised, and hyper-parameters are
 fitted by ``fit_gpytorch_mll``. Several outcomes give a batched multi-output GP. Observed
 noise (replicate variance, an instrument's stated uncertainty) may be passed as ``Yvar``.
+Outcomes that span orders of magnitude may be modelled as logarithms (``log_outcomes``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -16,7 +17,6 @@ from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.model import Model
 from botorch.models.transforms.input import Normalize
-from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
 from botorch.posteriors import Posterior
 from botorch.sampling.pathwise import draw_kernel_feature_paths, draw_matheron_paths
@@ -28,6 +28,7 @@ from gpytorch.models import ExactGP
 from torch import Tensor
 
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate, SurrogateError
+from surrogates.log_outcomes import outcome_transform
 from surrogates.predict import exact_predict
 from surrogates.prior_mean import ColumnMean
 
@@ -70,6 +71,10 @@ class GPSurrogate(Surrogate, SamplesPaths):
             (e.g. a universal potential's formation energy): the prior mean becomes
             ``a + b x[column]`` (:class:`~surrogates.prior_mean.ColumnMean`), so the kernel
             learns the correction to it (Δ-learning). ``None``: a constant mean.
+        log_outcomes: Outcomes (indices into the ``m`` outcomes) modelled as logarithms: a
+            positive quantity spanning orders of magnitude (conductivity, a rate). The
+            posterior is log-normal in them (:mod:`surrogates.log_outcomes`); their values must
+            be > 0. Not with ``noise = "observed"``.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class GPSurrogate(Surrogate, SamplesPaths):
         max_iterations: int = 100,
         warm_max_iterations: int = 20,
         prior_mean_column: int | None = None,
+        log_outcomes: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if kernel not in ("matern52", "rbf"):
@@ -98,6 +104,11 @@ class GPSurrogate(Surrogate, SamplesPaths):
         if prior_mean_column is not None and prior_mean_column < 0:
             raise ValueError(f"prior_mean_column must be >= 0, got {prior_mean_column}")
         self.prior_mean_column = prior_mean_column
+        if any(i < 0 for i in log_outcomes):
+            raise ValueError(f"log_outcomes must be >= 0, got {list(log_outcomes)}")
+        if log_outcomes and noise == "observed":
+            raise ValueError("log_outcomes cannot be used with noise = 'observed' (variances on a log scale)")
+        self.log_outcomes = sorted(set(log_outcomes))
         self.model: SingleTaskGP | None = None
 
     # --- fitting ----------------------------------------------------------------------------
@@ -113,6 +124,7 @@ class GPSurrogate(Surrogate, SamplesPaths):
         for name, tensor in (("X", X), ("Y", Y), ("Yvar", Yvar)):
             if tensor is not None and not torch.isfinite(tensor).all():
                 raise SurrogateError(f"training {name} contains NaN or infinite values")
+        self._check_logged(dataset)
         if self.noise == "observed":
             if Yvar is None:
                 raise SurrogateError("noise = 'observed' needs Yvar in the dataset")
@@ -123,6 +135,19 @@ class GPSurrogate(Surrogate, SamplesPaths):
             model, previous if previous is not None and previous.num_outputs == Y.shape[-1] else None
         )
         return self
+
+    def _check_logged(self, dataset: SupervisedDataset) -> None:
+        """Every logged outcome exists and is positive in ``dataset``."""
+        m = dataset.Y.shape[-1]
+        for i in self.log_outcomes:
+            if i >= m:
+                raise SurrogateError(f"log_outcomes {i} is past the dataset's {m} outcomes")
+            column = dataset.Y[..., i]
+            if (column <= 0).any():
+                raise SurrogateError(
+                    f"outcome {dataset.outcome_names[i]!r} is modelled on a log scale and must be > 0; "
+                    f"the data hold {float(column.min()):g}"
+                )
 
     def _fit_hyperparameters(self, model: GP, previous: GP | None) -> GP:
         """Fit ``model``'s hyper-parameters by marginal likelihood and return it in eval mode.
@@ -160,7 +185,7 @@ class GPSurrogate(Surrogate, SamplesPaths):
             if self.prior_mean_column is None
             else ColumnMean(self.prior_mean_column, batch_shape),
             input_transform=Normalize(d, bounds=self.input_bounds),
-            outcome_transform=Standardize(m),
+            outcome_transform=outcome_transform(m, self.log_outcomes),
         )
 
     def _covar_module(self, d: int, batch_shape: torch.Size) -> torch.nn.Module:
@@ -239,6 +264,8 @@ class GPSurrogate(Surrogate, SamplesPaths):
             "lengthscales": base.lengthscale.detach().squeeze().tolist(),
             "noise": self.noise,
         }
+        if self.log_outcomes:
+            summary["log_outcomes"] = list(self.log_outcomes)
         if isinstance(model.mean_module, ColumnMean):
             summary["prior_mean"] = {
                 "column": model.mean_module.column,

@@ -40,11 +40,13 @@ from typing import cast
 import gpytorch
 import torch
 from botorch.models import SingleTaskGP
-from botorch.models.transforms.outcome import Standardize
+from botorch.models.transforms.outcome import ChainedOutcomeTransform, Standardize
 from gpytorch.models.exact_prediction_strategies import DefaultPredictionStrategy
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 from torch.nn import Module
+
+from surrogates.log_outcomes import LogOutcomes, lognormal_moments
 
 DEFAULT_CHUNK_SIZE = 4096
 """Candidates per chunk: the chunk's cross-covariance is ``n x chunk_size`` numbers."""
@@ -333,11 +335,20 @@ def _cholesky(model: SingleTaskGP) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _untransform(model: SingleTaskGP, mean: Tensor, variance: Tensor) -> tuple[Tensor, Tensor]:
-    """Undo a ``Standardize`` outcome transform on ``N x m`` means and variances."""
+    """Undo the outcome transform on ``N x m`` means and variances: ``Standardize``, after
+    :class:`~surrogates.log_outcomes.LogOutcomes` where some outcomes were logged."""
     transform = getattr(model, "outcome_transform", None)
     if transform is None:
         return mean, variance
-    if not isinstance(transform, Standardize):
-        raise ValueError(f"unsupported outcome transform {type(transform).__name__}; only Standardize")
-    means, stdvs = transform.means.reshape(-1), transform.stdvs.reshape(-1)  # m
-    return mean * stdvs + means, variance * stdvs.square()
+    steps = list(transform.values()) if isinstance(transform, ChainedOutcomeTransform) else [transform]
+    for step in reversed(steps):
+        if isinstance(step, Standardize):
+            means, stdvs = step.means.reshape(-1), step.stdvs.reshape(-1)  # m
+            mean, variance = mean * stdvs + means, variance * stdvs.square()
+        elif isinstance(step, LogOutcomes):
+            mean, variance = lognormal_moments(mean, variance, step.logged)
+        else:
+            raise ValueError(
+                f"unsupported outcome transform {type(step).__name__}; only Standardize and LogOutcomes"
+            )
+    return mean, variance

@@ -102,12 +102,16 @@ def moo_command(
     arms: Annotated[
         str,
         typer.Option(
-            "--arms", help="Comma-separated arms (random, qparego, qlognehvi, qlognehvi_tr, baybe)."
+            "--arms",
+            help="Comma-separated arms (random, qparego, qlognehvi, qlognehvi_tr, qlognehvi_tr_log, baybe).",
         ),
     ] = "random,qparego,qlognehvi,qlognehvi_tr,baybe",
     candidate: Annotated[
         str, typer.Option("--candidate", help="The alloop arm the decision rule judges against BayBE.")
     ] = "qlognehvi",
+    first_seed: Annotated[
+        int, typer.Option("--first-seed", min=0, help="Seeds first..first+seeds-1 (0: the protocol's).")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Hypervolume after a fixed budget: alloop's qLogNEHVI and qParEGO against random and BayBE."""
@@ -129,11 +133,13 @@ def moo_command(
             f"--arms must be among {list(moo.ARMS)} and include --candidate {candidate!r}, got {chosen}"
         )
     result = moo.run(
-        [parse(c) for c in cases.split(",")], seeds, initial, evaluations, show, chosen, candidate
+        [parse(c) for c in cases.split(",")], seeds, initial, evaluations, show, chosen, candidate, first_seed
     )
     result["command"] = (
         f"alloop bench moo --cases {cases} --seeds {seeds} --initial {initial} --evaluations {evaluations}"
-        f" --arms {arms} --candidate {candidate}" + (" --json" if as_json else "")
+        f" --arms {arms} --candidate {candidate}"
+        + (f" --first-seed {first_seed}" if first_seed else "")
+        + (" --json" if as_json else "")
     )
     typer.echo(json.dumps(result, indent=1) if as_json else json.dumps(result))
 

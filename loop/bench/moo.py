@@ -30,12 +30,14 @@ from loop.space import Continuous, SearchSpace
 from oracles.functions import thin_film
 from surrogates.gp import GPSurrogate
 
-ARMS = ("random", "qparego", "qlognehvi", "qlognehvi_tr", "baybe")
-#: Arms of alloop's acquisitions: arm → (kind, trust region side; ``None``: the whole box).
-_ALLOOP_ARMS: dict[str, tuple[str, float | None]] = {
-    "qparego": ("qparego", None),
-    "qlognehvi": ("qlognehvi", None),
-    "qlognehvi_tr": ("qlognehvi", 0.8),  # TuRBO's starting side, not tuned
+ARMS = ("random", "qparego", "qlognehvi", "qlognehvi_tr", "qlognehvi_tr_log", "baybe")
+#: Arms of alloop's acquisitions: arm → (kind, trust region side (``None``: the whole box),
+#: whether the problem's :attr:`Problem.log_scale` objectives are modelled as logarithms).
+_ALLOOP_ARMS: dict[str, tuple[str, float | None, bool]] = {
+    "qparego": ("qparego", None, False),
+    "qlognehvi": ("qlognehvi", None, False),
+    "qlognehvi_tr": ("qlognehvi", 0.8, False),  # TuRBO's starting side, not tuned
+    "qlognehvi_tr_log": ("qlognehvi", 0.8, True),
 }
 _ACQ_OPTIONS: dict[str, Any] = {"num_restarts": 4, "raw_samples": 128, "mc_samples": 64, "max_iterations": 60}
 
@@ -53,6 +55,8 @@ class Problem:
     """``n x d`` → ``n x m``, every column maximised."""
     ref_point: Tensor
     """``m``, signed like the outputs."""
+    log_scale: tuple[int, ...] = ()
+    """Objectives a user would mark ``log_scale`` (positive, spanning decades)."""
 
 
 def _thin_film(X: Tensor) -> Tensor:
@@ -92,6 +96,7 @@ def problems() -> dict[str, Problem]:
             torch.tensor([[0.0, 0.0, 200.0, 5.0], [1.0, 1.0, 600.0, 60.0]], dtype=torch.double),
             _thin_film,
             torch.tensor([0.0, -6.0], dtype=torch.double),
+            log_scale=(0,),  # conductivity: near zero over most of the box, a narrow peak
         ),
     }
 
@@ -108,9 +113,11 @@ def _box(problem: Problem) -> list[tuple[str, float, float]]:
 
 
 def _alloop_step(arm: str, problem: Problem, X: Tensor, Y: Tensor, q: int, seed: int) -> Tensor:
-    kind, trust_region = _ALLOOP_ARMS[arm]
+    kind, trust_region, log = _ALLOOP_ARMS[arm]
     space = SearchSpace([Continuous(n, lo, hi) for n, lo, hi in _box(problem)])
-    gp = GPSurrogate(input_bounds=problem.bounds, warm_start=False)
+    gp = GPSurrogate(
+        input_bounds=problem.bounds, warm_start=False, log_outcomes=problem.log_scale if log else ()
+    )
     torch.manual_seed(seed)
     gp.fit(SupervisedDataset(X, Y, feature_names=list(problem.names), outcome_names=["f1", "f2"]))
     acquisition = ModelledAcquisition(
@@ -195,8 +202,9 @@ def run(
     on_run: Callable[[str, str, int, dict[str, Any]], None] | None = None,
     arms: Sequence[str] = ARMS,
     candidate: str = "qlognehvi",
+    first_seed: int = 0,
 ) -> dict[str, Any]:
-    """Every arm on every ``(problem, q)`` case over seeds ``0..seeds-1``, ``evaluations``
+    """Every arm on every ``(problem, q)`` case over seeds ``first_seed..first_seed+seeds-1``, ``evaluations``
     after the ``initial`` designs (a multiple of each ``q``), and the decision rule of
     benchmarks/RESULTS.md: the ``candidate`` arm's median hypervolume ≥ BayBE's on every case."""
     for _, q in cases:
@@ -215,7 +223,7 @@ def run(
     for name, q in cases:
         label = f"{name}_q{q}"
         per_arm: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             for arm in arms:
                 outcome = run_arm(arm, catalogue[name], q, initial, evaluations // q, seed)
                 per_arm[arm].append(outcome)
@@ -236,7 +244,7 @@ def run(
     }
     return {
         "benchmark": "moo",
-        "seeds": seeds,
+        "seeds": list(range(first_seed, first_seed + seeds)),
         "initial_designs": initial,
         "evaluations_after_initial": evaluations,
         "acquisition_options": _ACQ_OPTIONS,

@@ -144,10 +144,10 @@ def run(
             tic = time.perf_counter()
             make = partial(make_surrogate, bounds, arm, data)
             n, found = experiments_to_find(X, y, make, good, wanted, initial, budget, seed)
-            result = {"experiments": n, "found": found, "seconds": round(time.perf_counter() - tic, 1)}
-            runs[arm].append(result)
+            outcome = {"experiments": n, "found": found, "seconds": round(time.perf_counter() - tic, 1)}
+            runs[arm].append(outcome)
             if on_run is not None:
-                on_run(arm, seed, result)
+                on_run(arm, seed, outcome)
 
     def typical(arm: str) -> float:  # "not reached" counts as past the budget
         return median(budget + 1 if r["experiments"] is None else r["experiments"] for r in runs[arm])

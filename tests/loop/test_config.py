@@ -92,6 +92,25 @@ def test_minimal_config_loads_with_defaults(tmp_path):
     assert config.base_dir == tmp_path.resolve()
 
 
+def test_a_log_scale_objective_changes_the_campaign_hash_and_its_absence_does_not(tmp_path):
+    plain = load_config(write(tmp_path, MINIMAL))
+    assert "log_scale" not in plain.identity()["objectives"][0]  # campaigns from before it keep their hash
+    logged = load_config(
+        write(tmp_path, MINIMAL.replace('direction = "minimize"', "log_scale = true"), "l.toml")
+    )
+    assert logged.objectives[0].log_scale and logged.identity()["objectives"][0]["log_scale"] is True
+    assert (
+        logged.hash
+        != load_config(write(tmp_path, MINIMAL.replace('direction = "minimize"', ""), "p.toml")).hash
+    )
+
+
+def test_log_scale_is_refused_where_its_model_does_not_take_logarithms(tmp_path):
+    text = MINIMAL.replace('direction = "minimize"', "log_scale = true") + '[surrogate]\nnoise = "observed"\n'
+    with pytest.raises(ConfigError, match=r"objectives.log_scale \(y\): not offered here: surrogate.noise"):
+        load_config(write(tmp_path, text))
+
+
 def test_example_campaign_loads():
     path = Path(__file__).resolve().parents[2] / "examples" / "simulated_lab" / "campaign.toml"
     config = load_config(path)

@@ -3,6 +3,7 @@ transfer from a second ledger, and the bad inputs of their sections."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -196,6 +197,25 @@ def test_transfer_from_a_second_ledger(tmp_path: Path) -> None:
     assert summary["n_train"] > 6  # the target's results and the source's
 
 
+def test_a_log_scale_objective_is_modelled_as_a_logarithm_and_non_positive_results_fail(
+    tmp_path: Path,
+) -> None:
+    # The ridge is exp(-d^2 / 0.08) plus noise of sd 0.01: far from its peak a result can be <= 0.
+    logged = RIDGE.replace('name = "y"', 'name = "y"\nlog_scale = true')
+    campaign = Campaign.from_file(write(tmp_path, config_text(tmp_path, logged, budget=12, seed=3)))
+    try:
+        assert campaign.surrogate.log_outcomes == [0]  # type: ignore[attr-defined]
+        campaign.run()
+        table = evaluations_table(campaign.ledger, campaign.name)
+        cycles = campaign.ledger.cycles(campaign.id)
+    finally:
+        campaign.close()
+    done, failed = table[table.status == "done"], table[table.status == "failed"]
+    assert len(done) + len(failed) == 12 and (done["y"] > 0).all()
+    assert all("is not > 0, and it is modelled on a log scale" in e for e in failed["error"])
+    assert cycles[-1].surrogate["log_outcomes"] == [0]
+
+
 BAD = {
     "unknown objective in a constraint": (
         PARETO,
@@ -214,6 +234,12 @@ BAD = {
         "",
         "reference_point = [0.0, 0.0, 0.0]",
         "acquisition.reference_point: 3 values for 2 objectives",
+    ),
+    "a log scale where the transfer GP models values as they are": (
+        RIDGE.replace('name = "y"', 'name = "y"\nlog_scale = true'),
+        '[transfer]\ncampaigns = ["other"]\n',
+        "",
+        "objectives.log_scale (y): not offered here: the multi-task GP of [transfer]",
     ),
     "a trust region for one scalarised objective": (
         RIDGE,
@@ -237,7 +263,7 @@ def test_bad_inputs_give_one_line_naming_the_key_and_write_nothing(tmp_path: Pat
     before = _rows(ledger)
     text = config_text(tmp_path, objectives, extra, acquisition_extra=acquisition_extra)
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         Campaign.from_file(path)
     result = subprocess.run(
         [sys.executable, "-m", "loop.cli", "run", str(path), "--quiet"],

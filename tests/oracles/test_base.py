@@ -59,6 +59,12 @@ def test_check_refuses_unusable_results(result, words):
         assert word in str(info.value)
 
 
+def test_check_refuses_a_non_positive_value_only_where_it_must_be_positive():
+    good().check(["y", "z"], positive=["y"])  # z = -2.0 may be negative
+    with pytest.raises(InvalidResult, match=r"abc: z = -2.0 is not > 0, and it is modelled on a log scale"):
+        good().check(["y", "z"], positive=["y", "z"])
+
+
 def test_check_refuses_missing_properties_naming_them():
     with pytest.raises(InvalidResult, match=r"abc lacks.*\['w', 'v'\]"):
         good().check(["y", "w", "v"])

@@ -17,7 +17,7 @@ def test_every_moo_arm_starts_from_the_same_designs_and_never_loses_hypervolume(
     assert torch.equal(X, moo.initial_designs(problem, 5, seed=3))
     assert ((problem.bounds[0] <= X) & (problem.bounds[1] >= X)).all()
     start = hypervolume(problem.evaluate(X), problem.ref_point)
-    for arm in ("random", "qlognehvi", "qlognehvi_tr"):
+    for arm in ("random", "qlognehvi", "qlognehvi_tr", "qlognehvi_tr_log"):
         result = moo.run_arm(arm, problem, q=2, initial=5, iterations=1, seed=3)
         assert result["initial_hypervolume"] == pytest.approx(start)
         assert result["hypervolume"] >= result["initial_hypervolume"]
