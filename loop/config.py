@@ -160,6 +160,10 @@ class CampaignConfig(Strict):
             "surrogate.noise = 'observed' gives variances of the values, not of their logarithms": (
                 self.surrogate.noise == "observed"
             ),
+            "a recalibrated acquisition needs a Gaussian posterior, and a log scale's is log-normal "
+            "(calibration_applies_to = 'stopping' keeps the recalibration for the stopping rules)": (
+                self.surrogate.calibration != "none" and self.surrogate.calibration_applies_to == "all"
+            ),
         }
         reasons = [reason for reason, applies in refusals.items() if applies]
         if logged and reasons:

@@ -105,10 +105,17 @@ def test_a_log_scale_objective_changes_the_campaign_hash_and_its_absence_does_no
     )
 
 
-def test_log_scale_is_refused_where_its_model_does_not_take_logarithms(tmp_path):
-    text = MINIMAL.replace('direction = "minimize"', "log_scale = true") + '[surrogate]\nnoise = "observed"\n'
-    with pytest.raises(ConfigError, match=r"objectives.log_scale \(y\): not offered here: surrogate.noise"):
+@pytest.mark.parametrize(
+    ("surrogate", "reason"),
+    [('noise = "observed"', "surrogate.noise"), ('calibration = "scale"', "a recalibrated acquisition")],
+)
+def test_log_scale_is_refused_where_its_model_does_not_take_logarithms(tmp_path, surrogate, reason):
+    text = MINIMAL.replace('direction = "minimize"', "log_scale = true") + f"[surrogate]\n{surrogate}\n"
+    with pytest.raises(ConfigError, match=rf"objectives.log_scale \(y\): not offered here: {reason}"):
         load_config(write(tmp_path, text))
+    stopping_only = text + 'calibration_applies_to = "stopping"\n'
+    if "calibration" in surrogate:  # the stopping rules' recalibration reads predict(), log-normal moments
+        assert load_config(write(tmp_path, stopping_only, "s.toml")).objectives[0].log_scale
 
 
 def test_example_campaign_loads():
