@@ -160,6 +160,9 @@ class CampaignConfig(Strict):
             "surrogate.noise = 'observed' gives variances of the values, not of their logarithms": (
                 self.surrogate.noise == "observed"
             ),
+            "a hull acquisition reads formation energies, which are negative": (
+                self.acquisition.type.startswith("hull")
+            ),
             "a recalibrated acquisition needs a Gaussian posterior, and a log scale's is log-normal "
             "(calibration_applies_to = 'stopping' keeps the recalibration for the stopping rules)": (
                 self.surrogate.calibration != "none" and self.surrogate.calibration_applies_to == "all"
