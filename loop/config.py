@@ -153,6 +153,8 @@ class CampaignConfig(Strict):
     @model_validator(mode="after")
     def _log_scale_on_a_gp(self) -> CampaignConfig:
         logged = [o.name for o in self.objectives if o.log_scale]
+        if not logged:
+            return self
         refusals = {
             "the MACE committee models energies as they are": self.surrogate.type == "committee",
             "the multi-task GP of [transfer] models each outcome as it is": self.transfer is not None,
@@ -169,7 +171,7 @@ class CampaignConfig(Strict):
             ),
         }
         reasons = [reason for reason, applies in refusals.items() if applies]
-        if logged and reasons:
+        if reasons:
             raise ValueError(f"objectives.log_scale ({', '.join(logged)}): not offered here: {reasons[0]}")
         return self
 
