@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -151,7 +152,9 @@ def transfer_command(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Campaigns per arm (seeds 0..n-1).")] = 10,
     source_size: Annotated[int, typer.Option("--source-size", min=4, help="Source results used.")] = 100,
     budget: Annotated[int, typer.Option("--budget", min=3, help="Experiments per campaign at most.")] = 150,
-    arms: Annotated[str, typer.Option("--arms", help="Comma-separated arms.")] = "cold,transfer,unrelated",
+    arms: Annotated[
+        str, typer.Option("--arms", help='Comma-separated arms ("": the source ranking alone).')
+    ] = "cold,transfer,unrelated",
     first_seed: Annotated[
         int, typer.Option("--first-seed", min=0, help="Seeds first..first+seeds-1 (0: the protocol's).")
     ] = 0,
@@ -177,14 +180,14 @@ def transfer_command(
             source_size=source_size,
             budget=budget,
             on_run=show,
-            arms=tuple(arms.split(",")),
+            arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
             first_seed=first_seed,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--arms") from None
     result["command"] = (
         f"alloop bench transfer --target {target} --source {source} --seeds {seeds} "
-        f"--source-size {source_size} --budget {budget} --arms {arms}"
+        f"--source-size {source_size} --budget {budget} --arms {shlex.quote(arms)}"
         + (f" --first-seed {first_seed}" if first_seed else "")
         + (" --json" if as_json else "")
     )

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 import torch
 from botorch.utils.datasets import SupervisedDataset
+from scipy.stats import spearmanr
 from torch import Tensor
 
 from loop.acquisition import Acquisition
@@ -108,6 +109,30 @@ def experiments_to_find(
     return (len(measured) if found >= wanted else None), found
 
 
+def source_ranking(
+    X: Tensor, y: Tensor, source: SupervisedDataset, bounds: Tensor, good: set[int], wanted: int
+) -> dict[str, Any]:
+    """What a source alone says about the target pool (``y`` minimised): a GP fitted to the
+    source predicts every target row, and the rows are ranked by that prediction.
+
+    Returns:
+        ``spearman``: rank correlation of the prediction with the target's outcomes;
+        ``good_ranks``: the 1-based ranks of the ``good`` rows; ``experiments_to_find``: the
+        experiments a search measuring in the source's order would need to find ``wanted``
+        of them (the ``wanted``-th smallest rank), to set beside a campaign's count.
+    """
+    predicted, _ = GPSurrogate(input_bounds=bounds).fit(source).predict(X)
+    predicted = predicted.reshape(-1)
+    rank = torch.empty(X.shape[0], dtype=torch.long)
+    rank[torch.argsort(predicted)] = torch.arange(1, X.shape[0] + 1)
+    good_ranks = sorted(int(rank[i]) for i in good)
+    return {
+        "spearman": round(float(spearmanr(predicted.numpy(), y.reshape(-1).numpy()).statistic), 3),
+        "good_ranks": good_ranks,
+        "experiments_to_find": good_ranks[wanted - 1],
+    }
+
+
 def run(
     target: Path,
     source: Path,
@@ -120,7 +145,8 @@ def run(
     first_seed: int = 0,
 ) -> dict[str, Any]:
     """``arms`` over seeds ``first_seed..first_seed+seeds-1``, and the decision rule of
-    benchmarks/RESULTS.md where all three arms ran."""
+    benchmarks/RESULTS.md where all three arms ran. Beside them, :func:`source_ranking` of the
+    whole source plate and of each seed's source sample (no arms: that alone)."""
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; known: {list(ARMS)}")
@@ -134,9 +160,13 @@ def run(
     wanted = math.ceil(0.8 * good_count)
     bounds = torch.stack([torch.zeros(len(features)), torch.ones(len(features))]).double()
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    whole_plate = as_dataset(*encode(source_frame, features))
+    ranking = {"whole_plate": source_ranking(X, y, whole_plate, bounds, good, wanted)}
+    sample_ranks = []
     for seed in range(first_seed, first_seed + seeds):
         sample = source_frame.sample(n=source_size, random_state=seed)
         sX, sY = encode(sample, features)
+        sample_ranks.append(source_ranking(X, y, as_dataset(sX, sY), bounds, good, wanted))
         shuffled = sY[torch.randperm(sY.shape[0], generator=torch.Generator().manual_seed(seed))]
         sources = {"cold": None, "transfer": as_dataset(sX, sY), "unrelated": as_dataset(sX, shuffled)}
         for arm in arms:
@@ -170,6 +200,10 @@ def run(
                 "found": [r["found"] for r in rs],
             }
             for arm, rs in runs.items()
+        },
+        "source_ranking": {
+            **ranking,
+            "samples": {key: [r[key] for r in sample_ranks] for key in ("spearman", "experiments_to_find")},
         },
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -92,8 +92,26 @@ def test_the_plate_benchmark_runs_chosen_arms_and_seeds_and_judges_only_all_thre
     result = transfer.run(*paths, seeds=2, source_size=5, budget=6, arms=("cold",), first_seed=3)
     assert result["seeds"] == [3, 4] and list(result["arms"]) == ["cold"]
     assert "goal_met" not in result  # the rule needs every arm
+    assert len(result["source_ranking"]["samples"]["spearman"]) == 2  # one per seed's source sample
+    ranking_alone = transfer.run(*paths, seeds=1, source_size=5, arms=())
+    assert ranking_alone["arms"] == {} and ranking_alone["source_ranking"]["whole_plate"]["spearman"] > 0.5
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['warm'\]"):
         transfer.run(*paths, seeds=1, arms=("cold", "warm"))
+
+
+@pytest.mark.parametrize(("sign", "good_ranks"), [(1.0, [1, 2, 3, 4]), (-1.0, [27, 28, 29, 30])])
+def test_the_source_ranking_says_where_a_source_alone_would_find_the_targets_best(
+    sign: float, good_ranks: list[int]
+) -> None:
+    X = torch.linspace(0, 1, 30, dtype=torch.double).reshape(-1, 1)
+    y = (X - 0.3) ** 2
+    good = set(torch.argsort(y.reshape(-1))[:4].tolist())
+    source = transfer.as_dataset(X[::2], sign * y[::2])  # the target itself, or inverted
+    bounds = torch.tensor([[0.0], [1.0]], dtype=torch.double)
+    ranking = transfer.source_ranking(X, y, source, bounds, good, wanted=3)
+    assert ranking["spearman"] == pytest.approx(sign, abs=0.05)
+    assert ranking["good_ranks"] == good_ranks  # first in the source's order, or last
+    assert ranking["experiments_to_find"] == good_ranks[2]  # until the 3rd of them is measured
 
 
 def test_a_pool_campaign_measures_distinct_rows_in_batches_up_to_its_budget() -> None:
