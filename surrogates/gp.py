@@ -176,7 +176,7 @@ class GPSurrogate(Surrogate, SamplesPaths):
         """The GP to fit: ``n x d`` inputs, ``n x m`` outcomes, optional observed variances."""
         d, m = X.shape[-1], Y.shape[-1]
         batch_shape = torch.Size([m]) if m > 1 else torch.Size()
-        return SingleTaskGP(
+        model = SingleTaskGP(
             X,
             Y,
             train_Yvar=Yvar,
@@ -187,6 +187,12 @@ class GPSurrogate(Surrogate, SamplesPaths):
             input_transform=Normalize(d, bounds=self.input_bounds),
             outcome_transform=outcome_transform(m, self.log_outcomes),
         )
+        # BoTorch subsets its default modules only; every parameter here is batched over the
+        # ``m`` outcomes in its leading dimension (none is batched where m = 1).
+        model._subset_batch_dict = {
+            name: -p.dim() for name, p in model.named_parameters() if m > 1 and p.dim() and p.shape[0] == m
+        }
+        return model
 
     def _covar_module(self, d: int, batch_shape: torch.Size) -> torch.nn.Module:
         covar: torch.nn.Module  # gpytorch's constructors are untyped

@@ -55,6 +55,12 @@ class LogOutcomes(Log):
             variance_transform=lambda mu, var: lognormal_moments(mu, var, self.logged)[1],
         )
 
+    def subset_output(self, idcs: list[int]) -> OutcomeTransform:
+        """The transform of outcomes ``idcs`` alone, renumbered; the identity where none of them
+        is logged."""
+        kept = [idcs.index(i) for i in self.logged if i in idcs]
+        return LogOutcomes(kept) if kept else ChainedOutcomeTransform()
+
 
 def outcome_transform(m: int, log_outcomes: Sequence[int]) -> OutcomeTransform:
     """``Standardize`` over ``m`` outcomes, after the log of ``log_outcomes`` where any."""

@@ -127,6 +127,30 @@ def test_works_with_botorch_acquisition_functions(sine):
     assert torch.isfinite(nei).all()
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"lengthscale_prior": False},
+        {"log_outcomes": [1]},
+        {"prior_mean_column": 0},
+        {"noise": "observed"},
+    ],
+    ids=["default", "scaled-matern", "log-scale", "prior-mean", "observed-noise"],
+)
+def test_a_subset_of_outputs_predicts_as_those_outputs_of_the_whole(options):
+    torch.manual_seed(2)
+    X = torch.rand(12, 2, dtype=torch.double)
+    Y = torch.stack([X.sum(-1), X.prod(-1) + 0.1, torch.sin(3 * X[:, 0])], dim=-1)
+    gp = GPSurrogate(input_bounds=UNIT.expand(2, 2), **options).fit(dataset(X, Y, torch.full_like(Y, 1e-3)))
+    whole = gp.posterior(X[:4])
+    for outputs in ([1], [2, 0]):  # the logged outcome alone, and two unlogged ones reordered
+        part = gp.subset_output(outputs)
+        assert part.num_outputs == len(outputs)
+        assert torch.allclose(part.posterior(X[:4]).mean, whole.mean[..., outputs])
+        assert torch.allclose(part.posterior(X[:4]).variance, whole.variance[..., outputs])
+
+
 def test_summary_is_json_serialisable(sine, two_outputs):
     for gp, n in ((sine[0], 10), (two_outputs[0], 20)):
         summary = gp.summary()
