@@ -97,16 +97,17 @@ def experiments_to_find(
     initial: int,
     budget: int,
     seed: int,
-) -> tuple[int | None, int]:
+) -> tuple[int | None, int, list[int]]:
     """One campaign on a pool (``y`` minimised): experiments until ``wanted`` of the ``good``
-    rows are measured (``None`` past ``budget``), and how many were found by then."""
+    rows are measured (``None`` past ``budget``), how many were found by then, and the rows
+    measured."""
 
     def found_enough(measured: list[int]) -> bool:
         return len(good.intersection(measured)) >= wanted
 
     measured = pool_campaign(X, y, make, initial, budget, seed, done=found_enough)
     found = len(good.intersection(measured))
-    return (len(measured) if found >= wanted else None), found
+    return (len(measured) if found >= wanted else None), found, measured
 
 
 def source_ranking(
@@ -119,7 +120,8 @@ def source_ranking(
         ``spearman``: rank correlation of the prediction with the target's outcomes;
         ``good_ranks``: the 1-based ranks of the ``good`` rows; ``experiments_to_find``: the
         experiments a search measuring in the source's order would need to find ``wanted``
-        of them (the ``wanted``-th smallest rank), to set beside a campaign's count.
+        of them (the ``wanted``-th smallest rank), to set beside a campaign's count;
+        ``rank``: each row's rank (``n`` 1-based ranks, best predicted first).
     """
     predicted, _ = GPSurrogate(input_bounds=bounds).fit(source).predict(X)
     predicted = predicted.reshape(-1)
@@ -130,7 +132,15 @@ def source_ranking(
         "spearman": round(float(spearmanr(predicted.numpy(), y.reshape(-1).numpy()).statistic), 3),
         "good_ranks": good_ranks,
         "experiments_to_find": good_ranks[wanted - 1],
+        "rank": rank,
     }
+
+
+def by_quarter(rank: Tensor, rows: list[int]) -> list[int]:
+    """How many of ``rows`` fall in each quarter of ``rank`` (1-based ranks of all ``n`` rows),
+    the best-ranked quarter first: where a campaign spent its experiments, in a source's eyes."""
+    quarter = ((rank[torch.tensor(rows, dtype=torch.long)] - 1) * 4) // rank.numel()
+    return torch.bincount(quarter, minlength=4).tolist()
 
 
 def run(
@@ -146,7 +156,8 @@ def run(
 ) -> dict[str, Any]:
     """``arms`` over seeds ``first_seed..first_seed+seeds-1``, and the decision rule of
     benchmarks/RESULTS.md where all three arms ran. Beside them, :func:`source_ranking` of the
-    whole source plate and of each seed's source sample (no arms: that alone)."""
+    whole source plate and of each seed's source sample (no arms: that alone), and where each
+    campaign's experiments fell in the whole plate's order (:func:`by_quarter`)."""
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; known: {list(ARMS)}")
@@ -160,8 +171,8 @@ def run(
     wanted = math.ceil(0.8 * good_count)
     bounds = torch.stack([torch.zeros(len(features)), torch.ones(len(features))]).double()
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    whole_plate = as_dataset(*encode(source_frame, features))
-    ranking = {"whole_plate": source_ranking(X, y, whole_plate, bounds, good, wanted)}
+    whole_plate = source_ranking(X, y, as_dataset(*encode(source_frame, features)), bounds, good, wanted)
+    rank = whole_plate.pop("rank")
     sample_ranks = []
     for seed in range(first_seed, first_seed + seeds):
         sample = source_frame.sample(n=source_size, random_state=seed)
@@ -173,8 +184,13 @@ def run(
             data = sources[arm]
             tic = time.perf_counter()
             make = partial(make_surrogate, bounds, arm, data)
-            n, found = experiments_to_find(X, y, make, good, wanted, initial, budget, seed)
-            outcome = {"experiments": n, "found": found, "seconds": round(time.perf_counter() - tic, 1)}
+            n, found, measured = experiments_to_find(X, y, make, good, wanted, initial, budget, seed)
+            outcome = {
+                "experiments": n,
+                "found": found,
+                "by_source_quarter": by_quarter(rank, measured),
+                "seconds": round(time.perf_counter() - tic, 1),
+            }
             runs[arm].append(outcome)
             if on_run is not None:
                 on_run(arm, seed, outcome)
@@ -198,11 +214,12 @@ def run(
                 "experiments_median": typical(arm),
                 "experiments": [r["experiments"] for r in rs],
                 "found": [r["found"] for r in rs],
+                "by_source_quarter": [r["by_source_quarter"] for r in rs],
             }
             for arm, rs in runs.items()
         },
         "source_ranking": {
-            **ranking,
+            "whole_plate": whole_plate,
             "samples": {key: [r[key] for r in sample_ranks] for key in ("spearman", "experiments_to_find")},
         },
         "seconds": round(time.perf_counter() - started, 1),

@@ -76,10 +76,11 @@ def test_a_campaign_stops_once_it_has_found_what_it_wanted() -> None:
     y = (X - 0.3) ** 2
     good = set(torch.argsort(y.reshape(-1))[:3].tolist())
     bounds = torch.tensor([[0.0], [1.0]], dtype=torch.double)
-    n, found = transfer.experiments_to_find(
+    n, found, measured = transfer.experiments_to_find(
         X, y, lambda: transfer.make_surrogate(bounds, "cold", None), good, 2, initial=2, budget=30, seed=0
     )
-    assert found == 2 and n is not None and 2 < n <= 30
+    assert found == 2 and n is not None and 2 < n <= 30 and len(measured) == n
+    assert len(good.intersection(measured[:-1])) == 1  # the last experiment found the second
 
 
 def test_the_plate_benchmark_runs_chosen_arms_and_seeds_and_judges_only_all_three(tmp_path: Path) -> None:
@@ -93,6 +94,9 @@ def test_the_plate_benchmark_runs_chosen_arms_and_seeds_and_judges_only_all_thre
     assert result["seeds"] == [3, 4] and list(result["arms"]) == ["cold"]
     assert "goal_met" not in result  # the rule needs every arm
     assert len(result["source_ranking"]["samples"]["spearman"]) == 2  # one per seed's source sample
+    cold = result["arms"]["cold"]
+    for n, quarters in zip(cold["experiments"], cold["by_source_quarter"], strict=True):
+        assert sum(quarters) == (n or 6)  # every experiment, or the whole budget where not found
     ranking_alone = transfer.run(*paths, seeds=1, source_size=5, arms=())
     assert ranking_alone["arms"] == {} and ranking_alone["source_ranking"]["whole_plate"]["spearman"] > 0.5
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['warm'\]"):
@@ -112,6 +116,11 @@ def test_the_source_ranking_says_where_a_source_alone_would_find_the_targets_bes
     assert ranking["spearman"] == pytest.approx(sign, abs=0.05)
     assert ranking["good_ranks"] == good_ranks  # first in the source's order, or last
     assert ranking["experiments_to_find"] == good_ranks[2]  # until the 3rd of them is measured
+
+
+def test_experiments_are_counted_by_quarter_of_a_source_ranking() -> None:
+    rank = torch.tensor([3, 1, 8, 2, 5, 7, 4, 6])  # 8 rows: ranks 1-2, 3-4, 5-6 and 7-8 are the quarters
+    assert transfer.by_quarter(rank, [1, 3, 0, 2, 5]) == [2, 1, 0, 2]
 
 
 def test_a_pool_campaign_measures_distinct_rows_in_batches_up_to_its_budget() -> None:
