@@ -112,7 +112,7 @@ def experiments_to_find(
 
 def source_ranking(
     X: Tensor, y: Tensor, source: SupervisedDataset, bounds: Tensor, good: set[int], wanted: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Tensor]:
     """What a source alone says about the target pool (``y`` minimised): a GP fitted to the
     source predicts every target row, and the rows are ranked by that prediction.
 
@@ -120,20 +120,20 @@ def source_ranking(
         ``spearman``: rank correlation of the prediction with the target's outcomes;
         ``good_ranks``: the 1-based ranks of the ``good`` rows; ``experiments_to_find``: the
         experiments a search measuring in the source's order would need to find ``wanted``
-        of them (the ``wanted``-th smallest rank), to set beside a campaign's count;
-        ``rank``: each row's rank (``n`` 1-based ranks, best predicted first).
+        of them (the ``wanted``-th smallest rank), to set beside a campaign's count. And
+        each row's rank (``n`` 1-based ranks, best predicted first).
     """
     predicted, _ = GPSurrogate(input_bounds=bounds).fit(source).predict(X)
     predicted = predicted.reshape(-1)
     rank = torch.empty(X.shape[0], dtype=torch.long)
     rank[torch.argsort(predicted)] = torch.arange(1, X.shape[0] + 1)
     good_ranks = sorted(int(rank[i]) for i in good)
-    return {
+    summary = {
         "spearman": round(float(spearmanr(predicted.numpy(), y.reshape(-1).numpy()).statistic), 3),
         "good_ranks": good_ranks,
         "experiments_to_find": good_ranks[wanted - 1],
-        "rank": rank,
     }
+    return summary, rank
 
 
 def by_quarter(rank: Tensor, rows: list[int]) -> list[int]:
@@ -171,13 +171,14 @@ def run(
     wanted = math.ceil(0.8 * good_count)
     bounds = torch.stack([torch.zeros(len(features)), torch.ones(len(features))]).double()
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    whole_plate = source_ranking(X, y, as_dataset(*encode(source_frame, features)), bounds, good, wanted)
-    rank = whole_plate.pop("rank")
+    whole_plate, rank = source_ranking(
+        X, y, as_dataset(*encode(source_frame, features)), bounds, good, wanted
+    )
     sample_ranks = []
     for seed in range(first_seed, first_seed + seeds):
         sample = source_frame.sample(n=source_size, random_state=seed)
         sX, sY = encode(sample, features)
-        sample_ranks.append(source_ranking(X, y, as_dataset(sX, sY), bounds, good, wanted))
+        sample_ranks.append(source_ranking(X, y, as_dataset(sX, sY), bounds, good, wanted)[0])
         shuffled = sY[torch.randperm(sY.shape[0], generator=torch.Generator().manual_seed(seed))]
         sources = {"cold": None, "transfer": as_dataset(sX, sY), "unrelated": as_dataset(sX, shuffled)}
         for arm in arms:

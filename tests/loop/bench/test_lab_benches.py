@@ -112,7 +112,8 @@ def test_the_source_ranking_says_where_a_source_alone_would_find_the_targets_bes
     good = set(torch.argsort(y.reshape(-1))[:4].tolist())
     source = transfer.as_dataset(X[::2], sign * y[::2])  # the target itself, or inverted
     bounds = torch.tensor([[0.0], [1.0]], dtype=torch.double)
-    ranking = transfer.source_ranking(X, y, source, bounds, good, wanted=3)
+    ranking, rank = transfer.source_ranking(X, y, source, bounds, good, wanted=3)
+    assert sorted(rank.tolist()) == list(range(1, 31))  # every row ranked once
     assert ranking["spearman"] == pytest.approx(sign, abs=0.05)
     assert ranking["good_ranks"] == good_ranks  # first in the source's order, or last
     assert ranking["experiments_to_find"] == good_ranks[2]  # until the 3rd of them is measured
