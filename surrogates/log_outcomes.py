@@ -57,7 +57,13 @@ class LogOutcomes(Log):
 
     def subset_output(self, idcs: list[int]) -> OutcomeTransform:
         """The transform of outcomes ``idcs`` alone, renumbered; the identity where none of them
-        is logged."""
+        is logged.
+
+        Raises:
+            ValueError: ``idcs`` holds a negative or repeated index.
+        """
+        if min(idcs, default=0) < 0 or len(set(idcs)) != len(idcs):
+            raise ValueError(f"subset_output needs distinct indices >= 0, got {idcs}")
         kept = [idcs.index(i) for i in self.logged if i in idcs]
         return LogOutcomes(kept) if kept else ChainedOutcomeTransform()
 

@@ -126,7 +126,7 @@ def source_ranking(
     predicted, _ = GPSurrogate(input_bounds=bounds).fit(source).predict(X)
     predicted = predicted.reshape(-1)
     rank = torch.empty(X.shape[0], dtype=torch.long)
-    rank[torch.argsort(predicted)] = torch.arange(1, X.shape[0] + 1)
+    rank[torch.argsort(predicted, stable=True)] = torch.arange(1, X.shape[0] + 1)
     good_ranks = sorted(int(rank[i]) for i in good)
     summary = {
         "spearman": round(float(spearmanr(predicted.numpy(), y.reshape(-1).numpy()).statistic), 3),

@@ -82,3 +82,14 @@ def test_bad_log_outcome_settings_are_value_errors() -> None:
         GPSurrogate(noise="observed", log_outcomes=[0])
     with pytest.raises(ValueError, match="at least one outcome"):
         LogOutcomes([])
+
+
+def test_a_subset_of_outcomes_keeps_the_log_of_those_it_holds_renumbered() -> None:
+    logged = LogOutcomes([1, 3])
+    subset = logged.subset_output([3, 0])
+    assert isinstance(subset, LogOutcomes) and subset.logged == [0]  # outcome 3 is now the first
+    Y = torch.tensor([[2.0, 5.0]])
+    assert torch.allclose(logged.subset_output([2, 0])(Y)[0], Y)  # none logged: the identity
+    for bad in ([1, 1], [-1]):
+        with pytest.raises(ValueError, match="distinct indices >= 0"):
+            logged.subset_output(bad)
