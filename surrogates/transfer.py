@@ -17,7 +17,8 @@ own results:
 A source is used only while both answers (those that can be asked yet) are yes; with fewer
 than two target results none is. So an unrelated or inverted campaign leaves a cold start,
 not a worse one. A source that is right about the target overall and wrong at its optimum
-passes both questions and can cost experiments (benchmarks/RESULTS.md, the plates reversed).
+can pass both questions while the target has only a few results, and steer the first picks
+(benchmarks/RESULTS.md, the plates reversed).
 """
 
 from __future__ import annotations
