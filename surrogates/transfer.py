@@ -6,19 +6,21 @@ is fitted to the target campaign's data (task 0) and each source campaign's (tas
 predicts the target task. Before a source is used, the guard asks two questions of the target's
 own results:
 
-1. Does the source rank them right? BoTorch's index kernel (``PositiveIndexKernel``, with a
-   prior favouring strong correlation) can only borrow from a positively correlated source, so
-   a source whose own GP orders the target's results the wrong way round (Kendall's tau <= 0)
-   can only mislead. Asked from two target results on.
-2. Does it predict them better? From :data:`MIN_TARGET_FOR_GUARD` results on, the target
-   data's held-out predictive log-likelihood (``k``-fold, hyper-parameters fitted once on all
-   data) with the source must be at least that of the target-only GP.
+1. Does the source rank them right, beyond chance? BoTorch's index kernel
+   (``PositiveIndexKernel``, with a prior favouring strong correlation) can only borrow from a
+   positively correlated source, and a source is worth following only where it is right, so
+   the ranking of the target's results by the source's own GP must agree with theirs with a
+   one-sided Kendall test significant at :data:`AGREEMENT_LEVEL`. That takes at least four
+   results (all four ranked right), and a source that is right about the target's trend but
+   wrong at its optimum steers no picks on a chance agreement over a handful of results.
+2. Does it predict them better? The target data's held-out predictive log-likelihood
+   (``k``-fold, hyper-parameters fitted once on all data) with the source must be at least
+   that of the target-only GP.
 
-A source is used only while both answers (those that can be asked yet) are yes; with fewer
-than two target results none is. So an unrelated or inverted campaign leaves a cold start,
-not a worse one. A source that is right about the target overall and wrong at its optimum
-can pass both questions while the target has only a few results, and steer the first picks
-(benchmarks/RESULTS.md, the plates reversed).
+A source is used only while both answers are yes; until they can be given the campaign is a
+cold start. So an unrelated, inverted or misleading campaign leaves a cold start, not a worse
+one, and a helpful one is used from the round its picks have shown it right
+(benchmarks/RESULTS.md: the plates reversed, BayBE's shifted Hartmann).
 """
 
 from __future__ import annotations
@@ -38,10 +40,9 @@ from torch import Tensor
 from surrogates.base import DEFAULT_CHUNK_SIZE, Surrogate, SurrogateError
 from surrogates.gp import GPSurrogate
 
-#: Below this many target results the guard judges a source by its ranking alone.
-MIN_TARGET_FOR_GUARD = 4
-#: Below this many target results no source can be judged, and none is used.
-MIN_TARGET_FOR_RANKING = 2
+#: The one-sided significance level at which a source's ranking of the target's results must
+#: agree with theirs (Kendall's tau) before it is used; at 0.05 that needs four results or more.
+AGREEMENT_LEVEL = 0.05
 
 
 class TransferGP(GPSurrogate):
@@ -71,8 +72,10 @@ class TransferGP(GPSurrogate):
         self.sources = list(sources)
         self.folds, self.guard = folds, guard
         self.used: list[str] = []
-        #: Kendall's tau between each source's predictions and the target's results, last fit.
+        #: Kendall's tau between each source's predictions and the target's results, last fit,
+        #: and its one-sided p-value (the chance of agreeing as well with no relation).
         self.agreement: dict[str, float] = {}
+        self.agreement_p: dict[str, float] = {}
         self._cold: SingleTaskGP | None = None
         # Each source's own GP (its data never change), fitted when first judged.
         self._alone: dict[int, SingleTaskGP] = {}
@@ -90,7 +93,7 @@ class TransferGP(GPSurrogate):
             return self
         X, Y = dataset.X.double(), dataset.Y.double()
         fitted: dict[tuple[int, ...], MultiTaskGP] = {}  # this round's joint GPs, by sources
-        self.agreement = {}
+        self.agreement, self.agreement_p = {}, {}
         used = self._judged(X, Y, fitted) if self.guard else list(range(len(self.sources)))
         self.used = [self.sources[i][0] for i in used]
         if used:
@@ -102,21 +105,22 @@ class TransferGP(GPSurrogate):
         return self
 
     def _judged(self, X: Tensor, Y: Tensor, fitted: dict[tuple[int, ...], MultiTaskGP]) -> list[int]:
-        """The sources that rank the target's results right and (from
-        :data:`MIN_TARGET_FOR_GUARD` results on) predict them at least as well as the cold GP;
-        records each one's :attr:`agreement`, and the joint GPs it fits in ``fitted``."""
-        if X.shape[0] < MIN_TARGET_FOR_RANKING:
+        """The sources whose ranking of the target's results agrees with theirs at
+        :data:`AGREEMENT_LEVEL` and that predict them at least as well as the cold GP; records
+        each one's :attr:`agreement` and :attr:`agreement_p`, and the joint GPs it fits in
+        ``fitted``."""
+        if X.shape[0] < 2:  # nothing to rank
             return []
         ranked = []
         for i, (name, _) in enumerate(self.sources):
             alone = self._source_alone(i)
             with torch.no_grad():
                 predicted = alone.posterior(X).mean.reshape(-1)
-            self.agreement[name] = _kendall_tau(predicted, Y.reshape(-1))
-            if self.agreement[name] > 0:
+            self.agreement[name], self.agreement_p[name] = _kendall_agreement(predicted, Y.reshape(-1))
+            if self.agreement_p[name] <= AGREEMENT_LEVEL:
                 ranked.append(i)
-        if X.shape[0] < MIN_TARGET_FOR_GUARD or not ranked:
-            return ranked
+        if not ranked:
+            return []
         assert self._cold is not None
         cold = _held_out_log_likelihood(X, Y, self._cold_factory(), self._cold, self.folds)
         used = []
@@ -189,13 +193,18 @@ class TransferGP(GPSurrogate):
         }
 
     def _agreement(self) -> dict[str, Any]:
-        return {"source_agreement": {n: round(t, 3) for n, t in self.agreement.items()}}
+        return {
+            "source_agreement": {n: round(t, 3) for n, t in self.agreement.items()},
+            "source_agreement_p": {n: round(p, 4) for n, p in self.agreement_p.items()},
+        }
 
 
-def _kendall_tau(a: Tensor, b: Tensor) -> float:
-    """Kendall's tau-b of two ``n`` vectors (SciPy's); 0 where either is constant."""
-    tau = float(kendalltau(a.numpy(), b.numpy()).statistic)
-    return 0.0 if math.isnan(tau) else tau
+def _kendall_agreement(predicted: Tensor, observed: Tensor) -> tuple[float, float]:
+    """Kendall's tau-b of two ``n`` vectors and its one-sided p-value against no positive
+    association (SciPy's: exact without ties, else normal); ``(0, 1)`` where either is constant."""
+    result = kendalltau(predicted.numpy(), observed.numpy(), alternative="greater")
+    tau, p = float(result.statistic), float(result.pvalue)
+    return (0.0, 1.0) if math.isnan(tau) or math.isnan(p) else (tau, p)
 
 
 def _with_task(X: Tensor, task: int) -> Tensor:

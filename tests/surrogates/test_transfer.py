@@ -10,7 +10,7 @@ from botorch.models import MultiTaskGP
 from botorch.utils.datasets import SupervisedDataset
 
 import surrogates.gp as gp_module
-from surrogates.transfer import TransferGP, _kendall_tau
+from surrogates.transfer import AGREEMENT_LEVEL, TransferGP, _kendall_agreement
 
 UNIT = torch.tensor([[0.0], [1.0]], dtype=torch.double)
 
@@ -103,17 +103,52 @@ def test_a_warm_started_round_decides_as_a_fresh_fit(target, related):
 
 def test_kendalls_tau_counts_concordant_minus_discordant_pairs():
     a = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.double)
-    assert _kendall_tau(a, 10 * a) == pytest.approx(1.0)
-    assert _kendall_tau(a, -a) == pytest.approx(-1.0)
+    assert _kendall_agreement(a, 10 * a)[0] == pytest.approx(1.0)
+    assert _kendall_agreement(a, -a)[0] == pytest.approx(-1.0)
     # 6 pairs: one tied in b; of the other five, 4 concordant and 1 discordant (tau-b).
-    assert _kendall_tau(a, torch.tensor([0.0, 0.0, 2.0, 1.0])) == pytest.approx(3 / (6 * 5) ** 0.5)
-    assert _kendall_tau(a, torch.zeros(4)) == 0.0, "a constant says nothing"
+    assert _kendall_agreement(a, torch.tensor([0.0, 0.0, 2.0, 1.0]))[0] == pytest.approx(3 / (6 * 5) ** 0.5)
+    assert _kendall_agreement(a, torch.zeros(4)) == (0.0, 1.0), "a constant says nothing"
+
+
+@pytest.mark.parametrize(("n", "p"), [(2, 1 / 2), (3, 1 / 6), (4, 1 / 24), (5, 1 / 120)])
+def test_the_agreements_p_value_is_the_chance_of_a_perfect_ranking(n, p):
+    """One-sided and exact: all n ranked right happens by chance once in n! orderings, so three
+    results can never agree at the 5% level and four can."""
+    a = torch.arange(n, dtype=torch.double)
+    assert _kendall_agreement(a, a)[1] == pytest.approx(p)
+    assert (p <= AGREEMENT_LEVEL) == (n >= 4)
+
+
+def test_a_related_source_waits_for_results_that_show_it_right(target):
+    """Ranking two or three results right is chance; four are enough for the source that is."""
+    X, Y = target
+    gp = TransferGP([source(related=True)], UNIT)
+    for n, used in [(2, []), (3, []), (4, ["past"])]:
+        torch.manual_seed(n)
+        gp.fit(dataset(X[:n], Y[:n]))
+        assert gp.agreement["past"] == pytest.approx(1.0)
+        assert gp.used == used
+        assert isinstance(gp.model, MultiTaskGP) == bool(used)
+    assert gp.summary()["source_agreement_p"] == {"past": round(1 / 24, 4)}
+
+
+def test_a_source_with_its_optimum_elsewhere_is_not_used_on_a_weak_agreement(target):
+    """A past campaign on the target's function with its phase shifted: it ranks the target's
+    ten results more right than wrong (tau 1/3), which ten results do not tell from chance, and
+    it would point the first picks at its own minimum, not the target's."""
+    X, Y = target
+    grid = torch.linspace(0.0, 1.0, 30, dtype=torch.double).unsqueeze(-1)
+    shifted = ("shifted", dataset(grid, torch.sin(6 * grid + 1)))
+    torch.manual_seed(0)
+    gp = TransferGP([shifted], UNIT).fit(dataset(X, Y))
+    assert gp.agreement["shifted"] > 0 and gp.agreement_p["shifted"] > AGREEMENT_LEVEL
+    assert gp.used == [] and not isinstance(gp.model, MultiTaskGP)
 
 
 @pytest.mark.parametrize("n", [2, 3, 8])
 def test_a_source_that_ranks_the_targets_results_backwards_is_never_used(target, n):
     """BoTorch's index kernel can only borrow from a positively correlated source, so an inverted
-    one is dropped as soon as two results can be ranked, also before the likelihood can judge."""
+    one is never used, also before the likelihood can judge."""
     X, Y = target
     gp = TransferGP([inverted_source(), source(related=True)], UNIT)
     torch.manual_seed(n)
