@@ -66,10 +66,12 @@ def pool_campaign(
     seed: int,
     batch: int = 1,
     done: Callable[[list[int]], bool] = lambda measured: False,
+    on_fit: Callable[[Surrogate], None] | None = None,
 ) -> list[int]:
     """One campaign on a pool (``y`` minimised): ``initial`` random rows (the same for every
     arm of a seed), then batches picked by lower confidence bound over the unmeasured rows,
-    until ``done(measured)`` or ``budget`` rows. Returns the rows measured, in order."""
+    until ``done(measured)`` or ``budget`` rows; ``on_fit`` sees each round's fitted surrogate.
+    Returns the rows measured, in order."""
     order = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))
     measured = order[:initial].tolist()
     acquisition = Acquisition("ucb", [-1.0])
@@ -78,6 +80,8 @@ def pool_campaign(
         rows = torch.tensor(measured)
         torch.manual_seed(seed * 1000 + len(measured))
         surrogate.fit(as_dataset(X[rows], y[rows]))
+        if on_fit is not None:
+            on_fit(surrogate)
         free = torch.ones(X.shape[0], dtype=torch.bool)
         free[rows] = False
         left = torch.nonzero(free).reshape(-1)
@@ -97,6 +101,7 @@ def experiments_to_find(
     initial: int,
     budget: int,
     seed: int,
+    on_fit: Callable[[Surrogate], None] | None = None,
 ) -> tuple[int | None, int, list[int]]:
     """One campaign on a pool (``y`` minimised): experiments until ``wanted`` of the ``good``
     rows are measured (``None`` past ``budget``), how many were found by then, and the rows
@@ -105,9 +110,23 @@ def experiments_to_find(
     def found_enough(measured: list[int]) -> bool:
         return len(good.intersection(measured)) >= wanted
 
-    measured = pool_campaign(X, y, make, initial, budget, seed, done=found_enough)
+    measured = pool_campaign(X, y, make, initial, budget, seed, done=found_enough, on_fit=on_fit)
     found = len(good.intersection(measured))
     return (len(measured) if found >= wanted else None), found, measured
+
+
+class SourceRounds:
+    """An ``on_fit`` hook of :func:`pool_campaign`: in which rounds a transfer GP used a source."""
+
+    def __init__(self) -> None:
+        self.used: list[bool] = []
+
+    def __call__(self, surrogate: Surrogate) -> None:
+        self.used.append(isinstance(surrogate, TransferGP) and bool(surrogate.used))
+
+    def counts(self) -> list[int]:
+        """``[rounds that used a source, rounds]``."""
+        return [sum(self.used), len(self.used)]
 
 
 def source_ranking(
@@ -185,11 +204,13 @@ def run(
             data = sources[arm]
             tic = time.perf_counter()
             make = partial(make_surrogate, bounds, arm, data)
-            n, found, measured = experiments_to_find(X, y, make, good, wanted, initial, budget, seed)
+            rounds = SourceRounds()
+            n, found, measured = experiments_to_find(X, y, make, good, wanted, initial, budget, seed, rounds)
             outcome = {
                 "experiments": n,
                 "found": found,
                 "by_source_quarter": by_quarter(rank, measured),
+                "source_rounds": rounds.counts(),
                 "seconds": round(time.perf_counter() - tic, 1),
             }
             runs[arm].append(outcome)
@@ -216,6 +237,7 @@ def run(
                 "experiments": [r["experiments"] for r in rs],
                 "found": [r["found"] for r in rs],
                 "by_source_quarter": [r["by_source_quarter"] for r in rs],
+                "source_rounds": [r["source_rounds"] for r in rs],
             }
             for arm, rs in runs.items()
         },

@@ -23,7 +23,7 @@ import torch
 from botorch.test_functions.synthetic import Hartmann
 from torch import Tensor
 
-from loop.bench.transfer import as_dataset, make_surrogate, pool_campaign
+from loop.bench.transfer import SourceRounds, as_dataset, make_surrogate, pool_campaign
 
 POINTS_PER_AXIS = 20
 SHIFT = (0.2, 0.0, 0.0)
@@ -98,15 +98,16 @@ def run(
                 sX = X[rows[: round(fraction * X.shape[0])]]
                 data = as_dataset(sX, source_values(sX, kind, seed))
             tic = time.perf_counter()
+            rounds = SourceRounds()
+            make = partial(make_surrogate, bounds, arm, data)
             # The campaign's own seed, so that its random designs are not the source's first rows.
-            measured = pool_campaign(
-                X, y, partial(make_surrogate, bounds, arm, data), INITIAL, BUDGET, 10_000 + seed, batch=BATCH
-            )
+            measured = pool_campaign(X, y, make, INITIAL, BUDGET, 10_000 + seed, batch=BATCH, on_fit=rounds)
             curve = best_so_far(y, measured)
             reached = next((i + 1 for i, best in enumerate(curve) if best - minimum <= REGRET), None)
             outcome = {
                 "experiments": reached,
                 "best": {n: round(curve[n - 1], 4) for n in (10, 20, BUDGET)},
+                "source_rounds": rounds.counts(),
                 "seconds": round(time.perf_counter() - tic, 1),
             }
             runs[arm].append(outcome)
@@ -121,6 +122,7 @@ def run(
             "experiments_median": typical(arm),
             "experiments": [r["experiments"] for r in rs],
             "best_median": {n: median(r["best"][n] for r in rs) for n in (10, 20, BUDGET)},
+            "source_rounds": [r["source_rounds"] for r in rs],
             "seconds_median": median(r["seconds"] for r in rs),
         }
         for arm, rs in runs.items()

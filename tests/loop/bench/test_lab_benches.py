@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from loop.bench import moo, transfer, transfer_hartmann
 from loop.pareto import hypervolume
+from surrogates.transfer import TransferGP
 
 
 def test_every_moo_arm_starts_from_the_same_designs_and_never_loses_hypervolume() -> None:
@@ -97,6 +99,8 @@ def test_the_plate_benchmark_runs_chosen_arms_and_seeds_and_judges_only_all_thre
     cold = result["arms"]["cold"]
     for n, quarters in zip(cold["experiments"], cold["by_source_quarter"], strict=True):
         assert sum(quarters) == (n or 6)  # every experiment, or the whole budget where not found
+    for n, (with_source, rounds) in zip(cold["experiments"], cold["source_rounds"], strict=True):
+        assert with_source == 0 and rounds == (n or 6) - 2  # a fit per pick after the 2 designs
     ranking_alone = transfer.run(*paths, seeds=1, source_size=5, arms=())
     assert ranking_alone["arms"] == {} and ranking_alone["source_ranking"]["whole_plate"]["spearman"] > 0.5
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['warm'\]"):
@@ -132,6 +136,21 @@ def test_a_pool_campaign_measures_distinct_rows_in_batches_up_to_its_budget() ->
         X, y, lambda: transfer.make_surrogate(bounds, "cold", None), initial=2, budget=9, seed=0, batch=2
     )
     assert len(measured) == 9 and len(set(measured)) == 9  # 2 designs, 3 batches of 2, a last one of 1
+
+
+def test_a_campaign_counts_the_rounds_in_which_a_source_was_used() -> None:
+    X = torch.linspace(0, 1, 30, dtype=torch.double).reshape(-1, 1)
+    y = (X - 0.3) ** 2
+    bounds = torch.tensor([[0.0], [1.0]], dtype=torch.double)
+    rounds = transfer.SourceRounds()
+    cold = partial(transfer.make_surrogate, bounds, "cold", None)
+    transfer.pool_campaign(X, y, cold, initial=2, budget=6, seed=0, on_fit=rounds)
+    assert rounds.used == [False] * 4  # one fit per pick after the 2 designs; a cold GP has no source
+    gp = TransferGP([("past", transfer.as_dataset(X[::3], y[::3]))], bounds)
+    for used in (["past"], []):
+        gp.used = used
+        rounds(gp)
+    assert rounds.counts() == [1, 6]
 
 
 def test_the_hartmann_transfer_problem_is_baybes() -> None:
