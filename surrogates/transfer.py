@@ -20,9 +20,10 @@ own results:
 A source is used only while both answers are yes; until they can be given the campaign is a
 cold start. So an inverted source, or one right about the target's trend and wrong at its
 optimum, steers none of the first picks (in the benchmarks neither cost experiments at the
-median of ten campaigns), and a helpful one is used from the round its picks show it right. The guard judges a source only by the target's results: one
-that happens to order them right is used, whatever its origin (benchmarks/RESULTS.md: the
-plates reversed and their shuffled control, BayBE's shifted Hartmann).
+median of ten campaigns), and a helpful one is used from the round its picks show it right.
+The guard judges a source only by the target's results: one that happens to order them right
+is used, whatever its origin (benchmarks/RESULTS.md: the plates reversed and their shuffled
+control, BayBE's shifted Hartmann).
 """
 
 from __future__ import annotations
