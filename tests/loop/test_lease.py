@@ -45,7 +45,8 @@ def test_a_second_holder_is_refused_naming_the_first(ledger_location: Path | str
         assert "\n" not in message
         assert "is being advanced by first writer" in message and f"pid {os.getpid()}" in message
         assert " since " in message and "UTC" in message and "second writer" in message
-        CampaignLease(ledger, "other campaign", "second writer").acquire()  # per campaign
+        with CampaignLease(ledger, "other campaign", "second writer"):  # per campaign
+            pass  # released on exit: its renewing thread must not outlive the ledger
 
 
 def test_a_waiting_holder_takes_over_once_released(ledger_location: Path | str) -> None:
