@@ -11,7 +11,7 @@ own results:
    positively correlated source, and a source is worth following only where it is right, so
    the ranking of the target's results by the source's own GP must agree with theirs with a
    one-sided Kendall test significant at :data:`AGREEMENT_LEVEL`. That takes at least four
-   results (all four ranked right), and a source that is right about the target's trend but
+   results (without ties, all four ranked right), and a source that is right about the target's trend but
    wrong at its optimum steers no picks on a chance agreement over a handful of results.
 2. Does it predict them better? The target data's held-out predictive log-likelihood
    (``k``-fold, hyper-parameters fitted once on all data) with the source must be at least
@@ -75,9 +75,9 @@ class TransferGP(GPSurrogate):
         self.sources = list(sources)
         self.folds, self.guard = folds, guard
         self.used: list[str] = []
-        #: Kendall's tau between each source's predictions and the target's results, last fit,
-        #: and its one-sided p-value (the chance of agreeing as well with no relation).
+        #: Kendall's tau between each source's predictions and the target's results, last fit.
         self.agreement: dict[str, float] = {}
+        #: Its one-sided p-value: the chance of agreeing at least as well with no relation.
         self.agreement_p: dict[str, float] = {}
         self._cold: SingleTaskGP | None = None
         # Each source's own GP (its data never change), fitted when first judged.
@@ -204,7 +204,8 @@ class TransferGP(GPSurrogate):
 
 def _kendall_agreement(predicted: Tensor, observed: Tensor) -> tuple[float, float]:
     """Kendall's tau-b of two ``n`` vectors and its one-sided p-value against no positive
-    association (SciPy's: exact without ties, else normal); ``(0, 1)`` where either is constant."""
+    association (SciPy's: exact for small ``n`` without ties, else the normal approximation);
+    ``(0, 1)`` where either is constant."""
     result = kendalltau(predicted.numpy(), observed.numpy(), alternative="greater")
     tau, p = float(result.statistic), float(result.pvalue)
     return (0.0, 1.0) if math.isnan(tau) or math.isnan(p) else (tau, p)

@@ -168,3 +168,11 @@ def test_the_hartmann_transfer_problem_is_baybes() -> None:
     assert best == [3.0, 2.0, 1.0, 0.5]
     with pytest.raises(ValueError, match="unknown arm"):
         transfer_hartmann.run(1, arms=("cold", "warm"))
+
+
+def test_the_hartmann_benchmark_reports_each_campaigns_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer_hartmann, "BUDGET", 20)
+    result = transfer_hartmann.run(1, arms=("cold",), first_seed=7)
+    cold = result["arms"]["cold"]
+    assert result["seeds"] == [7] and "goal_met" not in result
+    assert cold["source_rounds"] == [[0, 9]]  # 2 designs, then 9 fits of batches of 2; no source
