@@ -189,11 +189,10 @@ class GPSurrogate(Surrogate, SamplesPaths):
         )
         # BoTorch subsets its default modules only; every parameter here is batched over the
         # ``m`` outcomes in its leading dimension (none is batched where m = 1).
-        model._subset_batch_dict = {}
-        if m > 1:
-            model._subset_batch_dict = {
-                name: -p.dim() for name, p in model.named_parameters() if p.shape[:1] == batch_shape
-            }
+        batched = m > 1
+        model._subset_batch_dict = {
+            name: -p.dim() for name, p in model.named_parameters() if batched and p.shape[:1] == batch_shape
+        }
         return model
 
     def _covar_module(self, d: int, batch_shape: torch.Size) -> torch.nn.Module:
